@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Both create/refresh .venv/.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gepalib-installed
+# CPU build of torch (a local wheel on our machines; an unpinned torch pulls CUDA).
+# GPU users: `make TORCH_SPEC=torch venv` after installing their CUDA torch, see README.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv demo test bench clean-runs
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[notebooks,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gepa reproduce
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean-runs:
+	rm -rf runs/* figures/*; touch runs/.gitkeep figures/.gitkeep

@@ -1,0 +1,5 @@
+import sys
+
+from gepalib.cli import main
+
+sys.exit(main())

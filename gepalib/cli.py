@@ -1,0 +1,62 @@
+"""The ``gepa`` command line.
+
+Each concern module registers its own subcommands through ``add_cli(subparsers)``;
+this file only assembles them. Config fields are exposed as flat flags
+(``--steps 100 --model-dim 128``), the same names as in Python and papermill.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any
+
+from gepalib import config as C
+
+# Modules that contribute subcommands, in help order.
+CLI_MODULES = ["gepalib.data", "gepalib.info"]
+
+
+def add_override_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--<field>`` for every config field, plus ``--set name=value``."""
+    g = p.add_argument_group("config overrides (any config field, see `gepa info --fields`)")
+    for name in C.FIELD_INDEX:
+        g.add_argument("--" + name.replace("_", "-"), dest="ov_" + name, default=None, metavar="V",
+                       help=argparse.SUPPRESS)
+    g.add_argument("--set", dest="ov_set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a config field, e.g. --set steps=100 (or use --steps 100)")
+
+
+def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in C.FIELD_INDEX:
+        v = getattr(args, "ov_" + name, None)
+        if v is not None:
+            out[name] = C.parse_value(name, v)
+    out.update(C.parse_overrides(getattr(args, "ov_set", []) or []))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gepa", description="gepalib: the GEPA Parameter Golf reproduction")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod in CLI_MODULES:
+        importlib.import_module(mod).add_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:  # user errors: one clear line
+        msg = e.args[0] if (isinstance(e, KeyError) and e.args) else str(e)
+        print(f"gepa {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

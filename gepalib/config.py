@@ -1,0 +1,418 @@
+"""Frozen configuration dataclasses and named presets.
+
+One name per field everywhere: the Python field ``steps`` is ``--steps`` on the
+CLI and ``steps`` in a papermill parameters cell. Field names are unique across
+all sections, so flat overrides (``steps=200 model_dim=128``) are unambiguous.
+
+A run is fully described by a :class:`RunConfig` (data + model + train + quant +
+eval + ttt). Presets are ``RunConfig`` values; change them with
+:func:`override` (which is ``dataclasses.replace`` routed to the right section).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def project_root() -> Path:
+    """Root against which relative data/run paths resolve.
+
+    ``$GEPA_HOME`` if set; else the source checkout (when the package is
+    installed editable from a repo with a ``pyproject.toml``); else the cwd.
+    """
+    env = os.environ.get("GEPA_HOME")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd().resolve()
+
+
+def resolve_path(p: str | os.PathLike) -> Path:
+    """Absolute paths pass through; relative ones resolve under :func:`project_root`."""
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else project_root() / p
+
+
+# ---------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokenized data lives (challenge shard format, SPEC §1)."""
+
+    data_dir: str = "data/sotu_sp1024"  # holds *_train_*.bin, *_val_*.bin, tokenizer.model, manifest.json
+    tokenizer_path: str = ""  # "" means <data_dir>/tokenizer.model
+    train_shards: int = 0  # use only the first N train shards in sorted order (0 = all; the run used 80)
+    val_tokens: int = 0  # cap on validation targets for quick evals (0 = the whole val set, SPEC truncation)
+
+    def tokenizer_file(self) -> Path:
+        if self.tokenizer_path:
+            return resolve_path(self.tokenizer_path)
+        return resolve_path(self.data_dir) / "tokenizer.model"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The GEPA GPT (SPEC §2). Every feature has a switch for ablations."""
+
+    vocab_size: int = 1024
+    num_layers: int = 11
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_hidden: int = 1536
+    mlp_act: str = "star_relu2"  # star_relu2 | relu2 | leaky_relu2
+    logit_softcap: float = 30.0
+    tok_emb_std: float = 0.005
+    embed_dtype: str = "bfloat16"  # bfloat16 (as run) | float32
+    qk_norm: bool = True
+    qk_gain_init: float = 1.5
+    rope_dims: int = 16  # rotated dims per head (partial RoPE); = head_dim for full RoPE
+    rope_base: float = 10000.0
+    rope_train_seq_len: int = 2048  # NTK rescaling activates only for seq len > this
+    ln_scale: bool = True  # multiply normalised block inputs by 1/sqrt(l+1)
+    resid_mix: bool = True  # learned mix with x0 at every block input
+    skip_mode: str = "gated"  # gated (convex mix, as run) | add (merged records) | none
+    bigram: bool = True
+    bigram_hash: str = "add"  # add (as run, SPEC §7.1) | xor (code default, trained-free scale)
+    bigram_buckets: int = 2048
+    bigram_dim: int = 128
+    smear: bool = True
+    smear_bos_reset: bool = False  # never mix a document's first token with the previous doc
+    bos_id: int = 1
+    xsa_last_n: int = 4  # exclusive self-attention on the last N layers (0 = off)
+    ve_layers: tuple[int, ...] = (9, 10)  # value-embedding layers (empty = off)
+    ve_dim: int = 128
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run control (SPEC §3)."""
+
+    steps: int = 20000
+    warmdown: int = 8000  # linear decay to zero over the last `warmdown` steps
+    lr_schedule: str = "linear"  # linear (as run) | cosine (experiment)
+    lr_warmup: int = 0  # optional LR warm-up steps (the run had none)
+    batch_tokens: int = 786432  # global tokens per optimizer step
+    micro_batch_tokens: int = 98304  # tokens per rank per micro-step; accumulation is derived
+    seq_len: int = 2048
+    seed: int = 42
+    embed_lr: float = 0.035
+    matrix_lr: float = 0.025
+    scalar_lr: float = 0.025
+    decoder_lr_mult: float = 2.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    adam_wd: float = 0.04
+    muon_wd: float = 0.04
+    muon_momentum: float = 0.99
+    muon_momentum_start: float = 0.92
+    muon_momentum_warmup: int = 1500
+    muon_ns_steps: int = 5
+    grad_clip: float = 0.3
+    ema_decay: float = 0.997
+    val_every: int = 500
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    max_wallclock: float = 0.0  # seconds; 0 = no cap
+    compile: bool = False
+    compile_warmup: int = 0  # compile warm-up steps, fully undone afterwards (the run: 20)
+    autocast: str = "auto"  # auto (bf16 on cuda, none on cpu) | bf16 | none
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """int6 GPTQ-lite export (SPEC §4)."""
+
+    quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row
+    quant_embed: bool = True
+    passthrough_numel: int = 65536
+    compressor: str = "zstd"  # zstd | lzma | brotli | (and what quant.py adds)
+    zstd_level: int = 22
+    packing: str = "none"  # none | shuffle | pack6
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation scoring (SPEC §1, §5)."""
+
+    eval_seq_len: int = 0  # 0 = train seq_len
+    eval_stride: int = 64
+    eval_batch_seqs: int = 32
+    tail_rescore: bool = True  # replicate the submission's re-scoring of the final targets
+
+
+@dataclass(frozen=True)
+class TTTConfig:
+    """Legal score-first test-time training (SPEC §5)."""
+
+    ttt_optimizer: str = "sgd"  # sgd | adamw
+    ttt_lr: float = 0.002
+    ttt_momentum: float = 0.9
+    ttt_epochs: int = 10
+    ttt_chunk_tokens: int = 32768
+    ttt_freeze_blocks: int = 2
+    ttt_grad_clip: float = 1.0
+    ttt_warmup_div: int = 20  # warm-up over floor(n_chunks / div) chunks (5%)
+    ttt_batch_seqs: int = 32
+    ttt_adam_beta1: float = 0.9
+    ttt_adam_beta2: float = 0.999
+    ttt_adam_wd: float = 0.0
+    ttt_reset_per_doc: bool = False
+    ttt_scoring: str = "sliding"  # sliding | streaming
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "quant": QuantConfig,
+    "eval": EvalConfig,
+    "ttt": TTTConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "gepa11"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+
+    # -- serialisation ----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        kw: dict[str, Any] = {"preset": d.get("preset", "custom")}
+        for name, klass in SECTIONS.items():
+            sec = dict(d.get(name, {}))
+            known = {f.name: f for f in fields(klass)}
+            unknown = set(sec) - set(known)
+            if unknown:
+                raise ValueError(f"config section '{name}': unknown field(s) {sorted(unknown)}")
+            for k, v in sec.items():
+                if isinstance(v, list):
+                    sec[k] = tuple(v)
+            kw[name] = klass(**sec)
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def fingerprint(self) -> str:
+        """Content hash of the resolved config (used to reuse finished runs)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Flat overrides
+
+
+def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    idx: dict[str, tuple[str, dataclasses.Field]] = {}
+    for sec, klass in SECTIONS.items():
+        for f in fields(klass):
+            if f.name in idx:
+                raise RuntimeError(f"duplicate config field name {f.name!r}")
+            idx[f.name] = (sec, f)
+    return idx
+
+
+FIELD_INDEX = _field_index()
+
+
+def field_type(name: str) -> type:
+    """Python type of a flat field (bool, int, float, str or tuple)."""
+    sec, f = FIELD_INDEX[name]
+    default = getattr(SECTIONS[sec](), name)
+    return type(default)
+
+
+def parse_value(name: str, raw: Any) -> Any:
+    """Coerce a CLI/papermill value to the field's type, with a clear error."""
+    if name not in FIELD_INDEX:
+        raise KeyError(f"unknown config field {name!r}; see `gepa info --fields`")
+    t = field_type(name)
+    if not isinstance(raw, str):
+        if t is tuple:
+            return tuple(raw)
+        if t is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        if t is bool and not isinstance(raw, bool):
+            raise TypeError(f"field {name!r} expects a bool, got {raw!r}")
+        if not isinstance(raw, t):
+            raise TypeError(f"field {name!r} expects {t.__name__}, got {raw!r}")
+        return raw
+    s = raw.strip()
+    try:
+        if t is bool:
+            if s.lower() in ("1", "true", "yes", "on"):
+                return True
+            if s.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(s)
+        if t is int:
+            return int(float(s)) if ("e" in s.lower() and float(s).is_integer()) else int(s)
+        if t is float:
+            return float(s)
+        if t is tuple:
+            s = s.strip("()[] ")
+            return tuple(int(x) for x in s.replace(",", " ").split()) if s else ()
+        return s
+    except ValueError:
+        raise ValueError(f"field {name!r}: cannot parse {raw!r} as {t.__name__}") from None
+
+
+def override(cfg: RunConfig, **kv: Any) -> RunConfig:
+    """Return ``cfg`` with flat fields replaced, e.g. ``override(cfg, steps=100, model_dim=128)``."""
+    per_sec: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for k, v in kv.items():
+        if k == "preset":
+            top[k] = v
+            continue
+        sec, _ = FIELD_INDEX.get(k, (None, None))
+        if sec is None:
+            raise KeyError(f"unknown config field {k!r}; see `gepa info --fields`")
+        per_sec.setdefault(sec, {})[k] = parse_value(k, v)
+    for sec, changes in per_sec.items():
+        top[sec] = replace(getattr(cfg, sec), **changes)
+    return replace(cfg, **top)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``["steps=100", "model_dim=128"]`` into typed values."""
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"override {it!r} is not of the form name=value")
+        k, v = it.split("=", 1)
+        k = k.strip().lstrip("-").replace("-", "_")
+        out[k] = parse_value(k, v)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Presets
+
+GEPA11 = RunConfig(preset="gepa11", data=DataConfig(data_dir="data/fineweb10B_sp1024", train_shards=80))
+
+BASELINE9 = RunConfig(
+    preset="baseline9",
+    data=DataConfig(data_dir="data/fineweb10B_sp1024", train_shards=80),
+    model=ModelConfig(
+        num_layers=9,
+        mlp_hidden=1024,
+        mlp_act="relu2",
+        rope_dims=64,
+        ln_scale=False,
+        skip_mode="add",
+        bigram=False,
+        smear=False,
+        xsa_last_n=0,
+        ve_layers=(),
+        embed_dtype="float32",
+    ),
+)
+
+# CPU presets: same family, every GEPA feature on, scaled layer indices
+# (XSA on the last third, VE on the last two layers, skips across halves).
+TINY = RunConfig(
+    preset="tiny",
+    model=ModelConfig(
+        num_layers=6,
+        model_dim=128,
+        num_heads=4,
+        num_kv_heads=2,
+        mlp_hidden=384,
+        rope_dims=8,
+        rope_train_seq_len=256,
+        bigram_buckets=1024,
+        bigram_dim=32,
+        xsa_last_n=2,
+        ve_layers=(4, 5),
+        ve_dim=32,
+        embed_dtype="float32",
+    ),
+    train=TrainConfig(
+        steps=600,
+        warmdown=240,
+        batch_tokens=8192,
+        micro_batch_tokens=8192,
+        seq_len=256,
+        val_every=100,
+        log_every=20,
+        checkpoint_every=200,
+        muon_momentum_warmup=150,
+        embed_lr=0.035,
+    ),
+    eval=EvalConfig(eval_stride=64, eval_batch_seqs=32),
+    ttt=TTTConfig(ttt_chunk_tokens=8192, ttt_epochs=3, ttt_freeze_blocks=1),
+)
+
+SMALL = RunConfig(
+    preset="small",
+    model=ModelConfig(
+        num_layers=8,
+        model_dim=256,
+        num_heads=4,
+        num_kv_heads=2,
+        mlp_hidden=768,
+        rope_dims=16,
+        rope_train_seq_len=512,
+        bigram_buckets=2048,
+        bigram_dim=64,
+        xsa_last_n=3,
+        ve_layers=(6, 7),
+        ve_dim=64,
+        embed_dtype="float32",
+    ),
+    train=TrainConfig(
+        steps=1500,
+        warmdown=600,
+        batch_tokens=16384,
+        micro_batch_tokens=16384,
+        seq_len=512,
+        val_every=250,
+        log_every=25,
+        checkpoint_every=250,
+        muon_momentum_warmup=300,
+    ),
+    ttt=TTTConfig(ttt_chunk_tokens=16384, ttt_epochs=3, ttt_freeze_blocks=1),
+)
+
+PRESETS: dict[str, RunConfig] = {c.preset: c for c in (GEPA11, BASELINE9, TINY, SMALL)}
+
+
+def get_preset(name: str, **overrides: Any) -> RunConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]
+    return override(cfg, **overrides) if overrides else cfg
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    with open(path, encoding="utf-8") as f:
+        return RunConfig.from_dict(json.load(f))
