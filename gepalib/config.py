@@ -135,6 +135,8 @@ class TrainConfig:
     compile_warmup: int = 0  # compile warm-up steps, fully undone afterwards (the run: 20)
     autocast: str = "auto"  # auto (bf16 on cuda, none on cpu) | bf16 | none
     device: str = "auto"  # auto | cpu | cuda
+    progress: str = "auto"  # (issue 4) auto (tqdm bar on a TTY, not under CI) | bar | log
+    keep_checkpoints: int = 2  # (issue 4) newest training checkpoints kept in <run>/checkpoints (0 = all)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,9 @@ class EvalConfig:
     eval_stride: int = 64
     eval_batch_seqs: int = 32
     tail_rescore: bool = True  # replicate the submission's re-scoring of the final targets
+    stream_lanes: int = 0  # (issue 6) streaming eval: parallel stream segments per rank (0 = auto)
+    stream_block: int = 0  # (issue 6) streaming eval: tokens advanced per step (0 = the window)
+    stream_prefix: int = -1  # (issue 6) streaming warm-up tokens per segment (-1 = exact: L*(W-1)+2)
 
 
 @dataclass(frozen=True)

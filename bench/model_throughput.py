@@ -1,0 +1,155 @@
+"""Forward+backward throughput of the GEPA model on CPU (issue 3 benchmark).
+
+For each preset (tiny, small) it times one fwd+bwd step of the model with every
+GEPA feature on (the preset) and of the same-size plain GPT (every GEPA feature
+off: no bigram, smear, XSA, value embeddings, gated skips, LN scale, Star-ReLU
+gains; full RoPE), interleaving the two so that both see the same machine load.
+It also times a square fp32 matmul in the same run and reports model FLOPs
+utilisation (MFU) against it.
+
+Model FLOPs per token = 6 * (matmul weights incl. the tied head) + 6 * L * T * d
+(causal attention scores and mixing, forward + backward).
+
+    .venv/bin/python bench/model_throughput.py            # full run
+    .venv/bin/python bench/model_throughput.py --quick    # smoke run
+Writes bench/results/model_throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from gepalib.config import ModelConfig, get_preset, override  # noqa: E402
+from gepalib.model import GPT  # noqa: E402
+
+PLAIN = dict(bigram=False, smear=False, xsa_last_n=0, ve_layers=(), skip_mode="add", ln_scale=False,
+             mlp_act="relu2")
+
+
+def plain_of(m: ModelConfig) -> dict:
+    return dict(PLAIN, rope_dims=m.head_dim)
+
+
+def flops_per_token(model: GPT, seq_len: int) -> float:
+    """6 * matmul weights (2-D, incl. tied head; embedding tables excluded) + causal attention."""
+    cfg = model.cfg
+    mat = sum(p.numel() for n, p in model.named_parameters()
+              if p.dim() == 2 and n.endswith(".weight") and "embed" not in n and n != "tok_emb.weight")
+    mat += cfg.vocab_size * cfg.model_dim  # tied output head
+    return 6.0 * mat + 6.0 * cfg.num_layers * seq_len * cfg.model_dim
+
+
+def matmul_flops(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / statistics.median(times)
+
+
+def make_step(model: GPT, batch: int, seq_len: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, model.cfg.vocab_size, (batch, seq_len + 1), generator=g)
+    idx, tgt = x[:, :-1], x[:, 1:]
+
+    def step() -> float:
+        t = time.perf_counter()
+        loss = model(idx, tgt)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+    return step
+
+
+def bench_preset(name: str, steps: int, warmup: int, overrides: dict | None = None) -> dict:
+    cfg = get_preset(name, **(overrides or {}))
+    T = cfg.train.seq_len
+    B = max(1, cfg.train.micro_batch_tokens // T)
+    torch.manual_seed(0)
+    variants = {"gepa": GPT(cfg.model), "plain": GPT(override(cfg, **plain_of(cfg.model)).model)}
+    steps_fn = {k: make_step(m, B, T) for k, m in variants.items()}
+    for _ in range(warmup):
+        for f in steps_fn.values():
+            f()
+    times = {k: [] for k in variants}
+    for _ in range(steps):  # interleave so both see the same load
+        for k, f in steps_fn.items():
+            times[k].append(f())
+    out = {"preset": name, "batch": B, "seq_len": T, "tokens_per_step": B * T, "steps": steps}
+    for k, m in variants.items():
+        med = statistics.median(times[k])
+        out[k] = {
+            "params": sum(p.numel() for p in m.parameters()),
+            "step_s_median": med,
+            "step_s_min": min(times[k]),
+            "tokens_per_s": B * T / med,
+            "flops_per_token": flops_per_token(m, T),
+        }
+    out["gepa_over_plain_time_per_token"] = out["gepa"]["step_s_median"] / out["plain"]["step_s_median"]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few steps (smoke run)")
+    ap.add_argument("--presets", default="tiny,small")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "model_throughput.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps, warmup = (3, 1) if args.quick else (12, 3)
+
+    peak = matmul_flops(reps=5 if args.quick else 20)
+    rows = [bench_preset(p, steps, warmup) for p in args.presets.split(",") if p]
+    peak_after = matmul_flops(reps=5 if args.quick else 20)
+    peak = max(peak, peak_after)
+    for r in rows:
+        for k in ("gepa", "plain"):
+            r[k]["mfu"] = r[k]["tokens_per_s"] * r[k]["flops_per_token"] / peak
+
+    result = {
+        "bench": "model_throughput",
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "matmul_fp32_flops": peak,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+
+    print(f"matmul_fp32_gflops: {peak / 1e9:.1f}  threads: {torch.get_num_threads()}")
+    print(f"{'preset':<7} {'variant':<6} {'params':>10} {'tok/s':>9} {'ms/step':>8} {'MFU':>6}  gepa/plain")
+    for r in rows:
+        for k in ("gepa", "plain"):
+            v = r[k]
+            ratio = f"{r['gepa_over_plain_time_per_token']:.2f}x" if k == "gepa" else ""
+            print(f"{r['preset']:<7} {k:<6} {v['params']:>10,} {v['tokens_per_s']:>9,.0f} "
+                  f"{v['step_s_median'] * 1e3:>8.1f} {v['mfu']:>6.1%}  {ratio}")
+    print(f"wrote: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Resumable training checkpoints (issue 4).
+
+A checkpoint is one ``torch.save`` file ``checkpoints/step_NNNNNN.pt`` holding only
+tensors and plain Python values, so it loads with ``weights_only=True`` (no pickle
+code execution). It contains the model, the fp32 EMA shadow, every optimizer's
+state, the train-loader position, all RNG states, the step, the elapsed training
+time and the training-config fingerprint. Files are written atomically (temp +
+rename) and the newest ``keep`` are kept.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gepalib.rundir import atomic_torch_save
+
+CKPT_RE = re.compile(r"^step_(\d{6,})\.pt$")
+FORMAT = "gepalib-train-ckpt-v1"
+
+
+def checkpoint_path(ckpt_dir: str | os.PathLike, step: int) -> Path:
+    return Path(ckpt_dir) / f"step_{step:06d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in ``ckpt_dir``, oldest first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    out = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+    return sorted(out)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    ck = list_checkpoints(ckpt_dir)
+    return ck[-1][1] if ck else None
+
+
+def capture_rng() -> dict[str, Any]:
+    """torch CPU/CUDA, python ``random`` and numpy global RNG states as weights_only-safe values."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch_cpu": torch.get_rng_state(),
+        "python": _to_lists(random.getstate()),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    random.setstate(_to_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if "torch_cuda" in state and torch.cuda.is_available():
+        cuda_states = state["torch_cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``state`` (plus format tag and step) atomically; prune to the newest ``keep`` files."""
+    path = checkpoint_path(ckpt_dir, step)
+    atomic_torch_save({"format": FORMAT, "step": int(step), **state}, path)
+    if keep > 0:
+        for _, old in list_checkpoints(ckpt_dir)[:-keep]:
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (weights_only), with a clear error."""
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                         f"delete it to resume from an older one") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} is not a gepalib training checkpoint ({FORMAT})")
+    return ck

@@ -1,0 +1,408 @@
+"""The GEPA GPT (SPEC §2), every feature behind a ModelConfig switch.
+
+Forward pass (identical for training, evaluation and TTT):
+
+    e  = RMSNorm(E_tok[ids] + Bigram(ids));  x0 = x = Smear(e)
+    encoder blocks 0 .. L//2-1 push their outputs; decoder block L//2+i pops one
+    (gated: x = g*x + (1-g)*(S_i*skip), g = sigmoid(G_i); add: x = x + S_i*skip)
+    logits = softcap * tanh(RMSNorm(x) @ E_tok^T / softcap)
+
+Block l:  x_in = m0*x + m1*x0
+          x = x_in + a * Attn(RMSNorm(x_in) * 1/sqrt(l+1))
+          x = x    + c * MLP(RMSNorm(x) * 1/sqrt(l+1))
+
+Parameter names (state-dict keys) are a fixed interface: the optimizer
+grouping, the quantizer and TTT freezing select tensors by them.
+The module never moves itself to a device; autocast is the caller's choice.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gepalib.config import ModelConfig
+
+# Name substrings that mark small "control" tensors (quantizer keeps them fp32).
+CONTROL_PATTERNS = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates",
+                    "smear", "bigram", "ve.")
+
+MLP_ACTS = ("star_relu2", "relu2", "leaky_relu2")
+SKIP_MODES = ("gated", "add", "none")
+BIGRAM_HASHES = ("add", "xor")
+EMBED_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# BigramHash constants (SPEC §2).
+ADD_HASH_MULT = 1009
+XOR_HASH_CUR, XOR_HASH_PREV = 36313, 27191
+XOR_SCALE_INIT = 0.05
+BIGRAM_EMB_STD = 0.01  # additive variant; the XOR table starts at zero
+VE_EMB_STD = 0.01
+VE_SCALE_INIT = 0.1
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Parameter-free RMSNorm over the last dim, eps = the dtype's machine epsilon."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def validate_config(cfg: ModelConfig) -> None:
+    """Raise ValueError naming the offending ModelConfig field."""
+    def bad(msg: str) -> None:
+        raise ValueError(f"ModelConfig: {msg}")
+
+    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_hidden"):
+        if getattr(cfg, name) <= 0:
+            bad(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.model_dim % cfg.num_heads:
+        bad(f"model_dim={cfg.model_dim} is not divisible by num_heads={cfg.num_heads}")
+    if cfg.num_heads % cfg.num_kv_heads:
+        bad(f"num_heads={cfg.num_heads} is not divisible by num_kv_heads={cfg.num_kv_heads}")
+    if cfg.rope_dims < 0 or cfg.rope_dims % 2 or cfg.rope_dims > cfg.head_dim:
+        bad(f"rope_dims={cfg.rope_dims} must be even and in [0, head_dim={cfg.head_dim}]")
+    if cfg.mlp_act not in MLP_ACTS:
+        bad(f"mlp_act={cfg.mlp_act!r}; choose one of {MLP_ACTS}")
+    if cfg.skip_mode not in SKIP_MODES:
+        bad(f"skip_mode={cfg.skip_mode!r}; choose one of {SKIP_MODES}")
+    if cfg.bigram_hash not in BIGRAM_HASHES:
+        bad(f"bigram_hash={cfg.bigram_hash!r}; choose one of {BIGRAM_HASHES}")
+    if cfg.embed_dtype not in EMBED_DTYPES:
+        bad(f"embed_dtype={cfg.embed_dtype!r}; choose one of {tuple(EMBED_DTYPES)}")
+    if cfg.bigram and (cfg.bigram_buckets < 2 or cfg.bigram_dim <= 0):
+        bad(f"bigram needs bigram_buckets >= 2 and bigram_dim > 0, got {cfg.bigram_buckets}, {cfg.bigram_dim}")
+    if not 0 <= cfg.xsa_last_n <= cfg.num_layers:
+        bad(f"xsa_last_n={cfg.xsa_last_n} must be in [0, num_layers={cfg.num_layers}]")
+    if len(set(cfg.ve_layers)) != len(cfg.ve_layers) or any(not 0 <= l < cfg.num_layers for l in cfg.ve_layers):
+        bad(f"ve_layers={cfg.ve_layers} must be distinct layer indices in [0, {cfg.num_layers})")
+    if cfg.ve_layers and cfg.ve_dim <= 0:
+        bad(f"ve_dim must be positive when ve_layers is set, got {cfg.ve_dim}")
+    if cfg.logit_softcap <= 0:
+        bad(f"logit_softcap must be positive, got {cfg.logit_softcap}")
+
+
+class CastedLinear(nn.Linear):
+    """Bias-free linear whose (fp32) weight is cast to the input dtype at matmul time."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.zero_init = zero_init
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+# ---------------------------------------------------------------------------
+# Rotary embedding (partial RoPE with the inactive-at-2048 NTK rescaling)
+
+
+def rope_base_for(cfg: ModelConfig, seq_len: int) -> float:
+    """NTK base rescaling: base * (S/S_train)^(r/(r-2)) when S > S_train, else base."""
+    if seq_len <= cfg.rope_train_seq_len:
+        return cfg.rope_base
+    r = cfg.rope_dims
+    if r <= 2:
+        raise ValueError(f"NTK RoPE rescaling needs rope_dims > 2 (got {r}) for seq_len {seq_len} > "
+                         f"rope_train_seq_len {cfg.rope_train_seq_len}")
+    return cfg.rope_base * (seq_len / cfg.rope_train_seq_len) ** (r / (r - 2))
+
+
+def rope_cos_sin(cfg: ModelConfig, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin of angle t*theta_j, theta_j = base^(-2j/r), shapes [T, r/2] (fp32)."""
+    r = cfg.rope_dims
+    base = rope_base_for(cfg, seq_len)
+    theta = base ** (-torch.arange(0, r, 2, dtype=torch.float64, device=device) / r)
+    ang = torch.arange(seq_len, dtype=torch.float64, device=device)[:, None] * theta[None, :]
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first 2*cos.size(-1) dims of x [..., T, hd]: u'=u cos+w sin, w'=-u sin+w cos."""
+    half = cos.size(-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    u, w, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return torch.cat((u * cos + w * sin, w * cos - u * sin, rest), dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# Input-side components
+
+
+def bigram_hash(idx: Tensor, buckets: int, variant: str) -> Tensor:
+    """Bucket of each (previous, current) token pair; hashing restarts at position 0 (SPEC §2)."""
+    ids = idx.to(torch.int32)
+    prev = F.pad(ids[:, :-1], (1, 0))  # id_{-1} = 0
+    if variant == "add":
+        return ((ADD_HASH_MULT * prev + ids) % buckets).long()
+    if variant == "xor":
+        h = torch.bitwise_xor(XOR_HASH_CUR * ids, XOR_HASH_PREV * prev) % (buckets - 1)
+        h[:, 0] = buckets - 1
+        return h.long()
+    raise ValueError(f"unknown bigram_hash {variant!r}")
+
+
+class BigramHash(nn.Module):
+    """Hashed (previous, current) token-pair embedding projected to model_dim."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.buckets, self.variant = cfg.bigram_buckets, cfg.bigram_hash
+        self.embed = nn.Embedding(cfg.bigram_buckets, cfg.bigram_dim)
+        self.proj = CastedLinear(cfg.bigram_dim, cfg.model_dim)
+        if self.variant == "xor":
+            self.scale = nn.Parameter(torch.tensor(XOR_SCALE_INIT))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        out = self.proj(self.embed(bigram_hash(idx, self.buckets, self.variant)))
+        return out * self.scale.to(out.dtype) if self.variant == "xor" else out
+
+
+class SmearGate(nn.Module):
+    """e'_t = (1-g) e_t + g e_{t-1}, g = sigmoid(gate), e_{-1} = 0 (and at BOS when reset is on)."""
+
+    def __init__(self, dim: int, bos_reset: bool = False, bos_id: int = 1):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+        self.bos_reset, self.bos_id = bos_reset, bos_id
+
+    def forward(self, e: Tensor, idx: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate).to(e.dtype)
+        prev = F.pad(e[:, :-1], (0, 0, 1, 0))
+        if self.bos_reset:
+            prev = prev.masked_fill((idx == self.bos_id).unsqueeze(-1), 0.0)
+        return (1 - g) * e + g * prev
+
+
+class ValueEmbedding(nn.Module):
+    """Shared table + projection to kv_dim; layer k of ve_layers adds layer_scales[k] * ve to v."""
+
+    def __init__(self, cfg: ModelConfig, kv_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.ve_dim)
+        self.proj = CastedLinear(cfg.ve_dim, kv_dim)
+        self.scale = nn.Parameter(torch.tensor(VE_SCALE_INIT))
+        self.layer_scales = nn.Parameter(torch.ones(len(cfg.ve_layers)))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        ve = self.proj(self.embed(idx))
+        return ve * self.scale.to(ve.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Block
+
+
+def xsa(y: Tensor, v: Tensor) -> Tensor:
+    """Exclusive self-attention: y [B,H,T,hd] minus its component along its own token's value
+    v [B,Hkv,T,hd] (query head h is served by KV head h // (H/Hkv))."""
+    B, H, T, hd = y.shape
+    Hkv = v.size(1)
+    vn = F.normalize(v, dim=-1).unsqueeze(2)  # [B,Hkv,1,T,hd]
+    y = y.view(B, Hkv, H // Hkv, T, hd)
+    y = y - (y * vn).sum(-1, keepdim=True) * vn
+    return y.view(B, H, T, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, use_xsa: bool):
+        super().__init__()
+        d, self.H, self.Hkv, self.hd = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kv_dim = self.Hkv * self.hd
+        self.q = CastedLinear(d, d)
+        self.k = CastedLinear(d, kv_dim)
+        self.v = CastedLinear(d, kv_dim)
+        self.out = CastedLinear(d, d, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((self.H,), cfg.qk_gain_init))
+        self.qk_norm, self.use_xsa = cfg.qk_norm, use_xsa
+
+    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None, ve: Tensor | None) -> Tensor:
+        B, T, _ = h.shape
+        q = self.q(h).view(B, T, self.H, self.hd).transpose(1, 2)
+        k = self.k(h).view(B, T, self.Hkv, self.hd).transpose(1, 2)
+        v = self.v(h)
+        if ve is not None:
+            v = v + ve.to(v.dtype)
+        v = v.view(B, T, self.Hkv, self.hd).transpose(1, 2)
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        rep = self.H // self.Hkv
+        kr, vr = (k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)) if rep > 1 else (k, v)
+        y = F.scaled_dot_product_attention(q, kr, vr, is_causal=True)
+        if self.use_xsa:
+            y = xsa(y, v)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.H * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.act = cfg.mlp_act
+        self.up = CastedLinear(cfg.model_dim, cfg.mlp_hidden)
+        self.down = CastedLinear(cfg.mlp_hidden, cfg.model_dim, zero_init=True)
+        if self.act == "star_relu2":
+            self.gamma = nn.Parameter(torch.ones(cfg.mlp_hidden))
+            self.beta = nn.Parameter(torch.zeros(cfg.mlp_hidden))
+
+    def forward(self, h: Tensor) -> Tensor:
+        u = self.up(h)
+        if self.act == "leaky_relu2":
+            a = F.leaky_relu(u, 0.5).square()
+        else:
+            a = F.relu(u).square()
+        if self.act == "star_relu2":
+            a = a * self.gamma.to(a.dtype) + self.beta.to(a.dtype)
+        return self.down(a)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        d = cfg.model_dim
+        self.ln_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+        if cfg.resid_mix:
+            self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.mlp_scale = nn.Parameter(torch.ones(d))
+        self.attn = Attention(cfg, use_xsa=layer >= cfg.num_layers - cfg.xsa_last_n)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, x0: Tensor, rope, ve: Tensor | None) -> Tensor:
+        if hasattr(self, "resid_mix"):
+            m = self.resid_mix.to(x.dtype)
+            x = m[0] * x + m[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, rope, ve)
+        x = x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+        return x
+
+
+# ---------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        validate_config(cfg)
+        self.cfg = cfg
+        d, L = cfg.model_dim, cfg.num_layers
+        kv_dim = cfg.num_kv_heads * cfg.head_dim
+        self.n_enc = L // 2
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        if cfg.bigram:
+            self.bigram = BigramHash(cfg)
+        if cfg.smear:
+            self.smear = SmearGate(d, cfg.smear_bos_reset, cfg.bos_id)
+        if cfg.skip_mode != "none":
+            self.skip_weights = nn.Parameter(torch.ones(self.n_enc, d))
+        if cfg.skip_mode == "gated":
+            self.skip_gates = nn.Parameter(torch.zeros(self.n_enc, d))
+        if cfg.ve_layers:
+            self.ve = ValueEmbedding(cfg, kv_dim)
+        self.ve_slot = {layer: k for k, layer in enumerate(cfg.ve_layers)}
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(L))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """SPEC §2 init: orthogonal linears, zero-init output projections, *.proj scaled by
+        1/sqrt(2L), E_tok ~ N(0, tok_emb_std^2) stored in embed_dtype. Vectors keep their
+        constructor values. (The submission's 'both dims >= 64' orthogonal rule covers all
+        its linears; smaller presets use orthogonal init for every linear too.)"""
+        cfg = self.cfg
+        for name, mod in self.named_modules():
+            if isinstance(mod, CastedLinear):
+                if mod.zero_init:
+                    mod.weight.zero_()
+                else:
+                    nn.init.orthogonal_(mod.weight)
+                    if name.endswith(".proj"):
+                        mod.weight.mul_(1.0 / math.sqrt(2 * cfg.num_layers))
+        if cfg.bigram:
+            if cfg.bigram_hash == "add":
+                nn.init.normal_(self.bigram.embed.weight, std=BIGRAM_EMB_STD)
+            else:
+                self.bigram.embed.weight.zero_()
+        if cfg.ve_layers:
+            nn.init.normal_(self.ve.embed.weight, std=VE_EMB_STD)
+        w = torch.empty_like(self.tok_emb.weight, dtype=torch.float32).normal_(std=cfg.tok_emb_std)
+        self.tok_emb.weight.data = w.to(EMBED_DTYPES[cfg.embed_dtype])
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        """idx int64 [B,T] -> soft-capped fp32 logits [B,T,V]; with targets: fp32 token-mean
+        cross-entropy (reduction='mean') or per-token nll [B,T] (reduction='none')."""
+        cfg = self.cfg
+        if idx.dim() != 2:
+            raise ValueError(f"GPT expects idx of shape [B, T], got {tuple(idx.shape)}")
+        T = idx.size(1)
+        e = self.tok_emb(idx)
+        if cfg.bigram:
+            e = e + self.bigram(idx)
+        e = rms_norm(e)
+        if cfg.smear:
+            e = self.smear(e, idx)
+        x = x0 = e
+        rope = rope_cos_sin(cfg, T, idx.device) if cfg.rope_dims else None
+        ve = self.ve(idx) if cfg.ve_layers else None
+
+        skips: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            if i >= self.n_enc and skips:
+                j = i - self.n_enc
+                s = self.skip_weights[j].to(x.dtype) * skips.pop()
+                if cfg.skip_mode == "gated":
+                    g = torch.sigmoid(self.skip_gates[j]).to(x.dtype)
+                    x = g * x + (1 - g) * s
+                else:
+                    x = x + s
+            slot = self.ve_slot.get(i)
+            ve_i = None if slot is None else self.ve.layer_scales[slot].to(ve.dtype) * ve
+            x = block(x, x0, rope, ve_i)
+            if i < self.n_enc and cfg.skip_mode != "none":
+                skips.append(x)
+
+        h = rms_norm(x)
+        z = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+        logits = cfg.logit_softcap * torch.tanh(z / cfg.logit_softcap)
+        if targets is None:
+            return logits
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return nll if reduction == "mean" else nll.view(targets.shape)
+
+
+# ---------------------------------------------------------------------------
+# Parameter accounting
+
+BREAKDOWN_KEYS = ("tok_emb", "bigram", "smear", "skips", "value_embed",
+                  "blocks.attn_matrices", "blocks.mlp_matrices", "blocks.vectors")
+
+
+def component_of(name: str) -> str:
+    """Which BREAKDOWN_KEYS component a parameter name belongs to."""
+    if name.startswith("blocks."):
+        if name.endswith(("attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.out.weight")):
+            return "blocks.attn_matrices"
+        if name.endswith(("mlp.up.weight", "mlp.down.weight")):
+            return "blocks.mlp_matrices"
+        return "blocks.vectors"
+    for prefix, comp in (("tok_emb.", "tok_emb"), ("bigram.", "bigram"), ("smear.", "smear"),
+                         ("skip_", "skips"), ("ve.", "value_embed")):
+        if name.startswith(prefix):
+            return comp
+    raise KeyError(f"parameter {name!r} has no component")
+
+
+def param_breakdown(model: nn.Module) -> dict[str, int]:
+    """Parameter count per component (SPEC §2 table), plus 'blocks' and 'total'."""
+    out = OrderedDict((k, 0) for k in BREAKDOWN_KEYS)
+    for name, p in model.named_parameters():
+        out[component_of(name)] += p.numel()
+    out["blocks"] = sum(v for k, v in out.items() if k.startswith("blocks."))
+    out["total"] = sum(p.numel() for p in model.parameters())
+    return dict(out)

@@ -1,0 +1,342 @@
+"""int6 per-row GPTQ-lite quantization of a state dict (SPEC §4).
+
+Pure functions: ``state dict -> QuantizedModel -> state dict``. The byte-level
+artifact (container, compressors, validation) lives in :mod:`gepalib.artifact`;
+its public functions are re-exported here (``quant.save_artifact`` etc.).
+
+Walk the state dict in order (SPEC §4):
+
+1. non-float tensors: kept as they are;
+2. float tensors with ``numel <= passthrough_numel`` (65,536): kept as float --
+   fp32 if the name contains one of :data:`gepalib.model.CONTROL_PATTERNS`,
+   else fp16 with the original dtype remembered;
+3. ``tok_emb.weight`` with ``quant_embed=False``: kept as fp16 (the code default);
+4. everything else: int6 per-row GPTQ-lite. A tensor with ``ndim >= 2`` has rows
+   ``shape[0]`` (trailing dims flattened); a large 1-D tensor is one row.
+
+GPTQ-lite int6 for W (r x n, fp32) and the 15 candidates of :data:`CANDIDATES`:
+
+    clip_i = p-quantile of |W_i| (torch.quantile, linear interpolation; the
+             row max for p = 1)
+    s_i    = max(clip_i / 31, 1/31)
+    q      = clamp(round(W / s_i), -32, 31)           (no pre-clipping)
+    err    = mean over the whole matrix of (W - q s)^2
+
+``quant_mode="faithful"`` (the submission): one percentile per tensor, the
+candidate with the smallest err, strict ``<`` so ties go to the first; the
+search uses fp32 scales and the stored scales are their fp16 rounding.
+
+``quant_mode="per_row"`` (improvement, SPEC §7.5): every row picks its own
+candidate. The search already uses the fp16-rounded scale that will be stored
+(q = clamp(round(W / s16))), so the reconstruction error of every row is <= the
+faithful one: for a fixed scale, clamp(round(.)) is the best integer code, and
+the faithful candidate is among the ones tried.
+
+Dequantization: W ~= q * s16 (in fp32), cast back to the original dtype.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gepalib.config import QuantConfig
+
+CANDIDATES: tuple[float, ...] = (0.990, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9993, 0.9995, 0.9997,
+                                 0.9999, 0.99993, 0.99995, 0.99997, 0.99999, 1.0)
+QMIN, QMAX = -32, 31
+CLIP_LEVEL = 31.0  # s = clip / 31
+ALPHABET = QMAX - QMIN + 1  # 64 int6 symbols
+QUANT_MODES = ("faithful", "per_row")
+EMBED_NAME = "tok_emb.weight"
+
+# dtype name <-> torch dtype for everything a state dict may hold.
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16,
+    "int32": torch.int32, "int64": torch.int64, "bool": torch.bool,
+}
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    for k, v in TORCH_DTYPES.items():
+        if v == dt:
+            return k
+    raise ValueError(f"unsupported tensor dtype {dt}")
+
+
+# ---------------------------------------------------------------------------
+# Quantized form
+
+
+@dataclass
+class QTensor:
+    """One int6 tensor: codes q (int8, [rows, cols]) and fp16 per-row scales."""
+
+    q: Tensor  # int8 [rows, cols], values in [-32, 31]
+    scale: Tensor  # float16 [rows]
+    shape: tuple[int, ...]  # original shape
+    dtype: str  # original dtype name (bfloat16 for E_tok, float32 otherwise)
+    percentile: float | None = None  # faithful mode: the tensor's candidate
+    row_choice: Tensor | None = None  # per_row mode: uint8 [rows], index into CANDIDATES
+    mse: float | None = None  # reconstruction MSE vs the fp32 input (known at quantize time)
+
+    @property
+    def rows(self) -> int:
+        return int(self.q.shape[0])
+
+    @property
+    def numel(self) -> int:
+        return int(self.q.numel())
+
+
+@dataclass
+class PTensor:
+    """One passthrough tensor: ``data`` in its stored dtype plus the original dtype."""
+
+    data: Tensor
+    dtype: str  # original dtype name
+
+    @property
+    def numel(self) -> int:
+        return int(self.data.numel())
+
+
+Entry = Union[QTensor, PTensor]
+
+
+@dataclass
+class QuantizedModel:
+    """A quantized state dict: ``entries`` in state-dict order, plus the mode used."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    quant_mode: str = "faithful"
+
+    def quantized(self) -> dict[str, QTensor]:
+        return {k: e for k, e in self.entries.items() if isinstance(e, QTensor)}
+
+    def passthrough(self) -> dict[str, PTensor]:
+        return {k: e for k, e in self.entries.items() if isinstance(e, PTensor)}
+
+    def num_params(self) -> int:
+        return sum(e.numel for e in self.entries.values())
+
+
+# ---------------------------------------------------------------------------
+# GPTQ-lite
+
+
+def candidate_scales(w32: Tensor) -> Tensor:
+    """fp32 per-row scales for every candidate, shape [len(CANDIDATES), rows]."""
+    a = w32.abs()
+    qs = torch.tensor(CANDIDATES[:-1], dtype=torch.float32)
+    clips = torch.quantile(a, qs, dim=1)  # linear interpolation, same as one call per p
+    clips = torch.cat([clips, a.amax(dim=1, keepdim=False)[None]], dim=0)  # p = 1.0: the row max
+    return (clips / CLIP_LEVEL).clamp_min(1.0 / CLIP_LEVEL)
+
+
+def quantize_rows(w32: Tensor, scale: Tensor) -> Tensor:
+    """q = clamp(round(W / s_row), -32, 31) as float (exact small integers)."""
+    return torch.clamp(torch.round(w32 / scale[:, None]), QMIN, QMAX)
+
+
+def gptq_lite_faithful(w32: Tensor) -> tuple[Tensor, Tensor, int]:
+    """SPEC §4 search with one percentile per tensor -> (q int8, s fp16, candidate index)."""
+    scales = candidate_scales(w32)
+    best_err, best_q, best_c = math.inf, None, -1
+    for c in range(len(CANDIDATES)):
+        s = scales[c]
+        q = quantize_rows(w32, s)
+        err = float((w32 - q * s[:, None]).square().mean())
+        if err < best_err:  # strict: ties keep the earlier candidate
+            best_err, best_q, best_c = err, q, c
+    return best_q.to(torch.int8), scales[best_c].to(torch.float16), best_c
+
+
+def gptq_lite_per_row(w32: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Best candidate per row, searched with the stored fp16 scales -> (q, s fp16, choice uint8)."""
+    scales16 = candidate_scales(w32).to(torch.float16).float()
+    rows = w32.shape[0]
+    best_err = torch.full((rows,), math.inf, dtype=torch.float64)
+    best_q = torch.zeros_like(w32)
+    best_s = torch.zeros(rows, dtype=torch.float32)
+    choice = torch.zeros(rows, dtype=torch.uint8)
+    for c in range(len(CANDIDATES)):
+        s = scales16[c]
+        q = quantize_rows(w32, s)
+        err = (w32.double() - (q * s[:, None]).double()).square().mean(dim=1)
+        better = err < best_err  # strict: ties keep the earlier candidate
+        best_err = torch.where(better, err, best_err)
+        best_q[better] = q[better]
+        best_s[better] = s[better]
+        choice[better] = c
+    return best_q.to(torch.int8), best_s.to(torch.float16), choice
+
+
+def dequantize_tensor(qt: QTensor) -> Tensor:
+    """q * s16 in fp32, reshaped and cast to the original dtype (SPEC §4)."""
+    w = qt.q.float() * qt.scale.float()[:, None]
+    return w.reshape(qt.shape).to(TORCH_DTYPES[qt.dtype]).contiguous()
+
+
+def reconstruction_mse(w32: Tensor, qt: QTensor) -> float:
+    """Mean squared error of the fp32 reconstruction q * s16 against fp32 W (float64 math)."""
+    rec = qt.q.double() * qt.scale.double()[:, None]
+    return float((w32.double() - rec).square().mean())
+
+
+# ---------------------------------------------------------------------------
+# State dicts
+
+
+def is_control(name: str) -> bool:
+    from gepalib.model import CONTROL_PATTERNS
+
+    return any(p in name for p in CONTROL_PATTERNS)
+
+
+def _as_rows(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
+
+
+def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig) -> Entry:
+    """Apply the SPEC §4 rules to one tensor."""
+    t = t.detach().to("cpu").contiguous()
+    dt = dtype_name(t.dtype)
+    if not t.is_floating_point():
+        return PTensor(t.clone(), dt)
+    if t.numel() <= qcfg.passthrough_numel or t.numel() == 0:
+        keep = torch.float32 if is_control(name) else torch.float16
+        return PTensor(t.to(keep).clone(), dt)
+    if name == EMBED_NAME and not qcfg.quant_embed:
+        return PTensor(t.to(torch.float16).clone(), dt)
+    w32 = _as_rows(t.float())
+    if not torch.isfinite(w32).all():
+        raise ValueError(f"tensor {name!r} has non-finite values; refusing to quantize")
+    if qcfg.quant_mode == "faithful":
+        q, s, c = gptq_lite_faithful(w32)
+        qt = QTensor(q, s, tuple(t.shape), dt, percentile=CANDIDATES[c])
+    else:
+        q, s, choice = gptq_lite_per_row(w32)
+        qt = QTensor(q, s, tuple(t.shape), dt, row_choice=choice)
+    qt.mse = reconstruction_mse(w32, qt)
+    return qt
+
+
+def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig) -> QuantizedModel:
+    """SPEC §4: quantize a (EMA) state dict. Pure; the input is not modified."""
+    if qcfg.quant_mode not in QUANT_MODES:
+        raise ValueError(f"quant_mode must be one of {QUANT_MODES}, got {qcfg.quant_mode!r}")
+    if qcfg.passthrough_numel < 0:
+        raise ValueError(f"passthrough_numel must be >= 0, got {qcfg.passthrough_numel}")
+    qm = QuantizedModel(quant_mode=qcfg.quant_mode)
+    for name, t in sd.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
+        qm.entries[name] = quantize_tensor(name, t, qcfg)
+    return qm
+
+
+def dequantize(qm: QuantizedModel) -> dict[str, Tensor]:
+    """Back to a state dict with the original dtypes (bf16 E_tok stays bf16)."""
+    out: dict[str, Tensor] = {}
+    for name, e in qm.entries.items():
+        if isinstance(e, QTensor):
+            out[name] = dequantize_tensor(e)
+        else:
+            out[name] = e.data.to(TORCH_DTYPES[e.dtype]).clone()
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Entropy bounds (issue 5): how small could the int6 codes possibly get?
+
+
+def symbol_counts(q: Tensor) -> np.ndarray:
+    """Histogram of int6 codes over the 64 symbols (index = q + 32)."""
+    return np.bincount(q.numpy().ravel().astype(np.int64) - QMIN, minlength=ALPHABET)
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """n * H(empirical distribution) in bits = sum -c log2(c / n)."""
+    c = counts[counts > 0].astype(np.float64)
+    n = c.sum()
+    return float(-(c * np.log2(c / n)).sum()) if n else 0.0
+
+
+def row_entropy_bits(q: Tensor) -> tuple[float, float]:
+    """(sum over rows of n_row * H(row), cost of describing every row's histogram) in bits.
+
+    The description cost is the two-part-code price of sending each row's exact
+    histogram: log2 C(n + k - 1, k - 1) with k = the tensor's symbol range
+    max - min + 1 (sent once per tensor, negligible)."""
+    a = q.numpy().astype(np.int64) - QMIN
+    rows, n = a.shape
+    idx = (np.arange(rows, dtype=np.int64)[:, None] * ALPHABET + a).ravel()
+    h = np.bincount(idx, minlength=rows * ALPHABET).reshape(rows, ALPHABET).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = h / h.sum(axis=1, keepdims=True)
+        bits = float(-(np.where(h > 0, h * np.log2(p), 0.0)).sum())
+    k = int(a.max() - a.min() + 1) if a.size else 1
+    desc = rows * (math.lgamma(n + k) - math.lgamma(k) - math.lgamma(n + 1)) / math.log(2)
+    return bits, desc
+
+
+def entropy_bounds(qm: QuantizedModel) -> dict:
+    """Per-tensor and per-row empirical entropy bounds of a quantized model, in bytes.
+
+    per_tensor_bound = sum_t count_t * H(t) / 8 + scale bytes + passthrough bytes
+                       (+ per-row choice bytes in per_row mode), the raw non-code bytes
+    per_row_bound    = sum over rows of n * H(row) / 8 + description cost + the same raw bytes
+    """
+    code_bits = row_bits = desc_bits = 0.0
+    scale_bytes = pass_bytes = choice_bytes = 0
+    per_tensor = {}
+    for name, e in qm.entries.items():
+        if isinstance(e, QTensor):
+            tb = entropy_bits(symbol_counts(e.q))
+            rb, db = row_entropy_bits(e.q)
+            code_bits += tb
+            row_bits += rb
+            desc_bits += db
+            scale_bytes += 2 * e.rows
+            choice_bytes += e.rows if e.row_choice is not None else 0
+            per_tensor[name] = {"numel": e.numel, "bits_per_code": tb / max(e.numel, 1),
+                                "row_bits_per_code": rb / max(e.numel, 1)}
+        else:
+            pass_bytes += e.data.numel() * e.data.element_size()
+    other = scale_bytes + pass_bytes + choice_bytes
+    n_codes = sum(e.numel for e in qm.quantized().values())
+    return {
+        "num_codes": n_codes,
+        "code_entropy_bytes": code_bits / 8,
+        "code_bits_per_symbol": code_bits / max(n_codes, 1),
+        "row_entropy_bytes": row_bits / 8,
+        "row_description_bytes": desc_bits / 8,
+        "scale_bytes": scale_bytes,
+        "passthrough_bytes": pass_bytes,
+        "row_choice_bytes": choice_bytes,
+        "per_tensor_bound_bytes": code_bits / 8 + other,
+        "per_row_bound_bytes": (row_bits + desc_bits) / 8 + other,
+        "tensors": per_tensor,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Re-exports from gepalib.artifact (lazy: artifact imports this module).
+
+_ARTIFACT_API = ("ArtifactInfo", "save_artifact", "load_artifact", "load_artifact_state_dict",
+                 "compression_report", "code_bytes", "size_ledger", "artifact_bytes",
+                 "artifact_from_bytes")
+
+
+def __getattr__(name: str):
+    if name in _ARTIFACT_API:
+        from gepalib import artifact
+
+        return getattr(artifact, name)
+    raise AttributeError(f"module 'gepalib.quant' has no attribute {name!r}")

@@ -1,0 +1,362 @@
+"""Legal score-first test-time training (SPEC §5 "Legal score-first TTT").
+
+The validation targets are cut into chunks of C = ``ttt_chunk_tokens`` targets
+(chunk c = targets [cC, min((c+1)C, N)); target i is val[i+1]). A sliding window
+(:func:`gepalib.evaluate.plan_sliding_windows`) belongs to the chunk of its first scored
+target. For c = 0, 1, ...:
+
+1. **Score** the chunk's windows with the current weights (eval + inference mode, windows
+   split contiguously across ranks) and add to the fp64 loss/token/byte sums.
+2. **Train** (not for the last chunk): ``ttt_epochs`` passes over the chunk's aligned
+   sequences -- inputs val[cC+kT : cC+(k+1)T], targets shifted by one, k = 0..floor(len/T)-1
+   (a chunk shorter than T gives one sequence of its own length; a remainder shorter than T
+   is not trained on, as in the submission). Each epoch is one optimizer step on the mean
+   cross-entropy over all of the chunk's sequences: every rank takes a contiguous share,
+   accumulates micro-batches of ``ttt_batch_seqs`` sequences weighted by their share of the
+   chunk's tokens, and the gradients are summed across ranks (= the AVG all-reduce of SPEC
+   when ranks hold equal shares, and the same global mean for any world size). Then a
+   global-norm clip at ``ttt_grad_clip`` over the trainable parameters and one step of SGD
+   (momentum, no dampening/Nesterov/wd) or AdamW, created once so its state carries over.
+   The chunk LR is :func:`ttt_lr`. Parameters named ``blocks.{i}.*`` with
+   i < ``ttt_freeze_blocks`` are frozen.
+
+Legality: every target trained on in chunk c lies in chunk c, and every target of chunk c
+is scored by a window whose first scored target is <= it, i.e. a window of chunk <= c, so
+it was graded before any step that sees it. The weights that score chunk c depend only on
+tokens val[0 .. cC] -- strictly before chunk c's first target token val[cC+1].
+
+``ttt_reset_per_doc``: a document starts at every token position j with val[j] == bos_id.
+Before scoring chunk c, if the model has been trained since the last reset on a sequence
+whose first input token lies in a different document than chunk c's first target token
+val[cC+1], the pre-TTT weights and a fresh optimizer state are restored. So chunk c is
+always scored by weights adapted only on the document that contains its first target
+(reset granularity is the chunk: use a small ``ttt_chunk_tokens`` for document-level TTT).
+The LR schedule keeps following the global chunk index.
+
+``ttt_scoring="streaming"`` scores each chunk's targets [cC, min((c+1)C, N)) with the
+banded-attention evaluator of gepalib.streaming instead of its sliding windows.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gepalib import dist
+from gepalib.config import EvalConfig, TTTConfig
+from gepalib.evaluate import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
+                              plan_sliding_windows, score_windows)
+
+OPTIMIZERS = ("sgd", "adamw")
+SCORING = ("sliding", "streaming")
+
+
+# ---------------------------------------------------------------------------
+# Pure planning helpers
+
+
+def n_chunks_for(n_targets: int, chunk_tokens: int) -> int:
+    if chunk_tokens <= 0:
+        raise ValueError(f"ttt_chunk_tokens must be positive, got {chunk_tokens}")
+    return -(-int(n_targets) // int(chunk_tokens))
+
+
+def chunk_of_windows(plan: WindowPlan, chunk_tokens: int) -> np.ndarray:
+    """Chunk index of every window: floor(first scored target / C) (SPEC §5)."""
+    return plan.score_lo // int(chunk_tokens)
+
+
+def windows_by_chunk(plan: WindowPlan, chunk_tokens: int) -> list[np.ndarray]:
+    """Window indices of each chunk (the plan's windows are in increasing start order)."""
+    n = n_chunks_for(plan.n_targets, chunk_tokens)
+    cw = chunk_of_windows(plan, chunk_tokens)
+    bounds = np.searchsorted(cw, np.arange(n + 1), side="left")
+    return [np.arange(bounds[c], bounds[c + 1], dtype=np.int64) for c in range(n)]
+
+
+def chunk_bounds(c: int, n_targets: int, chunk_tokens: int) -> tuple[int, int]:
+    """Target range [lo, hi) of chunk c."""
+    lo = c * chunk_tokens
+    return lo, min(lo + chunk_tokens, n_targets)
+
+
+def chunk_train_seqs(c: int, n_targets: int, chunk_tokens: int, seq_len: int) -> list[tuple[int, int]]:
+    """The chunk's training sequences as target ranges [a, a+len): inputs val[a:a+len],
+    targets val[a+1:a+len+1]. Aligned to the chunk start; a remainder < seq_len is dropped."""
+    lo, hi = chunk_bounds(c, n_targets, chunk_tokens)
+    n = hi - lo
+    if n <= 0:
+        return []
+    if n < seq_len:
+        return [(lo, n)]
+    return [(lo + k * seq_len, seq_len) for k in range(n // seq_len)]
+
+
+def ttt_warmup_chunks(n_chunks: int, warmup_div: int) -> int:
+    return n_chunks // warmup_div if warmup_div > 0 else 0
+
+
+def ttt_lr(c: int, n_chunks: int, base_lr: float, warmup_div: int = 20) -> float:
+    """SPEC §5 chunk LR: w = floor(n_chunks/warmup_div); base*(c+1)/w for c < w, else
+    base * 0.5 * (1 + cos(pi * (c - w) / (n_chunks - 1 - w)))."""
+    w = ttt_warmup_chunks(n_chunks, warmup_div)
+    if c < w:
+        return base_lr * (c + 1) / w
+    denom = n_chunks - 1 - w
+    if denom <= 0:
+        return base_lr
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (c - w) / denom))
+
+
+def is_frozen(name: str, freeze_blocks: int) -> bool:
+    return any(name.startswith(f"blocks.{i}.") for i in range(freeze_blocks))
+
+
+def trainable_named_params(model: nn.Module, freeze_blocks: int) -> list[tuple[str, nn.Parameter]]:
+    """Parameters TTT adapts: all except those of blocks 0 .. freeze_blocks-1."""
+    nb = len(getattr(model, "blocks", []))
+    if freeze_blocks < 0 or (nb and freeze_blocks > nb):
+        raise ValueError(f"ttt_freeze_blocks={freeze_blocks} must be in [0, {nb}]")
+    return [(n, p) for n, p in model.named_parameters() if not is_frozen(n, freeze_blocks)]
+
+
+class DocIndex:
+    """Document ids of token positions: doc(j) = number of BOS tokens at positions <= j."""
+
+    def __init__(self, val_tokens: Tensor, bos_id: int):
+        self.bos_pos = np.flatnonzero(val_tokens.numpy() == bos_id) if val_tokens.device.type == "cpu" \
+            else np.flatnonzero(val_tokens.cpu().numpy() == bos_id)
+
+    def doc(self, j: int) -> int:
+        return int(np.searchsorted(self.bos_pos, j, side="right"))
+
+
+# ---------------------------------------------------------------------------
+# Hooks
+
+
+class TTTHooks:
+    """Instrumentation points of :func:`run_ttt` (all no-ops; subclass what you need).
+
+    Target ranges are half-open [lo, hi) of absolute target indices, this rank's only."""
+
+    def on_score(self, chunk: int, ranges: list[tuple[int, int]]) -> None:
+        """Targets just scored (added to the sums) for ``chunk``."""
+
+    def on_train(self, chunk: int, epoch: int, ranges: list[tuple[int, int]]) -> None:
+        """Targets whose loss feeds the optimizer step about to be computed."""
+
+    def on_step(self, chunk: int, epoch: int, lr: float, grad_norm: float) -> None:
+        """After the optimizer step (grad_norm before clipping)."""
+
+    def on_reset(self, chunk: int) -> None:
+        """Weights and optimizer state were just restored to their pre-TTT values."""
+
+    def on_chunk_end(self, chunk: int, row: dict[str, Any]) -> None:
+        """Per-chunk stats (global sums)."""
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
+
+def _make_optimizer(params: list[nn.Parameter], tcfg: TTTConfig) -> torch.optim.Optimizer:
+    if tcfg.ttt_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tcfg.ttt_lr, momentum=tcfg.ttt_momentum, dampening=0.0,
+                               nesterov=False, weight_decay=0.0)
+    if tcfg.ttt_optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tcfg.ttt_lr, betas=(tcfg.ttt_adam_beta1, tcfg.ttt_adam_beta2),
+                                 weight_decay=tcfg.ttt_adam_wd)
+    raise ValueError(f"ttt_optimizer={tcfg.ttt_optimizer!r}; choose one of {OPTIMIZERS}")
+
+
+def validate_ttt_config(tcfg: TTTConfig) -> None:
+    if tcfg.ttt_optimizer not in OPTIMIZERS:
+        raise ValueError(f"ttt_optimizer={tcfg.ttt_optimizer!r}; choose one of {OPTIMIZERS}")
+    if tcfg.ttt_scoring not in SCORING:
+        raise ValueError(f"ttt_scoring={tcfg.ttt_scoring!r}; choose one of {SCORING}")
+    if tcfg.ttt_epochs < 0:
+        raise ValueError(f"ttt_epochs must be >= 0, got {tcfg.ttt_epochs}")
+    if tcfg.ttt_chunk_tokens <= 0:
+        raise ValueError(f"ttt_chunk_tokens must be positive, got {tcfg.ttt_chunk_tokens}")
+    if tcfg.ttt_batch_seqs <= 0:
+        raise ValueError(f"ttt_batch_seqs must be positive, got {tcfg.ttt_batch_seqs}")
+    if tcfg.ttt_lr < 0:
+        raise ValueError(f"ttt_lr must be >= 0, got {tcfg.ttt_lr}")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.active():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int]], params: list[nn.Parameter],
+                 opt: torch.optim.Optimizer, lr: float, tcfg: TTTConfig, epochs: int, device: torch.device,
+                 autocast: str, chunk: int, hooks: TTTHooks | None) -> list[float]:
+    """``epochs`` optimizer steps over the chunk's sequences; returns each epoch's mean loss."""
+    rank, world = _rank_world()
+    total_tokens = sum(n for _, n in seqs)
+    lo, hi = dist.shard_range(len(seqs), rank, world)
+    mine = seqs[lo:hi]
+    for g in opt.param_groups:
+        g["lr"] = lr
+    losses = []
+    model.train()
+    for ep in range(epochs):
+        if hooks is not None:
+            hooks.on_train(chunk, ep, [(a, a + n) for a, n in mine])
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for b0 in range(0, len(mine), tcfg.ttt_batch_seqs):
+            batch = mine[b0: b0 + tcfg.ttt_batch_seqs]
+            x = torch.stack([val_tokens[a: a + n] for a, n in batch]).to(device=device, dtype=torch.int64)
+            y = torch.stack([val_tokens[a + 1: a + n + 1] for a, n in batch]).to(device=device, dtype=torch.int64)
+            with dist.autocast_context(device, autocast):
+                loss = model(x, y)
+            w = x.numel() / total_tokens
+            (loss.float() * w).backward()
+            loss_sum += loss.detach().double() * w
+        if dist.active():
+            flat = torch.cat([p.grad.reshape(-1).float() for p in params])
+            dist.all_reduce_sum(flat)
+            off = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[off: off + n].view_as(p.grad))
+                off += n
+            dist.all_reduce_sum(loss_sum)
+        if tcfg.ttt_grad_clip > 0:
+            gn = float(torch.nn.utils.clip_grad_norm_(params, tcfg.ttt_grad_clip))
+        else:
+            gn = float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params])))
+        opt.step()
+        losses.append(float(loss_sum))
+        if hooks is not None:
+            hooks.on_step(chunk, ep, lr, gn)
+    for p in params:
+        p.grad = None
+    model.eval()
+    return losses
+
+
+def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTConfig, ecfg: EvalConfig, *,
+            hooks: TTTHooks | None = None, autocast: str = "auto", return_token_losses: bool = False,
+            restore: bool = True, log: Callable[[str], None] | None = None, log_every: int = 100) -> EvalResult:
+    """Legal score-first TTT evaluation (module docstring; SPEC §5). Returns the EvalResult of
+    everything scored, with ``extra["chunks"]`` = per-chunk rows (lr, tokens, bytes, nll, bpb,
+    train losses, seconds). ``restore=True`` puts the pre-TTT weights back afterwards."""
+    t0 = time.perf_counter()
+    validate_ttt_config(tcfg)
+    check_val_tokens(val_tokens, getattr(getattr(model, "cfg", None), "vocab_size", None))
+    val_tokens = val_tokens.cpu()
+    N = val_tokens.numel() - 1
+    C = tcfg.ttt_chunk_tokens
+    n_chunks = n_chunks_for(N, C)
+    device = model_device(model)
+    luts_d = luts.to(device)
+    stride = ecfg.eval_stride
+    batch_seqs = ecfg.eval_batch_seqs
+    if tcfg.ttt_scoring == "sliding":
+        plan = plan_sliding_windows(N, seq_len, stride, ecfg.tail_rescore)
+        chunk_windows = windows_by_chunk(plan, C)
+    else:
+        from gepalib import streaming
+        plan, chunk_windows = None, None
+    rank, world = _rank_world()
+
+    named = trainable_named_params(model, tcfg.ttt_freeze_blocks)
+    params = [p for _, p in named]
+    trainable_ids = {id(p) for p in params}
+    saved_req = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(id(p) in trainable_ids)
+    need_snapshot = restore or tcfg.ttt_reset_per_doc
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if need_snapshot else None
+    opt = _make_optimizer(params, tcfg)
+    docs = DocIndex(val_tokens, model.cfg.bos_id) if tcfg.ttt_reset_per_doc else None
+    adapted_from: int | None = None  # first input token position trained on since the last reset
+    was_training = model.training
+
+    sums = Sums(device)
+    losses = torch.zeros(N, dtype=torch.float32, device=device) if return_token_losses else None
+    rows: list[dict[str, Any]] = []
+    try:
+        model.eval()
+        for c in range(n_chunks):
+            lo_c, hi_c = chunk_bounds(c, N, C)
+            reset = False
+            if docs is not None and adapted_from is not None and docs.doc(adapted_from) != docs.doc(lo_c + 1):
+                model.load_state_dict(snapshot)
+                opt = _make_optimizer(params, tcfg)
+                adapted_from, reset = None, True
+                if hooks is not None:
+                    hooks.on_reset(c)
+            # 1. score
+            ts = time.perf_counter()
+            before = sums.t.clone()
+            with torch.inference_mode():
+                if plan is not None:
+                    cw = chunk_windows[c]
+                    a, b = dist.shard_range(len(cw), rank, world)
+                    mine = cw[a:b]
+                    score_windows(model, val_tokens, luts_d, plan, mine, batch_seqs, sums, autocast=autocast,
+                                  token_losses=losses)
+                    ranges = list(zip(plan.score_lo[mine].tolist(), plan.score_hi[mine].tolist()))
+                else:
+                    a, b = dist.shard_range(hi_c - lo_c, rank, world)
+                    ranges = [(lo_c + a, lo_c + b)] if b > a else []
+                    if b > a:
+                        streaming.score_range(model, val_tokens, luts_d, lo_c + a, lo_c + b, seq_len, sums,
+                                              lanes=ecfg.stream_lanes, block=ecfg.stream_block,
+                                              autocast=autocast, token_losses=losses)
+            if hooks is not None:
+                hooks.on_score(c, ranges)
+            delta = dist.all_reduce_sum(sums.t - before)
+            score_s = time.perf_counter() - ts
+            # 2. train (never on the last chunk)
+            lr = ttt_lr(c, n_chunks, tcfg.ttt_lr, tcfg.ttt_warmup_div)
+            tt = time.perf_counter()
+            train_losses: list[float] = []
+            if c < n_chunks - 1 and tcfg.ttt_epochs > 0:
+                seqs = chunk_train_seqs(c, N, C, seq_len)
+                if seqs:
+                    train_losses = _train_chunk(model, val_tokens, seqs, params, opt, lr, tcfg, tcfg.ttt_epochs,
+                                                device, autocast, c, hooks)
+                    if adapted_from is None:
+                        adapted_from = seqs[0][0]
+            train_s = time.perf_counter() - tt
+            nll_c, tok_c, byt_c = float(delta[0]), int(round(float(delta[1]))), int(round(float(delta[2])))
+            row = {"chunk": c, "lr": lr, "tokens": tok_c, "bytes": byt_c, "nll": nll_c,
+                   "bpb": nll_c / (math.log(2) * byt_c) if byt_c else float("nan"),
+                   "train_loss_first": train_losses[0] if train_losses else None,
+                   "train_loss_last": train_losses[-1] if train_losses else None,
+                   "reset": reset, "score_seconds": score_s, "train_seconds": train_s}
+            rows.append(row)
+            if hooks is not None:
+                hooks.on_chunk_end(c, row)
+            if log is not None and (c % log_every == 0 or c == n_chunks - 1):
+                run_nll, run_tok, run_byt = (float(x) for x in dist.all_reduce_sum(sums.t.clone()))
+                log(f"ttt_chunk:{c + 1}/{n_chunks} lr:{lr:.6g} chunk_bpb:{row['bpb']:.6f} "
+                    f"running_bpb:{run_nll / (math.log(2) * run_byt):.6f} score_s:{score_s:.2f} "
+                    f"train_s:{train_s:.2f} elapsed_s:{time.perf_counter() - t0:.1f}")
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved_req[n])
+            p.grad = None
+        if restore and snapshot is not None:
+            model.load_state_dict(snapshot)
+        model.train(was_training)
+    nll_sum, tokens, nbytes = sums.reduced()
+    if losses is not None:
+        losses = dist.all_reduce_sum(losses).cpu()
+    return make_result(nll_sum, tokens, nbytes, time.perf_counter() - t0, token_losses=losses,
+                       extra={"chunks": rows, "n_chunks": n_chunks,
+                              "trainable_params": sum(p.numel() for p in params),
+                              "frozen_params": sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params)})
