@@ -123,7 +123,8 @@ def download_fineweb(out_dir: str | os.PathLike = "data/fineweb10B_sp1024", vari
     src = _fetch(f"{REMOTE_ROOT}/{model_rel}", staging, repo_id, revision, endpoint, token)
     sp = load_tokenizer(src)
     if vocab_size is not None and sp.get_piece_size() != vocab_size:
-        raise ValueError(f"{repo_id}: tokenizer {model_rel} has {sp.get_piece_size()} pieces, manifest says {vocab_size}")
+        raise ValueError(f"{repo_id}: tokenizer {model_rel} has {sp.get_piece_size()} pieces, "
+                         f"the manifest says {vocab_size}")
     vocab_size = sp.get_piece_size()
     _place(src, out / "tokenizer.model")
     files["tokenizer.model"] = out / "tokenizer.model"
@@ -133,7 +134,8 @@ def download_fineweb(out_dir: str | os.PathLike = "data/fineweb10B_sp1024", vari
         files["tokenizer.vocab"] = out / "tokenizer.vocab"
 
     prefix = f"{REMOTE_ROOT}/{ds.get('path') or f'datasets/{name}'}"
-    wanted = [f"fineweb_val_{i:06d}.bin" for i in range(n_val)] + [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
+    wanted = [f"fineweb_val_{i:06d}.bin" for i in range(n_val)]
+    wanted += [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     tokens = {"val": 0, "train": 0}
     fetched = kept = 0
     for k, fname in enumerate(wanted, 1):

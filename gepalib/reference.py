@@ -64,7 +64,7 @@ HEADLINE_SOURCES: dict[str, str] = {
     "val_loss": _LOG_S6 + " (final legal-TTT eval)",
     "float_bpb": _LOG_S6 + " (periodic val at step 20000, live weights)",
     "int6_pre_ttt_bpb_estimate": SRC_628_README + ", SPEC §6 (\"~1.142\": an estimate, not measured)",
-    "ttt_gain_quant_to_final": SRC_628_README + " (\"-0.044 BPB gain\"; relative to the 1.142 estimate)",
+    "ttt_gain_quant_to_final": "PR #628 description (\"-0.044 BPP gain\"; relative to the ~1.142 estimate)",
     "ttt_gain_float_to_final": SRC_628_README + ", SPEC §6",
     "params": _LOG_S6 + " (as run; SPEC §7.1 explains the one-parameter difference)",
     "trainable_ttt_params": "SPEC §5 (PR #628 code: params not in blocks.0./blocks.1.)",

@@ -1,0 +1,68 @@
+"""Shared test fixtures.
+
+* ``sotu_data_dir`` -- the embedded State of the Union dataset (default
+  settings), prepared once per session into a temp dir, or the repo's
+  ``data/sotu_sp1024`` when that is already a valid, matching build.
+* ``official_tokenizer_path`` -- the challenge's fineweb_1024_bpe.model next to
+  the repo (``../shared/tokenizers``); tests using it skip when it is absent.
+* ``tiny_shards_dir`` -- small synthetic train/val shards plus a tokenizer,
+  for fast loader tests (vocab 1024; shard sizes deliberately uneven).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "fineweb_1024_bpe.model"
+
+# The CI box has 2 cores shared with other jobs; more threads only adds contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_TRAIN_SIZES = (5003, 2048, 3301)
+TINY_VAL_SIZES = (1500, 777)
+
+
+@pytest.fixture(scope="session")
+def sotu_data_dir(tmp_path_factory) -> Path:
+    from gepalib.prepare import find_prepared_sotu, prepare_sotu
+
+    repo_copy = REPO / "data" / "sotu_sp1024"
+    if repo_copy.is_dir() and find_prepared_sotu(repo_copy) is not None:
+        return repo_copy
+    out = tmp_path_factory.mktemp("sotu") / "sotu_sp1024"
+    prepare_sotu(out, progress=False, verbose=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def official_tokenizer_path() -> Path:
+    if not OFFICIAL_TOKENIZER.is_file():
+        pytest.skip(f"official tokenizer not found at {OFFICIAL_TOKENIZER}")
+    return OFFICIAL_TOKENIZER
+
+
+def make_tiny_shards(out: Path, tokenizer: Path, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """Random-token shards named like the challenge's, BOS at a few document starts."""
+    from gepalib.data import write_shard
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, sizes in (("train", TINY_TRAIN_SIZES), ("val", TINY_VAL_SIZES)):
+        for i, n in enumerate(sizes):
+            toks = rng.integers(4, vocab_size, size=n, dtype=np.int64)
+            toks[rng.integers(0, n, size=max(1, n // 500))] = 1
+            toks[0] = 1
+            write_shard(out / f"tiny_{split}_{i:06d}.bin", toks)
+    shutil.copyfile(tokenizer, out / "tokenizer.model")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards_dir(tmp_path_factory, sotu_data_dir) -> Path:
+    return make_tiny_shards(tmp_path_factory.mktemp("tiny") / "tiny_sp1024", sotu_data_dir / "tokenizer.model")

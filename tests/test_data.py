@@ -1,0 +1,299 @@
+"""Shard format, val truncation and the train stream (SPEC §1), against slow references."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from gepalib import data as D
+from conftest import TINY_TRAIN_SIZES, TINY_VAL_SIZES, make_tiny_shards
+
+
+# ---------------------------------------------------------------------------
+# Shard files
+
+
+def _raw_shard(path, header_ints, tokens=b""):
+    hdr = list(header_ints) + [0] * (256 - len(header_ints))
+    path.write_bytes(struct.pack("<256i", *hdr) + tokens)
+    return path
+
+
+@pytest.mark.parametrize("make", [list, lambda x: np.array(x, dtype=np.int64), lambda x: torch.tensor(x),
+                                  lambda x: np.array(x, dtype=np.uint16)])
+def test_shard_roundtrip_and_exact_layout(tmp_path, make):
+    toks = [1, 0, 65535, 7, 1023, 2]
+    p = tmp_path / "x_train_000000.bin"
+    D.write_shard(p, make(toks))
+    raw = p.read_bytes()
+    assert len(raw) == 1024 + 2 * len(toks)
+    header = struct.unpack("<256i", raw[:1024])
+    assert header[:3] == (20240520, 1, len(toks)) and not any(header[3:])
+    assert struct.unpack(f"<{len(toks)}H", raw[1024:]) == tuple(toks)
+    got = D.read_shard(p)
+    assert got.dtype == np.uint16 and got.tolist() == toks
+    assert [f.name for f in tmp_path.iterdir()] == [p.name]  # no temp files left behind
+
+
+def test_empty_shard(tmp_path):
+    p = tmp_path / "e_val_000000.bin"
+    D.write_shard(p, [])
+    assert p.stat().st_size == 1024 and len(D.read_shard(p, vocab_size=4)) == 0
+
+
+@pytest.mark.parametrize("bad, msg", [([-1, 2], "[0, 65535]"), ([65536], "[0, 65535]"), ([[1, 2]], "1-D"),
+                                      (np.array([1.5]), "integers")])
+def test_write_shard_rejects_bad_tokens(tmp_path, bad, msg):
+    with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        D.write_shard(tmp_path / "b.bin", bad)
+    assert not (tmp_path / "b.bin").exists()
+
+
+def test_read_shard_errors_name_file_and_problem(tmp_path):
+    good = struct.pack("<3H", 1, 2, 3)
+    cases = {
+        "magic": (_raw_shard(tmp_path / "m.bin", [20240521, 1, 3], good), "bad magic 20240521"),
+        "version": (_raw_shard(tmp_path / "v.bin", [20240520, 2, 3], good), "unsupported version 2"),
+        "truncated": (_raw_shard(tmp_path / "t.bin", [20240520, 1, 4], good), "truncated or corrupt"),
+        "too long": (_raw_shard(tmp_path / "l.bin", [20240520, 1, 2], good), "expected exactly 1028 bytes"),
+        "negative": (_raw_shard(tmp_path / "n.bin", [20240520, 1, -1], b""), "negative token count"),
+    }
+    (tmp_path / "h.bin").write_bytes(b"\0" * 100)
+    cases["short header"] = (tmp_path / "h.bin", "truncated header")
+    for what, (path, msg) in cases.items():
+        with pytest.raises(D.ShardError) as e:
+            D.read_shard(path)
+        assert str(path) in str(e.value) and msg in str(e.value), what
+    with pytest.raises(FileNotFoundError, match="nothere.bin"):
+        D.read_shard(tmp_path / "nothere.bin")
+
+
+def test_read_shard_vocab_check(tmp_path):
+    p = tmp_path / "x_val_000000.bin"
+    D.write_shard(p, [1, 5, 1024, 3, 2000])
+    assert len(D.read_shard(p, vocab_size=2001)) == 5
+    with pytest.raises(D.ShardError, match=r"token id 2000 >= vocab_size 1024 \(first at position 2\)") as e:
+        D.read_shard(p, vocab_size=1024)
+    assert str(p) in str(e.value)
+
+
+def test_list_shards(tmp_path):
+    for name in ["b_train_000001.bin", "b_train_000000.bin", "a_train_000002.bin", "b_val_000000.bin",
+                 "b_train_000003.bin.tmp", "b_train_1.bin", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    names = [p.name for p in D.list_shards(tmp_path, "train")]
+    assert names == ["a_train_000002.bin", "b_train_000000.bin", "b_train_000001.bin"]
+    assert [p.name for p in D.list_shards(tmp_path, "train", limit=2)] == names[:2]
+    assert [p.name for p in D.list_shards(tmp_path, "val")] == ["b_val_000000.bin"]
+    with pytest.raises(ValueError, match="first 4 train shards but only 3"):
+        D.list_shards(tmp_path, "train", limit=4)
+    with pytest.raises(ValueError, match="split"):
+        D.list_shards(tmp_path, "test")
+    with pytest.raises(FileNotFoundError, match="gepa data prepare"):
+        D.list_shards(tmp_path / "missing", "train")
+
+
+# ---------------------------------------------------------------------------
+# Validation tokens
+
+
+def _all_tokens(data_dir, split):
+    return np.concatenate([np.fromfile(p, dtype="<u2", offset=1024) for p in sorted(data_dir.glob(f"*_{split}_*.bin"))])
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 64, 1000, 2276])
+def test_val_truncation_rule(tiny_shards_dir, seq_len):
+    ref = _all_tokens(tiny_shards_dir, "val").astype(np.int64)
+    n = len(ref)
+    assert n == sum(TINY_VAL_SIZES)
+    keep = ((n - 1) // seq_len) * seq_len + 1
+    got = D.load_val_tokens(tiny_shards_dir, seq_len, vocab_size=1024)
+    assert got.dtype == torch.int64 and got.ndim == 1
+    assert got.tolist() == ref[:keep].tolist()
+    assert (len(got) - 1) % seq_len == 0
+
+
+def test_val_max_targets(tiny_shards_dir):
+    ref = _all_tokens(tiny_shards_dir, "val").astype(np.int64)
+    got = D.load_val_tokens(tiny_shards_dir, 64, max_targets=1000)
+    assert len(got) == (1000 // 64) * 64 + 1 and got.tolist() == ref[: len(got)].tolist()
+    assert len(D.load_val_tokens(tiny_shards_dir, 64, max_targets=10**9)) == ((len(ref) - 1) // 64) * 64 + 1
+    with pytest.raises(ValueError, match="max_targets=10"):
+        D.load_val_tokens(tiny_shards_dir, 64, max_targets=10)
+    with pytest.raises(ValueError, match="at least seq_len\\+1"):
+        D.load_val_tokens(tiny_shards_dir, sum(TINY_VAL_SIZES))
+    with pytest.raises(D.ShardError, match="vocab_size 100"):
+        D.load_val_tokens(tiny_shards_dir, 64, vocab_size=100)
+
+
+def test_val_spec_numbers():
+    # SPEC §1: 62,021,633 kept tokens = 30,284 x 2048 + 1 (the full val set has a few more).
+    assert D.val_keep(62_021_633 + 2047, 2048) == 62_021_633
+    assert D.val_keep(62_021_633, 2048) == 62_021_633
+    assert D.val_keep(62_021_632, 2048) == 62_021_633 - 2048
+
+
+# ---------------------------------------------------------------------------
+# Train stream
+
+
+def _reference_batches(data_dir, W, T, seq_len, steps, limit=0):
+    """Slow obvious reference: materialise the wrapped stream and slice it."""
+    files = sorted(data_dir.glob("*_train_*.bin"))
+    if limit:
+        files = files[:limit]
+    one = np.concatenate([np.fromfile(p, dtype="<u2", offset=1024) for p in files]).astype(np.int64)
+    need = steps * W * (T + 1)
+    stream = np.concatenate([one] * (need // len(one) + 1))
+    out = []
+    for s in range(steps):
+        base = s * W * (T + 1)
+        per_rank = []
+        for r in range(W):
+            chunk = stream[base + r * (T + 1): base + (r + 1) * (T + 1)]
+            per_rank.append((chunk[:-1].reshape(-1, seq_len), chunk[1:].reshape(-1, seq_len)))
+        out.append(per_rank)
+    return out
+
+
+@pytest.mark.parametrize("W", [1, 2, 4])
+def test_train_loader_matches_reference_with_wraparound(tiny_shards_dir, W):
+    T, seq_len = 512, 128
+    total = sum(TINY_TRAIN_SIZES)
+    steps = total // (W * (T + 1)) * 2 + 3  # wraps around at least once
+    ref = _reference_batches(tiny_shards_dir, W, T, seq_len, steps)
+    loaders = [D.TrainLoader(tiny_shards_dir, rank=r, world_size=W, vocab_size=1024) for r in range(W)]
+    for s in range(steps):
+        for r, ld in enumerate(loaders):
+            x, y = ld.next_batch(T, seq_len)
+            assert x.dtype == torch.int64 and x.shape == (T // seq_len, seq_len) == y.shape
+            assert np.array_equal(x.numpy(), ref[s][r][0]) and np.array_equal(y.numpy(), ref[s][r][1]), (s, r)
+    assert loaders[0].tokens_read == steps * W * (T + 1)
+
+
+def test_world_sizes_share_one_global_order(tiny_shards_dir):
+    T, seq_len = 256, 64
+    for W in (2, 4):
+        single = D.TrainLoader(tiny_shards_dir)
+        ranks = [D.TrainLoader(tiny_shards_dir, rank=r, world_size=W) for r in range(W)]
+        for _ in range(9):
+            for ld in ranks:
+                x, y = ld.next_batch(T, seq_len)
+                x1, y1 = single.next_batch(T, seq_len)
+                assert torch.equal(x, x1) and torch.equal(y, y1)
+
+
+def test_wraparound_restarts_at_first_shard(tiny_shards_dir):
+    first = D.read_shard(sorted(tiny_shards_dir.glob("*_train_*.bin"))[0]).astype(np.int64)
+    total = sum(TINY_TRAIN_SIZES)
+    ld = D.TrainLoader(tiny_shards_dir)
+    ld._advance(total - 3)
+    x, y = ld.next_batch(8, 8)
+    stream = x[0].tolist() + [y[0, -1].item()]
+    last = _all_tokens(tiny_shards_dir, "train")[-3:].tolist()
+    assert stream == last + first[:6].tolist()
+
+
+def test_train_shards_limit(tiny_shards_dir):
+    T = 1000
+    ref = _reference_batches(tiny_shards_dir, 1, T, 100, 12, limit=2)
+    ld = D.TrainLoader(tiny_shards_dir, train_shards=2)
+    for s in range(12):
+        x, _ = ld.next_batch(T, 100)
+        assert np.array_equal(x.numpy(), ref[s][0][0])
+
+
+def test_state_dict_resume_is_exact(tiny_shards_dir):
+    T, seq_len = 384, 128
+    a = D.TrainLoader(tiny_shards_dir, rank=1, world_size=2)
+    for _ in range(7):
+        a.next_batch(T, seq_len)
+    state = json.loads(json.dumps(a.state_dict()))  # must survive JSON
+    b = D.TrainLoader(tiny_shards_dir, rank=1, world_size=2)
+    b.load_state_dict(state)
+    for _ in range(15):
+        xa, ya = a.next_batch(T, seq_len)
+        xb, yb = b.next_batch(T, seq_len)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert a.state_dict() == b.state_dict()
+    other = D.TrainLoader(tiny_shards_dir, train_shards=2)
+    with pytest.raises(ValueError, match="same training shards"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="out of range"):
+        b.load_state_dict({**state, "pos": 10**9})
+
+
+def test_train_loader_errors(tmp_path, tiny_shards_dir):
+    ld = D.TrainLoader(tiny_shards_dir)
+    with pytest.raises(ValueError, match="multiple of seq_len"):
+        ld.next_batch(100, 64)
+    with pytest.raises(ValueError, match="rank"):
+        D.TrainLoader(tiny_shards_dir, rank=2, world_size=2)
+    with pytest.raises(FileNotFoundError, match="no training shards"):
+        D.TrainLoader(tmp_path)
+    # a bad token is reported when the stream reaches its shard, naming the file
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_shards_dir, bad)
+    D.write_shard(bad / "tiny_train_000001.bin", [5, 4000, 6])
+    ld = D.TrainLoader(bad, vocab_size=1024)
+    ld.next_batch(4000, 1000)
+    with pytest.raises(D.ShardError, match="tiny_train_000001.bin: token id 4000"):
+        ld.next_batch(4000, 1000)
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer and directory checks
+
+
+def test_load_tokenizer_errors(tmp_path, sotu_data_dir):
+    assert D.load_tokenizer(sotu_data_dir / "tokenizer.model").get_piece_size() == 1024
+    with pytest.raises(FileNotFoundError, match="nope.model"):
+        D.load_tokenizer(tmp_path / "nope.model")
+    (tmp_path / "bad.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(ValueError, match="bad.model is not a valid SentencePiece model"):
+        D.load_tokenizer(tmp_path / "bad.model")
+
+
+def test_validate_data_dir(tmp_path, tiny_shards_dir):
+    m = D.validate_data_dir(tiny_shards_dir, 1024, deep=True)
+    assert m["check"]["train_tokens"] == sum(TINY_TRAIN_SIZES) and m["check"]["val_shards"] == 2
+
+    def fresh(name):
+        return make_tiny_shards(tmp_path / name, tiny_shards_dir / "tokenizer.model")
+
+    with pytest.raises(FileNotFoundError, match="gepa data prepare"):
+        D.validate_data_dir(tmp_path / "absent", 1024)
+    d = fresh("noval")
+    for p in d.glob("*_val_*"):
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match="no val shards"):
+        D.validate_data_dir(d, 1024)
+    d = fresh("notrain")
+    for p in d.glob("*_train_*"):
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match="no train shards"):
+        D.validate_data_dir(d, 1024)
+    d = fresh("notok")
+    (d / "tokenizer.model").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer .*tokenizer.model is missing"):
+        D.validate_data_dir(d, 1024)
+    with pytest.raises(ValueError, match="has 1024 pieces but vocab_size is 2048"):
+        D.validate_data_dir(tiny_shards_dir, 2048)
+    d = fresh("badshard")
+    with open(d / "tiny_train_000002.bin", "r+b") as f:
+        f.truncate(2000)
+    with pytest.raises(D.ShardError, match="tiny_train_000002.bin"):
+        D.validate_data_dir(d, 1024)
+    d = fresh("badtoken")
+    D.write_shard(d / "tiny_val_000001.bin", [1, 1024])
+    assert D.validate_data_dir(d, 1024)["check"]["val_tokens"] == 1502  # headers only by default
+    with pytest.raises(D.ShardError, match="token id 1024"):
+        D.validate_data_dir(d, 1024, deep=True)
+    d = fresh("manifest")
+    (d / "manifest.json").write_text(json.dumps({"files": {"tiny_val_000000.bin": {"bytes": 5}}}))
+    with pytest.raises(ValueError, match="size .* != 5 recorded in manifest.json"):
+        D.validate_data_dir(d, 1024)
