@@ -36,7 +36,7 @@ splits multi-byte sections into byte planes; ``pack6`` stores four int6 codes
 (q+32) in three bytes (zero padded); ``shuffle_pack6`` does both. Compressors:
 zstd (level ``zstd_level``), lzma preset 9, brotli quality 11, ``none`` (stored),
 and ``rans`` (:mod:`gepalib.entropy`: codes by rANS, everything else as a
-zstd/lzma side stream; packing none or shuffle).
+zstd/lzma/brotli side stream; packing none or shuffle).
 
 Loading (:func:`load_artifact`) never unpickles and never executes anything:
 it checks magic, version, lengths against the file size, the header checksum,
@@ -645,34 +645,50 @@ def method_name(compressor: str, packing: str, zstd_level: int = 22) -> str:
     return f"{compressor}{lvl}/{packing}"
 
 
-def compression_report(qm: QuantizedModel, methods: str | list = "full", zstd_level: int = 22) -> dict:
+def _measure(job: tuple) -> tuple[str, dict]:
+    raw, sections, comp, packing, zstd_level = job
+    t0 = time.perf_counter()
+    payload = encode_payload(raw, sections, comp, packing, zstd_level)
+    t1 = time.perf_counter()
+    back = decode_payload(payload, sections, comp, packing)
+    t2 = time.perf_counter()
+    if back != raw:
+        raise RuntimeError(f"{comp}/{packing} did not roundtrip")
+    return method_name(comp, packing, zstd_level), {
+        "compressor": comp, "packing": packing, "bytes": len(payload),
+        "compress_seconds": t1 - t0, "decompress_seconds": t2 - t1}
+
+
+def compression_report(qm: QuantizedModel, methods: str | list = "full", zstd_level: int = 22,
+                       workers: int = 1) -> dict:
     """Raw bytes, compressed payload bytes and times per method, and both entropy bounds.
 
     ``methods``: "full" (zstd-22, lzma-9, brotli-11 x every packing, and rans),
-    "fast" (zstd and rans only) or a list of (compressor, packing) pairs.
-    Every method is decoded again and checked byte-exact."""
-    pairs = {"full": REPORT_METHODS_FULL, "fast": REPORT_METHODS_FAST}.get(methods, methods) \
-        if isinstance(methods, str) else list(methods)
-    if isinstance(pairs, str):
-        raise ValueError(f"methods must be 'full', 'fast' or a list of (compressor, packing), got {methods!r}")
-    table = tensor_table(qm)
-    sections = sections_of(table)
+    "fast" (zstd and rans only) or a list of (compressor, packing) pairs. Every
+    payload is decoded again and checked byte-exact. ``workers > 1`` measures the
+    methods in parallel processes (one method per process)."""
+    if isinstance(methods, str):
+        if methods not in ("full", "fast"):
+            raise ValueError(f"methods must be 'full', 'fast' or a list of (compressor, packing), got {methods!r}")
+        pairs = REPORT_METHODS_FULL if methods == "full" else REPORT_METHODS_FAST
+    else:
+        pairs = [tuple(p) for p in methods]
+    for comp, packing in pairs:
+        _check_method(comp, packing)
+    sections = sections_of(tensor_table(qm))
     raw = raw_payload(qm)
     bounds = entropy_bounds(qm)
-    per_t, per_r = bounds["per_tensor_bound_bytes"], bounds["per_row_bound_bytes"]
-    rows = {}
-    for comp, packing in pairs:
-        t0 = time.perf_counter()
-        payload = encode_payload(raw, sections, comp, packing, zstd_level)
-        t1 = time.perf_counter()
-        back = decode_payload(payload, sections, comp, packing)
-        t2 = time.perf_counter()
-        if back != raw:
-            raise RuntimeError(f"{comp}/{packing} did not roundtrip")
-        rows[method_name(comp, packing, zstd_level)] = {
-            "compressor": comp, "packing": packing, "bytes": len(payload),
-            "vs_per_tensor_bound": len(payload) / per_t - 1.0, "vs_per_row_bound": len(payload) / per_r - 1.0,
-            "compress_seconds": t1 - t0, "decompress_seconds": t2 - t1}
+    jobs = [(raw, sections, comp, packing, zstd_level) for comp, packing in pairs]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
+            rows = dict(ex.map(_measure, jobs))
+    else:
+        rows = dict(map(_measure, jobs))
+    for r in rows.values():
+        r["vs_per_tensor_bound"] = r["bytes"] / bounds["per_tensor_bound_bytes"] - 1.0
+        r["vs_per_row_bound"] = r["bytes"] / bounds["per_row_bound_bytes"] - 1.0
     best = min(rows, key=lambda k: rows[k]["bytes"]) if rows else None
     return {"raw_bytes": len(raw), "num_params": qm.num_params(), "quant_mode": qm.quant_mode,
             "bounds": {k: v for k, v in bounds.items() if k != "tensors"},

