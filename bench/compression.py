@@ -128,9 +128,11 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="faithful,per_row", help="quant modes")
     ap.add_argument("--methods", default=None, help="full | fast (default: full; fast with --quick)")
     ap.add_argument("--workers", type=int, default=1, help="measure methods in parallel processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "compression.json"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = args.preset or ("tiny" if args.quick else "gepa11")
     methods = args.methods or ("fast" if args.quick else "full")
     cfg = get_preset(preset).model

@@ -12,9 +12,10 @@ File layout (integers little-endian)::
 Header keys: ``format`` ("gepalib-int6"), ``format_version``, ``quant_scheme``
 ("int6_per_row_gptq_lite"), ``quant_mode`` (faithful | per_row), ``candidates``
 (the 15 percentiles), ``compressor`` (zstd | lzma | brotli | rans | none),
-``level``, ``packing`` (none | shuffle | pack6 | shuffle_pack6), ``raw_len`` and
-``raw_sha256`` (the canonical uncompressed payload), ``payload_len`` and
-``payload_sha256`` (the bytes on disk), ``tensors`` (the table below),
+``level``, ``packing`` (none | shuffle | pack6 | shuffle_pack6), ``raw_len`` (the
+canonical uncompressed payload), ``content_sha256`` (sha256 of the tensor table's
+canonical JSON, a zero byte, then the raw payload: binds the layout to the data),
+``payload_len`` and ``payload_sha256`` (the bytes on disk), ``tensors`` (the table below),
 ``library`` (versions, informational) and ``meta`` (free JSON, e.g. the model config).
 
 Tensor table, in state-dict order; each entry has ``name``, ``kind``, ``shape``
@@ -41,7 +42,7 @@ zstd/lzma/brotli side stream; packing none or shuffle).
 Loading (:func:`load_artifact`) never unpickles and never executes anything:
 it checks magic, version, lengths against the file size, the header checksum,
 every header field, the payload checksum, decompresses into a buffer whose size
-the header fixes in advance, checks the raw checksum and then the values
+the header fixes in advance, checks the content checksum and then the values
 (codes in [-32, 31], finite positive scales). Any failure is a ValueError
 naming the file and what is wrong.
 """
@@ -383,6 +384,13 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+def content_sha256(table: list[dict], raw: bytes) -> str:
+    h = hashlib.sha256(json.dumps(table, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    h.update(b"\0")
+    h.update(raw)
+    return h.hexdigest()
+
+
 def artifact_bytes(qm: QuantizedModel, qcfg: QuantConfig, meta: dict | None = None,
                    verify: bool = True) -> bytes:
     """Serialize a QuantizedModel to artifact bytes (pure). ``verify`` re-reads them."""
@@ -396,7 +404,7 @@ def artifact_bytes(qm: QuantizedModel, qcfg: QuantConfig, meta: dict | None = No
         "format": "gepalib-int6", "format_version": FORMAT_VERSION,
         "quant_scheme": "int6_per_row_gptq_lite", "quant_mode": qm.quant_mode,
         "candidates": list(CANDIDATES), "compressor": qcfg.compressor, "level": _level(qcfg),
-        "packing": qcfg.packing, "raw_len": len(raw), "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "packing": qcfg.packing, "raw_len": len(raw), "content_sha256": content_sha256(table, raw),
         "payload_len": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "tensors": table, "library": _library_versions(), "meta": dict(meta or qm.meta or {}),
     }
@@ -497,7 +505,7 @@ def _validate_header(h: Any, src: str) -> dict:
     if not isinstance(h, dict):
         raise _fail(src, "header is not a JSON object")
     need = {"format", "format_version", "quant_scheme", "quant_mode", "candidates", "compressor", "level",
-            "packing", "raw_len", "raw_sha256", "payload_len", "payload_sha256", "tensors", "library", "meta"}
+            "packing", "raw_len", "content_sha256", "payload_len", "payload_sha256", "tensors", "library", "meta"}
     if set(h) != need:
         raise _fail(src, f"header keys differ from the format: {sorted(set(h) ^ need)}")
     if h["format"] != "gepalib-int6" or h["format_version"] != FORMAT_VERSION:
@@ -515,7 +523,7 @@ def _validate_header(h: Any, src: str) -> dict:
     for k in ("raw_len", "payload_len"):
         if not _is_int(h[k]) or not 0 <= h[k] <= MAX_RAW_BYTES:
             raise _fail(src, f"header {k}={h[k]!r} is out of range (max {MAX_RAW_BYTES})")
-    for k in ("raw_sha256", "payload_sha256"):
+    for k in ("content_sha256", "payload_sha256"):
         if not (isinstance(h[k], str) and len(h[k]) == 64 and all(c in "0123456789abcdef" for c in h[k])):
             raise _fail(src, f"header {k} is not a sha256 hex digest")
     if not isinstance(h["meta"], dict) or not isinstance(h["library"], dict):
@@ -574,8 +582,9 @@ def artifact_from_bytes(data: bytes, src: str = "<bytes>") -> tuple[QuantizedMod
         raw = decode_payload(payload, sections, header["compressor"], header["packing"])
     except ValueError as e:
         raise _fail(src, str(e)) from None
-    if len(raw) != header["raw_len"] or hashlib.sha256(raw).hexdigest() != header["raw_sha256"]:
-        raise _fail(src, "decoded payload checksum mismatch (codec version or corruption)")
+    if len(raw) != header["raw_len"] or content_sha256(table, raw) != header["content_sha256"]:
+        raise _fail(src, "content checksum mismatch: the tensor table does not describe the decoded "
+                         "payload (header edited, corruption, or a different codec version)")
     return _build_model(raw, table, sections, header, src), header
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from gepalib import config as C
 
 # Modules that contribute subcommands, in help order.
-CLI_MODULES = ["gepalib.data_cli", "gepalib.train", "gepalib.info"]
+CLI_MODULES = ["gepalib.data_cli", "gepalib.train", "gepalib.eval_cli", "gepalib.info"]
 
 
 def add_override_args(p: argparse.ArgumentParser) -> None:

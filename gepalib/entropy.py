@@ -109,8 +109,8 @@ def _joint_hist(u: np.ndarray, assign_other: np.ndarray, k_other: int, axis: int
 
 def _reassign(hist: np.ndarray, assign: np.ndarray, k: int) -> np.ndarray:
     """Move each item to the cluster whose (smoothed) model codes it cheapest."""
-    table = np.zeros((k,) + hist.shape[1:], dtype=np.float64)
-    np.add.at(table, assign, hist)
+    onehot = (assign[None, :] == np.arange(k)[:, None]).astype(np.float64)  # [k, items]
+    table = (onehot @ hist.reshape(len(assign), -1).astype(np.float64)).reshape((k,) + hist.shape[1:])
     table += 1.0 / ALPHABET
     logp = np.log2(table / table.sum(axis=2, keepdims=True))
     cost = -np.einsum("ics,kcs->ik", hist.astype(np.float64), logp)
@@ -128,14 +128,19 @@ def fit_contexts(u: np.ndarray, k_rows: int, k_cols: int, iters: int = FIT_ITERS
     k_rows, k_cols = min(k_rows, rows), min(k_cols, cols)
     ra = _spread_init(u, 1, k_rows) if k_rows > 1 else np.zeros(rows, dtype=np.int64)
     ca = _spread_init(u, 0, k_cols) if k_cols > 1 else np.zeros(cols, dtype=np.int64)
+    # with one cluster on the other axis the histograms never change: compute them once
+    row_hist = _joint_hist(u, ca, 1, 0) if k_rows > 1 and k_cols == 1 else None
+    col_hist = _joint_hist(u, ra, 1, 1) if k_cols > 1 and k_rows == 1 else None
     for _ in range(iters):
         changed = False
         if k_rows > 1:
-            new = _reassign(_joint_hist(u, ca, k_cols, 0), ra, k_rows)
+            h = row_hist if row_hist is not None else _joint_hist(u, ca, k_cols, 0)
+            new = _reassign(h, ra, k_rows)
             changed |= bool((new != ra).any())
             ra = new
         if k_cols > 1:
-            new = _reassign(_joint_hist(u, ra, k_rows, 1), ca, k_cols)
+            h = col_hist if col_hist is not None else _joint_hist(u, ra, k_rows, 1)
+            new = _reassign(h, ca, k_cols)
             changed |= bool((new != ca).any())
             ca = new
         if not changed:

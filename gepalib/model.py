@@ -192,11 +192,9 @@ class ValueEmbedding(nn.Module):
         self.layer_scales = nn.Parameter(torch.ones(len(cfg.ve_layers)))
 
     def forward(self, idx: Tensor) -> Tensor:
-        """The unscaled P_ve E_ve[ids]; layer k adds (scale * layer_scales[k]) times this."""
-        return self.proj(self.embed(idx))
-
-    def layer_gain(self, k: int) -> Tensor:
-        return self.scale * self.layer_scales[k]
+        """ve = scale * P_ve E_ve[ids] [B,T,kv_dim]; layer k of ve_layers adds layer_scales[k] * ve."""
+        ve = self.proj(self.embed(idx))
+        return ve * self.scale.to(ve.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +227,7 @@ class Attention(nn.Module):
 
     def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None,
                 ve: tuple[Tensor, Tensor] | None) -> Tensor:
-        """h [B,T,d] (normalised, LN-scaled); ve = (P_ve E_ve[ids], gain) or None."""
+        """h [B,T,d] (normalised, LN-scaled); ve = (ve [B,T,kv_dim], layer scale) or None."""
         B, T, _ = h.shape
         q = self.q(h).view(B, T, self.H, self.hd).transpose(1, 2)
         k = self.k(h).view(B, T, self.Hkv, self.hd).transpose(1, 2)
@@ -331,14 +329,20 @@ class GPT(nn.Module):
         constructor values. (The submission's 'both dims >= 64' orthogonal rule covers all
         its linears; smaller presets use orthogonal init for every linear too.)"""
         cfg = self.cfg
-        for name, mod in self.named_modules():
-            if isinstance(mod, CastedLinear):
-                if mod.zero_init:
-                    mod.weight.zero_()
-                else:
-                    nn.init.orthogonal_(mod.weight)
-                    if name.endswith(".proj"):
-                        mod.weight.mul_(1.0 / math.sqrt(2 * cfg.num_layers))
+        # LAPACK's QR with several threads is ~20x slower on a busy CPU; init single-threaded.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for name, mod in self.named_modules():
+                if isinstance(mod, CastedLinear):
+                    if mod.zero_init:
+                        mod.weight.zero_()
+                    else:
+                        nn.init.orthogonal_(mod.weight)
+                        if name.endswith(".proj"):
+                            mod.weight.mul_(1.0 / math.sqrt(2 * cfg.num_layers))
+        finally:
+            torch.set_num_threads(threads)
         if cfg.bigram:
             if cfg.bigram_hash == "add":
                 nn.init.normal_(self.bigram.embed.weight, std=BIGRAM_EMB_STD)
@@ -377,7 +381,7 @@ class GPT(nn.Module):
                 else:
                     x = torch.addcmul(x, w, skips.pop())
             slot = self.ve_slot.get(i)
-            ve_i = None if slot is None else (ve, self.ve.layer_gain(slot))
+            ve_i = None if slot is None else (ve, self.ve.layer_scales[slot])
             x = block(x, x0, rope, ve_i)
             if i < self.n_enc and cfg.skip_mode != "none":
                 skips.append(x)
