@@ -316,8 +316,10 @@ def _decompress_bytes(data: bytes, compressor: str, size: int) -> bytes:
     return out
 
 
-def encode_payload(raw: bytes, sections: list[Section], compressor: str, packing: str, level: int) -> bytes:
-    """raw payload -> bytes on disk."""
+def encode_payload(raw: bytes, sections: list[Section], compressor: str, packing: str, level: int,
+                   rans_configs: tuple | None = None) -> bytes:
+    """raw payload -> bytes on disk. ``rans_configs``: (K_rows, K_cols) pairs the rans coder may
+    try (default :data:`gepalib.entropy.CONFIGS`; ``((1, 1),)`` = per-tensor models only)."""
     _check_method(compressor, packing)
     if compressor != "rans":
         return _compress_bytes(pack(raw, sections, packing), compressor, level)
@@ -327,7 +329,7 @@ def encode_payload(raw: bytes, sections: list[Section], compressor: str, packing
     codes = [np.frombuffer(b, dtype=np.int8).reshape(s.shape) for s, b in zip(sections, chunks) if s.role == "q"]
     rest = [(s, b) for s, b in zip(sections, chunks) if s.role != "q"]
     residual = pack(b"".join(b for _, b in rest), [s for s, _ in rest], packing)
-    return entropy.encode(codes, residual, level)
+    return entropy.encode(codes, residual, level, configs=rans_configs or entropy.CONFIGS)
 
 
 def decode_payload(payload: bytes, sections: list[Section], compressor: str, packing: str) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 from gepalib import config as C
 
 # Modules that contribute subcommands, in help order.
-CLI_MODULES = ["gepalib.data_cli", "gepalib.train", "gepalib.eval_cli", "gepalib.info"]
+CLI_MODULES = ["gepalib.data_cli", "gepalib.train", "gepalib.quant_cli", "gepalib.eval_cli", "gepalib.reproduce", "gepalib.info"]
 
 
 def add_override_args(p: argparse.ArgumentParser) -> None:

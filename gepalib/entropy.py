@@ -109,8 +109,7 @@ def _joint_hist(u: np.ndarray, assign_other: np.ndarray, k_other: int, axis: int
 
 def _reassign(hist: np.ndarray, assign: np.ndarray, k: int) -> np.ndarray:
     """Move each item to the cluster whose (smoothed) model codes it cheapest."""
-    onehot = (assign[None, :] == np.arange(k)[:, None]).astype(np.float64)  # [k, items]
-    table = (onehot @ hist.reshape(len(assign), -1).astype(np.float64)).reshape((k,) + hist.shape[1:])
+    table = np.stack([hist[assign == c].sum(axis=0) for c in range(k)]).astype(np.float64)
     table += 1.0 / ALPHABET
     logp = np.log2(table / table.sum(axis=2, keepdims=True))
     cost = -np.einsum("ics,kcs->ik", hist.astype(np.float64), logp)

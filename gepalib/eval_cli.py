@@ -36,10 +36,9 @@ FROZEN_SECTIONS = ("model", "quant")
 COMMON_FIELDS = ("val_tokens", "eval_seq_len")
 SLIDING_FIELDS = COMMON_FIELDS + ("eval_stride", "tail_rescore")
 STREAM_FIELDS = COMMON_FIELDS + ("stream_prefix",)
-TTT_FIELDS = SLIDING_FIELDS + ("ttt_optimizer", "ttt_lr", "ttt_momentum", "ttt_epochs", "ttt_chunk_tokens",
-                               "ttt_freeze_blocks", "ttt_grad_clip", "ttt_warmup_div", "ttt_adam_beta1",
-                               "ttt_adam_beta2", "ttt_adam_wd", "ttt_reset_per_doc", "ttt_scoring",
-                               "stream_prefix")
+TTT_FIELDS = ("ttt_optimizer", "ttt_epochs", "ttt_freeze_blocks", "ttt_lr", "ttt_chunk_tokens", "ttt_momentum",
+              "ttt_grad_clip", "ttt_warmup_div", "ttt_adam_beta1", "ttt_adam_beta2", "ttt_adam_wd",
+              "ttt_reset_per_doc", "ttt_scoring") + SLIDING_FIELDS + ("stream_prefix",)
 SHORT = {"ttt_epochs": "e", "ttt_freeze_blocks": "f", "ttt_lr": "lr", "ttt_chunk_tokens": "c", "eval_stride": "s",
          "val_tokens": "v", "eval_seq_len": "w", "ttt_momentum": "m", "ttt_grad_clip": "clip",
          "ttt_warmup_div": "wd", "stream_prefix": "pre"}

@@ -534,7 +534,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
                 time_up = tc.max_wallclock > 0 and elapsed + dt >= tc.max_wallclock
                 final = step == tc.steps or time_up
                 do_val = final or (tc.val_every > 0 and step % tc.val_every == 0)
-                do_log = do_val or step == 1 or (tc.log_every > 0 and step % tc.log_every == 0) or stop_req
+                do_log = do_val or step == 1 or (tc.log_every > 0 and step % tc.log_every == 0)
                 if do_log:
                     ms = 1000.0 * t_log / n_log
                     tok_s = tc.batch_tokens / (ms / 1000.0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import struct
@@ -311,7 +312,10 @@ def test_gepa11_state_dict_whole_path(tmp_path):
     torch.manual_seed(0)
     model = GPT(get_preset("gepa11").model)
     sd = model.state_dict()
-    qcfg = get_preset("gepa11").quant  # faithful, quant_embed, zstd-22
+    from dataclasses import replace
+
+    # faithful, quant_embed; zstd level 3 because level 22 on 27.5 MB takes minutes on a loaded 2-core box
+    qcfg = replace(get_preset("gepa11").quant, zstd_level=3)
     q = quantize_state_dict(sd, qcfg)
     n_int6 = sum(1 for e in q.entries.values() if isinstance(e, QTensor))
     assert n_int6 == 66 + 3  # 6 matrices x 11 blocks, E_tok, E_big, E_ve
@@ -331,3 +335,53 @@ def test_gepa11_state_dict_whole_path(tmp_path):
     assert torch.isfinite(loss)
     led = A.size_ledger(info.file_bytes, A.code_bytes(qcfg.compressor))
     assert led["fits"] and led["model_bytes"] == os.path.getsize(tmp_path / "final_model.int6.gpz")
+
+
+# ---------------------------------------------------------------------------
+# CLI: gepa quantize / gepa artifact on a tiny run directory
+
+
+def test_quantize_cli_roundtrip_and_artifact_cli(tmp_path, tiny_shards_dir, capsys):
+    from gepalib.cli import main
+    from gepalib.model import GPT
+    from gepalib.rundir import RunDir, atomic_torch_save, atomic_write_json
+
+    cfg = get_preset("tiny", data_dir=str(tiny_shards_dir), val_tokens=1024, device="cpu")
+    rd = RunDir(tmp_path / "run")
+    atomic_write_json(rd.config, cfg.to_dict())
+    torch.manual_seed(0)
+    sd = GPT(cfg.model).state_dict()
+    atomic_torch_save(sd, rd.ema_weights)
+    rd.record_stage("float_ema", val_bpb=9.0, val_loss=6.0, tokens=1024, bytes=500, seconds=1.0)
+
+    assert main(["quantize", str(rd.path), "--compressor", "rans", "--report", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "size_fits:True" in out and "stage:int6_roundtrip val_bpb:" in out
+    s = rd.read_summary()
+    row = s["stages"]["int6_roundtrip"]
+    assert row["tokens"] == 1024 and row["compressor"] == "rans" and row["artifact_bytes"] == rd.artifact.stat().st_size
+    assert math.isclose(row["quant_gap_bpb"], row["val_bpb"] - 9.0)
+    assert s["size"]["model_bytes"] == rd.artifact.stat().st_size and s["artifact"]["compressor"] == "rans"
+    assert "gepalib/entropy.py" in s["size"]["code_files"]
+    # the stored weights equal an in-process quantization of the same EMA weights
+    same_model(quantize_state_dict(sd, cfg.quant), A.load_artifact(rd.artifact))
+
+    # per_row changes the weights: its roundtrip gets its own stage name; no eval requested here
+    assert main(["quantize", str(rd.path), "--quant-mode", "per_row", "--zstd-level", "3", "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert "compress:rans/shuffle bytes:" in out and "compress:zstd-3/none bytes:" in out
+    assert A.load_artifact(rd.artifact).quant_mode == "per_row"
+    assert rd.read_summary()["compression"]["quant_mode"] == "per_row"
+
+    assert main(["artifact", str(rd.artifact), "--report", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "artifact_quant_mode:per_row" in out and "meta_preset:tiny" in out and "size_total_bytes:" in out
+
+    bad = tmp_path / "bad.gpz"
+    bad.write_bytes(rd.artifact.read_bytes()[:-3])
+    assert main(["artifact", str(bad)]) == 2
+    assert "truncated" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["quantize", str(rd.path), "--model-dim", "64"]) == 2
+    assert "cannot override model fields" in capsys.readouterr().err

@@ -287,3 +287,53 @@ def test_doc_bytes_equal_utf8_length_sotu(sotu_data_dir):
 
 def test_doc_bytes_equal_utf8_length_official(official_tokenizer_path):
     _check_doc_bytes(official_tokenizer_path)
+
+
+# ---------------------------------------------------------------------------
+# `gepa eval RUN_DIR`
+
+
+@pytest.fixture()
+def run_dir(tmp_path, sotu_data_dir):
+    from gepalib.rundir import RunDir, atomic_torch_save, atomic_write_text
+
+    cfg = override(get_preset("tiny"), num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_hidden=128,
+                   rope_dims=8, bigram_dim=16, ve_dim=16, ve_layers=(1,), xsa_last_n=1, seq_len=64,
+                   data_dir=str(sotu_data_dir), val_tokens=1024, eval_stride=32, ttt_chunk_tokens=256,
+                   ttt_epochs=1, device="cpu")
+    rd = RunDir(tmp_path / "run")
+    atomic_write_text(rd.config, cfg.to_json())
+    m = tiny_model(seed=5)
+    atomic_torch_save(m.state_dict(), rd.ema_weights)
+    return rd, cfg, m
+
+
+def test_eval_cli_records_stages(run_dir, capsys):
+    from gepalib.artifact import save_artifact
+    from gepalib.cli import main
+    from gepalib.quant import quantize_state_dict
+
+    rd, cfg, m = run_dir
+    assert main(["eval", str(rd.path)]) == 2  # no artifact yet
+    err = capsys.readouterr().err
+    assert "final_model.int6.gpz does not exist" in err and "gepa quantize" in err
+    save_artifact(quantize_state_dict(m.state_dict(), cfg.quant), rd.artifact, cfg.quant)
+    assert main(["eval", str(rd.path), "--sliding", "--ttt", "--streaming"]) == 0
+    out = capsys.readouterr().out
+    st = rd.stages()
+    assert {"int6_roundtrip", "int6_sliding", "int6_sliding_ttt", "int6_streaming"} <= set(st)
+    assert "stage:int6_sliding val_bpb:" in out and "int6_sliding_ttt" in out
+    assert st["int6_roundtrip"]["tokens"] == 1024 and st["int6_sliding"]["tokens"] > 1024
+    assert st["int6_sliding_ttt"]["settings"]["ttt_epochs"] == 1 and st["int6_sliding_ttt"]["chunks"] == 4
+    # overrides that change what TTT measures get their own row; the default row stays
+    assert main(["eval", str(rd.path), "--ttt", "--ttt-optimizer", "adamw", "--ttt-epochs", "2",
+                 "--ttt-freeze-blocks", "0", "--ttt-lr", "1e-4"]) == 0
+    st = rd.stages()
+    name = "int6_sliding_ttt[adamw,e2,f0,lr0.0001]"
+    assert name in st and st[name]["settings"]["ttt_optimizer"] == "adamw"
+    assert st[name]["val_bpb"] != st["int6_sliding_ttt"]["val_bpb"]
+    # float weights and a model override that would not fit them
+    assert main(["eval", str(rd.path), "--weights", "ema", "--no-record"]) == 0
+    assert "float_ema" not in rd.stages()
+    assert main(["eval", str(rd.path), "--model-dim", "128"]) == 2
+    assert "cannot override model_dim" in capsys.readouterr().err

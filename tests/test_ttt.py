@@ -245,3 +245,78 @@ def test_bad_ttt_settings(luts):
         c2 = override(cfg, **kw)
         with pytest.raises(ValueError, match=msg):
             run_ttt(model, val, luts, T, c2.ttt, c2.eval)
+
+
+# ---------------------------------------------------------------------------
+# Two processes (gloo) give the single-process numbers
+
+DIST_SCRIPT = r'''
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(1)
+from test_ttt import tiny_cfg, tiny_model, stream, C, T, STRIDE
+from gepalib import dist
+from gepalib.bpb import build_byte_luts
+from gepalib.evaluate import eval_nonoverlapping, eval_sliding
+from gepalib.streaming import eval_streaming
+from gepalib.ttt import run_ttt
+info = dist.init("cpu")
+luts = build_byte_luts(sys.argv[2], 1024)
+cfg = tiny_cfg(ttt_batch_seqs=1, ttt_epochs=2)
+model = tiny_model(cfg)
+val = stream(3 * C + 32)
+res = {
+    "nonoverlap": eval_nonoverlapping(model, val[:3 * C + 1], luts, T, 2, return_token_losses=True),
+    "sliding": eval_sliding(model, val, luts, T, STRIDE, 3, return_token_losses=True),
+    "streaming": eval_streaming(model, val, luts, T, lanes=2, return_token_losses=True),
+    "ttt": run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True),
+}
+if info.rank == 0:
+    torch.save({k: {"bpb": r.val_bpb, "loss": r.val_loss, "tokens": r.tokens, "bytes": r.bytes,
+                    "losses": r.token_losses} for k, r in res.items()}, sys.argv[3])
+dist.shutdown()
+'''
+
+
+def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gepalib.evaluate import eval_nonoverlapping
+    from gepalib.streaming import eval_streaming
+
+    script = tmp_path / "worker.py"
+    script.write_text(DIST_SCRIPT)
+    out = tmp_path / "res.pt"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(repo / "tests"),
+                                       str(sotu_data_dir / "tokenizer.model"), str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    got = torch.load(out, weights_only=True)
+
+    cfg = tiny_cfg(ttt_batch_seqs=1, ttt_epochs=2)
+    model = tiny_model(cfg)
+    val = stream(3 * C + 32)
+    want = {
+        "nonoverlap": eval_nonoverlapping(model, val[:3 * C + 1], luts, T, 2, return_token_losses=True),
+        "sliding": eval_sliding(model, val, luts, T, STRIDE, 3, return_token_losses=True),
+        "streaming": eval_streaming(model, val, luts, T, lanes=2, return_token_losses=True),
+        "ttt": run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True),
+    }
+    for k, w in want.items():
+        g = got[k]
+        assert (g["tokens"], g["bytes"]) == (w.tokens, w.bytes), k
+        assert g["bpb"] == pytest.approx(w.val_bpb, rel=1e-6), k
+        assert torch.allclose(g["losses"], w.token_losses, atol=1e-5, rtol=0), k

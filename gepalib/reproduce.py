@@ -1,0 +1,236 @@
+"""``gepa reproduce``: run every notebook headlessly and tabulate the five findings (issue 7).
+
+    gepa reproduce                          # all notebooks, CPU defaults (< 30 min on 2 cores)
+    gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
+    gepa reproduce --notebooks 10_warmdown 11_compressibility
+    gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown
+
+Steps: prepare the embedded dataset if needed; execute each notebook with papermill
+(kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the sources
+in ``notebooks/`` stay output-free; each findings notebook computes its verdict with
+:mod:`gepalib.findings` and stores it with :func:`save_finding` as
+``<figures>/finding_F<n>.json``; finally :func:`write_findings_md` tabulates them into
+``<figures>/findings.md`` (the submission's number, ours, the verdict). A failing
+notebook is reported and the others still run; the exit code is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from gepalib.config import project_root, resolve_path
+from gepalib.rundir import atomic_write_json, atomic_write_text
+
+NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
+             "12_sgd_vs_adamw", "13_freezing", "14_ttt_share")
+FINDINGS = {"F1": "10_warmdown", "F2": "11_compressibility", "F3": "12_sgd_vs_adamw", "F4": "13_freezing",
+            "F5": "14_ttt_share"}
+KERNEL = "python3"
+
+# --quick (and the test-suite): the "quick" scale and the shortest experiments that still
+# exercise every code path (several evaluations per phase, two seeds, two ladder rungs).
+QUICK_COMMON: dict[str, Any] = {"scale": "quick"}
+QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
+    "00_quickstart": {"steps": 8},
+    "01_train": {"steps": 8},
+    "02_artifact_and_eval": {"steps": 8},
+    "10_warmdown": {"ladder_steps": [20, 40], "seeds": [42, 43]},
+    "11_compressibility": {"ladder_steps": [20, 40]},
+    "12_sgd_vs_adamw": {"ladder_steps": [20, 40], "seeds": [42, 43]},
+    "13_freezing": {"ladder_steps": [20, 40], "seeds": [42, 43], "freeze_blocks": [0, 1]},
+    "14_ttt_share": {"ladder_steps": [20, 40]},
+}
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+# ---------------------------------------------------------------------------
+# Findings records (written by the findings notebooks)
+
+
+def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figures", **extra: Any) -> Path:
+    """Store a ``gepalib.findings.verdict_fN`` result (plus JSON-able ``extra``: the
+    notebook's parameters, the numbers behind it) as ``<figures_dir>/finding_<F>.json``."""
+    for k in ("finding", "verdict", "ours", "published"):
+        if k not in verdict:
+            raise ValueError(f"save_finding: not a findings verdict (missing {k!r}): {sorted(verdict)}")
+    path = resolve_path(figures_dir) / f"finding_{verdict['finding']}.json"
+    atomic_write_json(path, {**dict(verdict), "extra": extra})
+    return path
+
+
+def load_findings(figures_dir: str | os.PathLike = "figures") -> dict[str, dict[str, Any]]:
+    """{finding id: record} for every ``finding_F*.json`` in ``figures_dir``."""
+    out = {}
+    for p in sorted(resolve_path(figures_dir).glob("finding_F*.json")):
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: unreadable findings record ({e})") from None
+        if not isinstance(rec, dict) or "finding" not in rec:
+            raise ValueError(f"{p}: not a findings record")
+        out[rec["finding"]] = rec
+    return out
+
+
+def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_rows: Sequence[dict] = (),
+                      note: str = "") -> Path:
+    """``<figures_dir>/findings.md``: the five findings (submission, ours, verdict), which are
+    missing, and (when given) how each notebook fared."""
+    from gepalib.findings import findings_markdown
+
+    recs = load_findings(figures_dir)
+    lines = ["# The five findings, reproduced", ""]
+    if note:
+        lines += [note, ""]
+    lines.append(findings_markdown([recs[f] for f in FINDINGS if f in recs]).rstrip("\n"))
+    missing = [f"{f} ({FINDINGS[f]})" for f in FINDINGS if f not in recs]
+    if missing:
+        lines += ["", "Not computed: " + ", ".join(missing) + "."]
+    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in FINDINGS if f in recs and recs[f].get("criterion")]
+    if crit:
+        lines += ["", "Verdict criteria (computed by `gepalib.findings`):", *crit]
+    if notebook_rows:
+        lines += ["", "| notebook | status | seconds |", "|---|---|---|"]
+        lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']:.0f} |" for r in notebook_rows]
+    path = resolve_path(figures_dir) / "findings.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Executing notebooks
+
+
+def load_parameters_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping of notebook parameters (e.g. ``notebooks/<name>.gpu.yaml``)."""
+    import yaml
+
+    p = resolve_path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: parameters file not found")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of parameter names to values")
+    return data
+
+
+def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, Any], *,
+                     log_output: bool = False, kernel: str = KERNEL) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``<out_dir>/<name>.ipynb``.
+
+    Runs with cwd = the project root and gepalib importable; a failing cell raises
+    papermill's PapermillExecutionError (the executed copy shows where)."""
+    import papermill as pm
+
+    src = notebooks_dir() / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such notebook; choose from {', '.join(NOTEBOOKS)}")
+    out = resolve_path(out_dir) / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = str(project_root())
+    pp = os.environ.get("PYTHONPATH", "")
+    if root not in pp.split(os.pathsep):  # the kernel inherits the environment
+        os.environ["PYTHONPATH"] = root + (os.pathsep + pp if pp else "")
+    os.environ.setdefault("GEPA_HOME", root)
+    pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=root,
+                        progress_bar=False, log_output=log_output)
+    return out
+
+
+def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, out: str = "runs/notebooks",
+              figures: str = "figures", runs_root: str = "runs", data_dir: str = "data/sotu_sp1024",
+              parameters: dict[str, Any] | None = None, log_output: bool = False) -> dict[str, Any]:
+    """Execute the notebooks (all by default, in order) and write ``<figures>/findings.md``.
+
+    Returns {"notebooks": [{notebook, status, seconds, output, error}], "findings_md": path,
+    "seconds": total}."""
+    from gepalib.runs import ensure_data
+
+    names = list(notebooks) if notebooks else list(NOTEBOOKS)
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
+    names = [n for n in NOTEBOOKS if n in names]  # canonical order: 10 trains what 11-14 reuse
+    t_all = time.perf_counter()
+    data_dir = str((parameters or {}).get("data_dir", data_dir))
+    ensure_data(data_dir)
+    fig_dir = resolve_path(figures)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for f, nb in FINDINGS.items():  # a stale verdict must not survive a failed re-run
+        if nb in names:
+            (fig_dir / f"finding_{f}.json").unlink(missing_ok=True)
+    rows = []
+    for name in names:
+        params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": str(fig_dir)}
+        if quick:
+            params.update(QUICK_COMMON)
+            params.update(QUICK_PARAMETERS.get(name, {}))
+        params.update(parameters or {})
+        print(f"notebook:{name} status:running", flush=True)
+        t0 = time.perf_counter()
+        row = {"notebook": name, "status": "ok", "output": str(resolve_path(out) / f"{name}.ipynb"), "error": ""}
+        try:
+            execute_notebook(name, out, params, log_output=log_output)
+        except Exception as e:  # noqa: BLE001 -- report and go on with the next notebook
+            row["status"] = "failed"
+            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        row["seconds"] = time.perf_counter() - t0
+        print(f"notebook:{name} status:{row['status']} seconds:{row['seconds']:.1f}"
+              + (f" error:{row['error']}" if row["error"] else ""), flush=True)
+        rows.append(row)
+    total = time.perf_counter() - t_all
+    note = (f"Scale: {'quick' if quick else (parameters or {}).get('scale', 'notebook defaults (cpu)')}; "
+            f"executed notebooks in `{out}`; figures in `{figures}`; total {total:.0f} s.")
+    md = write_findings_md(fig_dir, notebook_rows=rows, note=note)
+    print(f"findings_md:{md} seconds:{total:.1f}", flush=True)
+    return {"notebooks": rows, "findings_md": str(md), "seconds": total}
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    params = load_parameters_file(args.parameters) if args.parameters else {}
+    for item in args.param or []:
+        if "=" not in item:
+            raise ValueError(f"-p {item!r} is not of the form name=value")
+        import yaml
+
+        k, v = item.split("=", 1)
+        params[k.strip()] = yaml.safe_load(v)
+    res = reproduce(args.notebooks, quick=args.quick, out=args.out, figures=args.figures, runs_root=args.runs_root,
+                    data_dir=args.data_dir, parameters=params, log_output=args.verbose)
+    failed = [r for r in res["notebooks"] if r["status"] != "ok"]
+    print(Path(res["findings_md"]).read_text(encoding="utf-8"))
+    if failed:
+        print(f"gepa reproduce: {len(failed)} notebook(s) failed: "
+              + ", ".join(f"{r['notebook']} ({r['error']}; see {r['output']})" for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="execute every notebook headlessly and tabulate the findings",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--notebooks", nargs="+", metavar="NAME", default=None,
+                   help=f"a subset of: {' '.join(NOTEBOOKS)}")
+    p.add_argument("--quick", action="store_true", help="smallest parameters (smoke run)")
+    p.add_argument("--out", default="runs/notebooks", help="where executed notebooks go (default runs/notebooks)")
+    p.add_argument("--figures", default="figures", help="figures and findings.md (default figures)")
+    p.add_argument("--runs-root", default="runs", help="content-addressed run directories (default runs)")
+    p.add_argument("--data-dir", default="data/sotu_sp1024", help="dataset (default: the embedded one)")
+    p.add_argument("--parameters", default=None, metavar="YAML",
+                   help="notebook parameters for every notebook, e.g. notebooks/10_warmdown.gpu.yaml")
+    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help="one notebook parameter (YAML value), e.g. -p nproc=2")
+    p.add_argument("--verbose", action="store_true", help="echo the notebooks' cell output")
+    p.set_defaults(func=cmd_reproduce)
