@@ -18,7 +18,7 @@ decoded again and checked byte-exact), against the per-tensor and the per-row
 entropy bounds measured on the same quantized model.
 
     .venv/bin/python bench/compression.py                 # gepa11 shapes, random + trained_like
-    .venv/bin/python bench/compression.py --quick         # tiny preset, smoke run
+    .venv/bin/python bench/compression.py --quick         # tiny preset, trained_like, faithful, fast codecs
     .venv/bin/python bench/compression.py --run-dir runs/X
 Writes bench/results/compression.json (or --out).
 """
@@ -136,9 +136,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny preset shapes (smoke run)")
     ap.add_argument("--preset", default=None, help="model shapes (default gepa11; tiny with --quick)")
-    ap.add_argument("--inputs", default="random,trained_like", help="comma list of random, trained_like")
+    ap.add_argument("--inputs", default=None, help="comma list of random, trained_like (default both; "
+                                                   "trained_like with --quick)")
     ap.add_argument("--run-dir", default=None, help="also benchmark this run's EMA weights")
-    ap.add_argument("--modes", default="faithful,per_row", help="quant modes")
+    ap.add_argument("--modes", default=None, help="quant modes (default faithful,per_row; faithful with --quick)")
     ap.add_argument("--methods", default=None, help="full | fast (default: full; fast with --quick)")
     ap.add_argument("--workers", type=int, default=1, help="measure methods in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
@@ -150,6 +151,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     preset = args.preset or ("tiny" if args.quick else "gepa11")
     methods = args.methods or ("fast" if args.quick else "full")
+    args.inputs = args.inputs or ("trained_like" if args.quick else "random,trained_like")
+    args.modes = args.modes or ("faithful" if args.quick else "faithful,per_row")
     cfg = get_preset(preset).model
     inputs = []
     for name in [s for s in args.inputs.split(",") if s]:

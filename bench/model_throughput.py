@@ -10,8 +10,17 @@ utilisation (MFU) against it.
 Model FLOPs per token = 6 * (matmul weights incl. the tied head) + 6 * L * T * d
 (causal attention scores and mixing, forward + backward).
 
+A third row, "ref2x128", is the 2-layer d=128 seq-256 shape whose plain fp32 speed
+the issue quotes (about 32k tokens/s on 2 free cores), for calibration.
+
+Clocks: --clock wall (default) times real seconds; --clock cpu times this thread's CPU
+seconds with one torch thread, which is stable on a machine shared with other jobs.
+OMP_WAIT_POLICY defaults to PASSIVE here: with the default spinning policy two OpenMP
+threads on a busy 2-core box run ~20x slower.
+
     .venv/bin/python bench/model_throughput.py            # full run
     .venv/bin/python bench/model_throughput.py --quick    # smoke run
+    .venv/bin/python bench/model_throughput.py --clock cpu
 Writes bench/results/model_throughput.json.
 """
 from __future__ import annotations
@@ -27,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch import
 
 import torch  # noqa: E402
 
@@ -50,15 +60,18 @@ def flops_per_token(model: GPT, seq_len: int) -> float:
     return 6.0 * mat + 6.0 * cfg.num_layers * seq_len * cfg.model_dim
 
 
+CLOCK = time.perf_counter
+
+
 def matmul_flops(n: int = 1024, reps: int = 20) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = CLOCK()
         a @ b
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return 2.0 * n ** 3 / statistics.median(times)
 
 
@@ -68,16 +81,23 @@ def make_step(model: GPT, batch: int, seq_len: int, seed: int = 0):
     idx, tgt = x[:, :-1], x[:, 1:]
 
     def step() -> float:
-        t = time.perf_counter()
+        t = CLOCK()
         loss = model(idx, tgt)
         loss.backward()
         model.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
+        return CLOCK() - t
     return step
 
 
-def bench_preset(name: str, steps: int, warmup: int, overrides: dict | None = None) -> dict:
-    cfg = get_preset(name, **(overrides or {}))
+REF2 = dict(num_layers=2, model_dim=128, num_heads=4, num_kv_heads=2, mlp_hidden=384, rope_dims=8,
+            rope_train_seq_len=256, bigram_buckets=1024, bigram_dim=32, xsa_last_n=1, ve_layers=(0, 1),
+            ve_dim=32, embed_dtype="float32", seq_len=256, micro_batch_tokens=8192)
+ROWS = {"tiny": ("tiny", {}), "small": ("small", {}), "ref2x128": ("tiny", REF2)}
+
+
+def bench_preset(name: str, steps: int, warmup: int) -> dict:
+    base, overrides = ROWS[name]
+    cfg = get_preset(base, **overrides)
     T = cfg.train.seq_len
     B = max(1, cfg.train.micro_batch_tokens // T)
     torch.manual_seed(0)
@@ -101,22 +121,32 @@ def bench_preset(name: str, steps: int, warmup: int, overrides: dict | None = No
             "flops_per_token": flops_per_token(m, T),
         }
     out["gepa_over_plain_time_per_token"] = out["gepa"]["step_s_median"] / out["plain"]["step_s_median"]
+    out["model"] = {k: getattr(cfg.model, k) for k in ("num_layers", "model_dim", "num_heads", "mlp_hidden")}
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few steps (smoke run)")
-    ap.add_argument("--presets", default="tiny,small")
+    ap.add_argument("--presets", default="tiny,small,ref2x128", help=f"comma list from {sorted(ROWS)}")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall seconds, or this thread's CPU seconds (forces one thread)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "model_throughput.json"))
     args = ap.parse_args(argv)
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK, args.threads = time.thread_time, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps, warmup = (3, 1) if args.quick else (12, 3)
+    steps, warmup = (3, 1) if args.quick else (10, 2)
+    names = [p for p in args.presets.split(",") if p]
+    for p in names:
+        if p not in ROWS:
+            raise SystemExit(f"unknown row {p!r}; choose from {sorted(ROWS)}")
 
     peak = matmul_flops(reps=5 if args.quick else 20)
-    rows = [bench_preset(p, steps, warmup) for p in args.presets.split(",") if p]
+    rows = [bench_preset(p, steps, warmup) for p in names]
     peak_after = matmul_flops(reps=5 if args.quick else 20)
     peak = max(peak, peak_after)
     for r in rows:
@@ -126,6 +156,9 @@ def main(argv=None) -> int:
     result = {
         "bench": "model_throughput",
         "quick": args.quick,
+        "clock": args.clock,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_avg_1m": os.getloadavg()[0],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -133,20 +166,26 @@ def main(argv=None) -> int:
         "matmul_fp32_flops": peak,
         "rows": rows,
     }
+    by = {r["preset"]: r for r in rows}
+    if "tiny" in by and "small" in by:
+        result["small_over_tiny_time_per_token"] = by["tiny"]["gepa"]["tokens_per_s"] / by["small"]["gepa"]["tokens_per_s"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, out)
 
-    print(f"matmul_fp32_gflops: {peak / 1e9:.1f}  threads: {torch.get_num_threads()}")
-    print(f"{'preset':<7} {'variant':<6} {'params':>10} {'tok/s':>9} {'ms/step':>8} {'MFU':>6}  gepa/plain")
+    print(f"matmul_fp32_gflops: {peak / 1e9:.1f}  threads: {torch.get_num_threads()}  clock: {args.clock}  "
+          f"load_avg_1m: {result['load_avg_1m']:.1f}")
+    print(f"{'preset':<9} {'variant':<6} {'params':>10} {'tok/s':>9} {'ms/step':>8} {'MFU':>6}  gepa/plain")
     for r in rows:
         for k in ("gepa", "plain"):
             v = r[k]
             ratio = f"{r['gepa_over_plain_time_per_token']:.2f}x" if k == "gepa" else ""
-            print(f"{r['preset']:<7} {k:<6} {v['params']:>10,} {v['tokens_per_s']:>9,.0f} "
+            print(f"{r['preset']:<9} {k:<6} {v['params']:>10,} {v['tokens_per_s']:>9,.0f} "
                   f"{v['step_s_median'] * 1e3:>8.1f} {v['mfu']:>6.1%}  {ratio}")
+    if "small_over_tiny_time_per_token" in result:
+        print(f"small_over_tiny_time_per_token: {result['small_over_tiny_time_per_token']:.2f}")
     print(f"wrote: {out}")
     return 0
 

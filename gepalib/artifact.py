@@ -26,11 +26,13 @@ Tensor table, in state-dict order; each entry has ``name``, ``kind``, ``shape``
   ``row_choice`` (true in per_row mode);
 * ``kind="raw"``: also ``stored`` (the dtype of the stored bytes).
 
-Canonical raw payload = for every tensor in order: int6 -> q as int8
-(rows*cols, row-major), the scales as fp16 (rows), the per-row candidate index
-as uint8 (rows, per_row mode only); raw -> the stored dtype's bytes (bf16 as
-its 16-bit pattern, bool as uint8 0/1). The layout follows from the table
-alone; nothing in it is an offset that could disagree.
+Canonical raw payload = four groups, each in table order: the codes of every
+int6 tensor (int8, rows*cols, row-major); their scales (fp16, rows); their
+per-row candidate indices (uint8, rows; per_row mode only); the passthrough
+tensors (the stored dtype's bytes, bf16 as its 16-bit pattern, bool as uint8
+0/1). Like the submission's torch.save of separate dicts, codes are not
+interleaved with floats, which byte compressors punish. The layout follows from
+the table alone; nothing in it is an offset that could disagree.
 
 Packing (a bijection on the raw payload, section by section): ``shuffle``
 splits multi-byte sections into byte planes; ``pack6`` stores four int6 codes
@@ -64,7 +66,7 @@ import torch
 
 import gepalib
 from gepalib.config import QuantConfig
-from gepalib.quant import (ALPHABET, CANDIDATES, QMAX, QMIN, QUANT_MODES, TORCH_DTYPES, PTensor, QTensor,
+from gepalib.quant import (CANDIDATES, QMAX, QMIN, QUANT_MODES, TORCH_DTYPES, PTensor, QTensor,
                            QuantizedModel, dequantize, dtype_name, entropy_bounds)
 
 MAGIC = b"\x89GEPA6\r\n"
@@ -111,7 +113,13 @@ class Section:
         return self.count * self.itemsize
 
 
+ROLE_ORDER = ("q", "scale", "choice", "raw")
+
+
 def sections_of(table: list[dict]) -> list[Section]:
+    """Payload sections grouped by role (all codes, all scales, all row choices, all
+    passthrough tensors), each group in table order. Grouping matters: zstd-22 on
+    interleaved codes and floats is ~8% larger (measured on a gepa11-shaped model)."""
     out = []
     for t in table:
         if t["kind"] == "int6":
@@ -121,7 +129,7 @@ def sections_of(table: list[dict]) -> list[Section]:
                 out.append(Section(t["name"], "choice", "uint8", (r,)))
         else:
             out.append(Section(t["name"], "raw", t["stored"], tuple(t["shape"])))
-    return out
+    return sorted(out, key=lambda s: ROLE_ORDER.index(s.role))  # stable: table order within a role
 
 
 def _tensor_to_bytes(t: torch.Tensor) -> bytes:
@@ -160,17 +168,20 @@ def tensor_table(qm: QuantizedModel) -> list[dict]:
     return table
 
 
+def _section_tensor(qm: QuantizedModel, s: Section) -> torch.Tensor:
+    e = qm.entries[s.tensor]
+    if s.role == "q":
+        return e.q.to(torch.int8)
+    if s.role == "scale":
+        return e.scale.to(torch.float16)
+    if s.role == "choice":
+        return e.row_choice.to(torch.uint8)
+    return e.data
+
+
 def raw_payload(qm: QuantizedModel) -> bytes:
     """The canonical uncompressed payload (see the module docstring)."""
-    parts = []
-    for e in qm.entries.values():
-        if isinstance(e, QTensor):
-            parts += [_tensor_to_bytes(e.q.to(torch.int8)), _tensor_to_bytes(e.scale.to(torch.float16))]
-            if e.row_choice is not None:
-                parts.append(_tensor_to_bytes(e.row_choice.to(torch.uint8)))
-        else:
-            parts.append(_tensor_to_bytes(e.data))
-    return b"".join(parts)
+    return b"".join(_tensor_to_bytes(_section_tensor(qm, s)) for s in sections_of(tensor_table(qm)))
 
 
 def _split(raw: bytes, sections: list[Section]) -> list[bytes]:
@@ -310,9 +321,10 @@ def _decompress_bytes(data: bytes, compressor: str, size: int) -> bytes:
             raise ValueError("brotli stream is incomplete")
     else:
         out = data
-    if len(out) != size:
-        raise ValueError(f"payload decompresses to {'more than ' if len(out) > size else ''}"
-                         f"{len(out)} bytes, the header says {size}")
+    if len(out) > size:
+        raise ValueError(f"payload decompresses to more than the {size} bytes the header says")
+    if len(out) < size:
+        raise ValueError(f"payload decompresses to {len(out)} bytes, the header says {size}")
     return out
 
 
@@ -452,7 +464,7 @@ def _is_int(x: Any) -> bool:
 
 def _validate_table(table: Any, quant_mode: str, src: str) -> list[dict]:
     if not isinstance(table, list) or len(table) > MAX_TENSORS:
-        raise _fail(src, "header 'tensors' must be a list of at most {MAX_TENSORS} entries")
+        raise _fail(src, f"header 'tensors' must be a list of at most {MAX_TENSORS} entries")
     seen = set()
     for i, t in enumerate(table):
         where = f"header tensor #{i}"
@@ -591,31 +603,31 @@ def artifact_from_bytes(data: bytes, src: str = "<bytes>") -> tuple[QuantizedMod
 
 
 def _build_model(raw: bytes, table: list[dict], sections: list[Section], header: dict, src: str) -> QuantizedModel:
-    chunks = iter(zip(sections, _split(raw, sections)))
+    chunk = {(s.tensor, s.role): b for s, b in zip(sections, _split(raw, sections))}
     qm = QuantizedModel(quant_mode=header["quant_mode"], meta=header["meta"])
     for t in table:
         name, shape = t["name"], tuple(t["shape"])
         if t["kind"] == "int6":
             r, c = t["rows"], t["cols"]
-            q = _bytes_to_tensor(next(chunks)[1], "int8", (r, c), src)
-            scale = _bytes_to_tensor(next(chunks)[1], "float16", (r,), src)
+            q = _bytes_to_tensor(chunk[name, "q"], "int8", (r, c), src)
+            scale = _bytes_to_tensor(chunk[name, "scale"], "float16", (r,), src)
             if q.numel() and (int(q.min()) < QMIN or int(q.max()) > QMAX):
                 raise _fail(src, f"tensor {name!r}: int6 codes outside [{QMIN}, {QMAX}]")
             if not (torch.isfinite(scale).all() and (scale > 0).all()):
                 raise _fail(src, f"tensor {name!r}: scales must be finite and positive")
             choice = None
             if t["row_choice"]:
-                choice = _bytes_to_tensor(next(chunks)[1], "uint8", (r,), src)
+                choice = _bytes_to_tensor(chunk[name, "choice"], "uint8", (r,), src)
                 if r and int(choice.max()) >= len(CANDIDATES):
                     raise _fail(src, f"tensor {name!r}: row choice index out of range")
             qm.entries[name] = QTensor(q, scale, shape, t["dtype"], percentile=t["percentile"], row_choice=choice)
         else:
-            data = _bytes_to_tensor(next(chunks)[1], t["stored"], shape, f"{src}: tensor {name!r}")
+            data = _bytes_to_tensor(chunk[name, "raw"], t["stored"], shape, f"{src}: tensor {name!r}")
             qm.entries[name] = PTensor(data, t["dtype"])
     return qm
 
 
-def _read_file(path: str | os.PathLike) -> bytes:
+def read_artifact_bytes(path: str | os.PathLike) -> bytes:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"artifact not found: {p}")
@@ -628,12 +640,12 @@ def _read_file(path: str | os.PathLike) -> bytes:
 
 def load_artifact(path: str | os.PathLike) -> QuantizedModel:
     """Read and fully validate an artifact (never unpickles, never runs code)."""
-    return artifact_from_bytes(_read_file(path), str(path))[0]
+    return artifact_from_bytes(read_artifact_bytes(path), str(path))[0]
 
 
 def read_artifact_header(path: str | os.PathLike) -> dict:
     """The validated header of an artifact (payload not decoded)."""
-    data = _read_file(path)
+    data = read_artifact_bytes(path)
     return parse_header(data, str(path))[0]
 
 
@@ -648,7 +660,7 @@ def load_artifact_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
 
 REPORT_METHODS_FULL = [(c, p) for c in ("zstd", "lzma", "brotli") for p in PACKINGS] + \
                       [("rans", "none"), ("rans", "shuffle")]
-REPORT_METHODS_FAST = [("zstd", "none"), ("zstd", "shuffle"), ("rans", "shuffle")]
+REPORT_METHODS_FAST = [("zstd", "none"), ("rans", "shuffle")]
 
 
 def method_name(compressor: str, packing: str, zstd_level: int = 22) -> str:

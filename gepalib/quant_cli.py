@@ -5,6 +5,10 @@
     gepa quantize runs/tiny --quant-mode per_row --no-eval
     gepa artifact runs/tiny/final_model.int6.gpz          # header, size ledger, compression report
 
+Quantizer flags are config fields: --quant-mode faithful|per_row, --quant-embed true|false,
+--passthrough-numel N, --compressor zstd|lzma|brotli|rans|none, --zstd-level N,
+--packing none|shuffle|pack6|shuffle_pack6 (rans: none|shuffle); any other field too.
+
 ``gepa quantize`` reads the run's config.json and EMA weights (model_ema.pt,
 ``torch.load(weights_only=True)``), writes ``final_model.int6.gpz`` atomically,
 stores the artifact facts, the size ledger and the compression report in
@@ -22,8 +26,6 @@ import argparse
 import dataclasses
 import time
 from typing import Any
-
-import torch
 
 from gepalib import artifact as A
 from gepalib.config import RunConfig, override, resolve_path
@@ -127,7 +129,7 @@ def describe_artifact(path, report: str = "fast", log=print) -> dict:
     if report not in REPORTS:
         raise ValueError(f"report must be one of {REPORTS}, got {report!r}")
     path = resolve_path(path)
-    data = A._read_file(path)
+    data = A.read_artifact_bytes(path)
     qm, h = A.artifact_from_bytes(data, str(path))  # validates everything
     n_int6 = sum(1 for t in h["tensors"] if t["kind"] == "int6")
     facts = {"path": str(path), "format_version": h["format_version"], "quant_mode": h["quant_mode"],
@@ -135,9 +137,10 @@ def describe_artifact(path, report: str = "fast", log=print) -> dict:
              "tensors": len(h["tensors"]), "int6_tensors": n_int6, "passthrough_tensors": len(h["tensors"]) - n_int6,
              "params": qm.num_params(), "raw_bytes": h["raw_len"], "payload_bytes": h["payload_len"],
              "file_bytes": len(data), "content_sha256": h["content_sha256"]}
-    for line in A.kv_lines(facts, "artifact_") + A.kv_lines(h["meta"].get("quant", {}), "meta_quant_"):
+    mq = h["meta"].get("quant")
+    for line in A.kv_lines(facts, "artifact_") + (A.kv_lines(mq, "meta_quant_") if isinstance(mq, dict) else []):
         log(line)
-    if "preset" in h["meta"]:
+    if isinstance(h["meta"].get("preset"), str):
         log(f"meta_preset:{h['meta']['preset']}")
     ledger = A.size_ledger(len(data), A.code_bytes(h["compressor"]))
     for line in A.kv_lines(ledger, "size_"):

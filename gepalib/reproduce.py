@@ -36,14 +36,14 @@ KERNEL = "python3"
 # exercise every code path (several evaluations per phase, two seeds, two ladder rungs).
 QUICK_COMMON: dict[str, Any] = {"scale": "quick"}
 QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
-    "00_quickstart": {"steps": 8},
-    "01_train": {"steps": 8},
-    "02_artifact_and_eval": {"steps": 8},
+    "00_quickstart": {"steps": 20},  # = the ladder's first rung (seed 42): trained once, reused
+    "01_train": {"steps": 40},  # = the ladder's last rung
+    "02_artifact_and_eval": {"steps": 40},
     "10_warmdown": {"ladder_steps": [20, 40], "seeds": [42, 43]},
     "11_compressibility": {"ladder_steps": [20, 40]},
     "12_sgd_vs_adamw": {"ladder_steps": [20, 40], "seeds": [42, 43]},
     "13_freezing": {"ladder_steps": [20, 40], "seeds": [42, 43], "freeze_blocks": [0, 1]},
-    "14_ttt_share": {"ladder_steps": [20, 40]},
+    "14_ttt_share": {"ladder_steps": [20, 40], "baseline_steps": 5},
 }
 
 

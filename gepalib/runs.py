@@ -201,7 +201,7 @@ def _strip_rank_prefix(line: str) -> str:
 
 def run_streamed(cmd: Sequence[str], *, console_log: Path | None = None, stream: bool = True,
                  env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                 on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+                 on_line: Callable[[str], None] | None = None, kill_grace: float = KILL_GRACE_S) -> tuple[int, str]:
     """Run ``cmd`` in a new session; echo its output line by line (``stream``), append it to
     ``console_log``; return (exit code, last :data:`TAIL_LINES` lines).
 
@@ -230,7 +230,7 @@ def run_streamed(cmd: Sequence[str], *, console_log: Path | None = None, stream:
                 on_line(line)
         rc = proc.wait()
     except BaseException:
-        _kill_group(proc)
+        _kill_group(proc, kill_grace)
         raise
     finally:
         if logf is not None:
@@ -444,7 +444,7 @@ def evaluate(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt: bool
 
             evaluate_run(rd.path, sliding=need_sliding, ttt=need_ttt, weights="artifact",
                          log=(lambda s: print(s, flush=True)) if stream else _quiet, **diff)
-        for k in missing:
+        for k in wanted:  # re-read all: the evaluation re-records the round-trip row too
             found[k] = find_stage(rd, kinds[k][0], settings[k])
             if found[k] is None:
                 raise RunFailed(f"evaluation of {rd.path} recorded no {kinds[k][0]} row with settings {settings[k]}",

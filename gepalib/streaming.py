@@ -88,10 +88,17 @@ def _banded_attention(attn: nn.Module, h: Tensor, cache: list, ve: Tensor | None
     if key not in rope_cache:
         cos, sin = _rope(rope_cache["cfg"], n, window, h.device)
         pos = torch.arange(n, device=h.device)
-        qpos = pos[P:, None]
-        band = (pos[None, :] <= qpos) & (pos[None, :] > qpos - window)
-        rope_cache[key] = (cos, sin, band)
-    cos, sin, band = rope_cache[key]
+        # query sub-blocks [i0, i1) attend to keys [max(0, P+i0-W+1), P+i1): ~W + sub keys per query
+        sub = max(64, window // 4)
+        parts = []
+        for i0 in range(0, T, sub):
+            i1 = min(i0 + sub, T)
+            k0 = max(0, P + i0 - window + 1)
+            qpos = pos[P + i0:P + i1, None]
+            kpos = pos[None, k0:P + i1]
+            parts.append((i0, i1, k0, P + i1, (kpos <= qpos) & (kpos > qpos - window)))
+        rope_cache[key] = (cos, sin, parts)
+    cos, sin, parts = rope_cache[key]
     if rope_cache["cfg"].rope_dims:
         q = apply_rope(q, cos[P:], sin[P:])
         kr = apply_rope(k_all, cos, sin)
@@ -100,7 +107,11 @@ def _banded_attention(attn: nn.Module, h: Tensor, cache: list, ve: Tensor | None
     q = q * attn.q_gain.to(q.dtype)[None, :, None, None]
     rep = H // Hkv
     kr, vr = (kr.repeat_interleave(rep, 1), v_all.repeat_interleave(rep, 1)) if rep > 1 else (kr, v_all)
-    y = F.scaled_dot_product_attention(q, kr, vr, attn_mask=band)
+    if len(parts) == 1:
+        y = F.scaled_dot_product_attention(q, kr[:, :, parts[0][2]:], vr[:, :, parts[0][2]:], attn_mask=parts[0][4])
+    else:
+        y = torch.cat([F.scaled_dot_product_attention(q[:, :, i0:i1], kr[:, :, k0:k1], vr[:, :, k0:k1], attn_mask=m)
+                       for i0, i1, k0, k1, m in parts], dim=2)
     if attn.use_xsa:
         y = xsa(y, v)
     keep = window - 1

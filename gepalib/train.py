@@ -103,6 +103,9 @@ def make_plan(cfg: RunConfig, world_size: int) -> Plan:
                          f"integer >= 1 (change batch_tokens, micro_batch_tokens or the number of processes)")
     if t.progress not in ("auto", "bar", "log"):
         raise ValueError(f"progress={t.progress!r}; choose auto | bar | log")
+    from gepalib.model import validate_config
+
+    validate_config(cfg.model)
     return Plan(world_size, t.batch_tokens // per_micro, t.micro_batch_tokens, t.seq_len,
                 cfg.eval.eval_seq_len or t.seq_len)
 
@@ -456,55 +459,55 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
     dist.barrier()
 
     log = Logger(rd, main, tc.steps, step, tc.progress)
-    log.line(f"==== gepalib train {'resume' if step else 'start'} step:{step}/{tc.steps} "
-             f"time:{time.strftime('%Y-%m-%dT%H:%M:%S')}")
-    log.line(f"run_dir:{rd.path} preset:{cfg.preset} fingerprint:{fp} git:{git_commit()} host:{socket.gethostname()}")
-    log.line(f"torch:{torch.__version__} device:{dev} world_size:{info.world_size} accum:{plan.accum} "
-             f"micro_batch_tokens:{plan.micro_tokens} batch_tokens:{tc.batch_tokens} seq_len:{plan.seq_len} "
-             f"autocast:{tc.autocast} compile:{tc.compile}")
-    log.line(f"params:{n_params} data_dir:{data_info['data_dir']} train_tokens:{data_info['train_tokens']} "
-             f"val_targets:{val_tokens.numel() - 1}")
-    for ln in format_group_table(table).splitlines():
-        log.line("group " + ln, echo=False)
-    if latest is not None:
-        log.line(f"resumed_from:{latest}")
-
-    def evaluate(s: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        bs = cfg.eval.eval_batch_seqs
-        live = eval_nonoverlapping(model, val_tokens, luts, plan.eval_seq_len, bs, autocast=tc.autocast)
-        if s == 0 and latest is None:
-            emar = live  # the EMA equals the initial weights exactly
-        else:
-            eval_model.load_state_dict(ema.export())
-            emar = eval_nonoverlapping(eval_model, val_tokens, luts, plan.eval_seq_len, bs, autocast=tc.autocast)
-        row = {"val_loss": live.val_loss, "val_bpb": live.val_bpb, "val_loss_ema": emar.val_loss,
-               "val_bpb_ema": emar.val_bpb, "eval_s": time.perf_counter() - t0}
-        log.line(f"step:{s}/{tc.steps} val_loss:{live.val_loss:.4f} val_bpb:{live.val_bpb:.4f} "
-                 f"val_loss_ema:{emar.val_loss:.4f} val_bpb_ema:{emar.val_bpb:.4f} eval_s:{row['eval_s']:.1f}")
-        return {"step": s, "row": row, "live": live, "ema": emar}
-
-    def save(s: int) -> Path | None:
-        path = None
-        if main:
-            state = {"fingerprint": fp, "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                     "ema": ema.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                     "loader": loader.state_dict(), "rng": ckpt.capture_rng(), "train_time": train_time}
-            path = ckpt.save_checkpoint(rd.checkpoints, s, state, keep=tc.keep_checkpoints)
-            log.line(f"step:{s}/{tc.steps} checkpoint:{path}", echo=False)
-        dist.barrier()
-        return path
-
-    last_eval = None
-    if step == 0:
-        last_eval = evaluate(0)
-        if main:
-            append_metrics(rd, {"step": 0, "tokens": 0, "lr": set_lr(optimizers, 0, tc), **last_eval["row"]})
-
-    # -- the loop -----------------------------------------------------------------
-    stop = StopFlag()
-    t_log, n_log = 0.0, 0
     try:
+        log.line(f"==== gepalib train {'resume' if step else 'start'} step:{step}/{tc.steps} "
+                 f"time:{time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        log.line(f"run_dir:{rd.path} preset:{cfg.preset} fingerprint:{fp} git:{git_commit()} host:{socket.gethostname()}")
+        log.line(f"torch:{torch.__version__} device:{dev} world_size:{info.world_size} accum:{plan.accum} "
+                 f"micro_batch_tokens:{plan.micro_tokens} batch_tokens:{tc.batch_tokens} seq_len:{plan.seq_len} "
+                 f"autocast:{tc.autocast} compile:{tc.compile}")
+        log.line(f"params:{n_params} data_dir:{data_info['data_dir']} train_tokens:{data_info['train_tokens']} "
+                 f"val_targets:{val_tokens.numel() - 1}")
+        for ln in format_group_table(table).splitlines():
+            log.line("group " + ln, echo=False)
+        if latest is not None:
+            log.line(f"resumed_from:{latest}")
+
+        def evaluate(s: int) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            bs = cfg.eval.eval_batch_seqs
+            live = eval_nonoverlapping(model, val_tokens, luts, plan.eval_seq_len, bs, autocast=tc.autocast)
+            if s == 0 and latest is None:
+                emar = live  # the EMA equals the initial weights exactly
+            else:
+                eval_model.load_state_dict(ema.export())
+                emar = eval_nonoverlapping(eval_model, val_tokens, luts, plan.eval_seq_len, bs, autocast=tc.autocast)
+            row = {"val_loss": live.val_loss, "val_bpb": live.val_bpb, "val_loss_ema": emar.val_loss,
+                   "val_bpb_ema": emar.val_bpb, "eval_s": time.perf_counter() - t0}
+            log.line(f"step:{s}/{tc.steps} val_loss:{live.val_loss:.4f} val_bpb:{live.val_bpb:.4f} "
+                     f"val_loss_ema:{emar.val_loss:.4f} val_bpb_ema:{emar.val_bpb:.4f} eval_s:{row['eval_s']:.1f}")
+            return {"step": s, "row": row, "live": live, "ema": emar}
+
+        def save(s: int) -> Path | None:
+            path = None
+            if main:
+                state = {"fingerprint": fp, "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                         "ema": ema.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                         "loader": loader.state_dict(), "rng": ckpt.capture_rng(), "train_time": train_time}
+                path = ckpt.save_checkpoint(rd.checkpoints, s, state, keep=tc.keep_checkpoints)
+                log.line(f"step:{s}/{tc.steps} checkpoint:{path}", echo=False)
+            dist.barrier()
+            return path
+
+        last_eval = None
+        if step == 0:
+            last_eval = evaluate(0)
+            if main:
+                append_metrics(rd, {"step": 0, "tokens": 0, "lr": set_lr(optimizers, 0, tc), **last_eval["row"]})
+
+        # -- the loop -----------------------------------------------------------------
+        stop = StopFlag()
+        t_log, n_log = 0.0, 0
         with stop:
             while step < tc.steps:
                 t0 = time.perf_counter()
@@ -614,13 +617,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run_cli(args: argparse.Namespace) -> int:
     """Handler shared by ``gepa train`` and ``python -m gepalib.train``."""
     cfg = config_from_args(args)
+    rank0 = os.environ.get("RANK", "0") == "0"
     try:
         train(cfg, args.run_dir, resume=not args.no_resume)
     except NonFiniteLoss as e:
-        print(f"gepa train: error: {e}", file=sys.stderr, flush=True)
+        if rank0:
+            print(f"gepa train: error: {e}", file=sys.stderr, flush=True)
         return 1
     except TrainInterrupted as e:
-        print(f"gepa train: {e}", file=sys.stderr, flush=True)
+        if rank0:
+            print(f"gepa train: {e}", file=sys.stderr, flush=True)
         return 128 + int(e.signum)
     return 0
 

@@ -315,6 +315,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
                     if b > a:
                         streaming.score_range(model, val_tokens, luts_d, lo_c + a, lo_c + b, seq_len, sums,
                                               lanes=ecfg.stream_lanes, block=ecfg.stream_block,
+                                              prefix=ecfg.stream_prefix, max_lanes=max(1, batch_seqs),
                                               autocast=autocast, token_losses=losses)
             if hooks is not None:
                 hooks.on_score(c, ranges)
@@ -341,11 +342,12 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             rows.append(row)
             if hooks is not None:
                 hooks.on_chunk_end(c, row)
-            if log is not None and (c % log_every == 0 or c == n_chunks - 1):
+            if c % max(1, log_every) == 0 or c == n_chunks - 1:  # collective: every rank, log or not
                 run_nll, run_tok, run_byt = (float(x) for x in dist.all_reduce_sum(sums.t.clone()))
-                log(f"ttt_chunk:{c + 1}/{n_chunks} lr:{lr:.6g} chunk_bpb:{row['bpb']:.6f} "
-                    f"running_bpb:{run_nll / (math.log(2) * run_byt):.6f} score_s:{score_s:.2f} "
-                    f"train_s:{train_s:.2f} elapsed_s:{time.perf_counter() - t0:.1f}")
+                if log is not None:
+                    log(f"ttt_chunk:{c + 1}/{n_chunks} lr:{lr:.6g} chunk_bpb:{row['bpb']:.6f} "
+                        f"running_bpb:{run_nll / (math.log(2) * run_byt):.6f} score_s:{score_s:.2f} "
+                        f"train_s:{train_s:.2f} elapsed_s:{time.perf_counter() - t0:.1f}")
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(saved_req[n])

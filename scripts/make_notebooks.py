@@ -36,7 +36,7 @@ figures_dir = "figures"'''
 
 LADDER = '''ladder_steps = [100, 150, 200, 300]  # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-evals = 20                     # validations per run (val_every = steps // evals)'''
+evals = 20                     # validations per run: val_every is steps // evals'''
 
 SGD = '''sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
        "ttt_freeze_blocks": 1}  # PR #461: SGD 0.002, 3 epochs, freeze 2 of 11 (~18%: 1 of tiny's 6)'''
@@ -316,14 +316,15 @@ NOTEBOOKS["14_ttt_share"] = {
 
 Share = (base − final) / (baseline − final). The submission: 22% at 5.2k steps down to 13%
 at 20k against the naive baseline 1.224. We evaluate every ladder rung with TTT and
-measure a same-scale baseline: the same model with the GEPA features off
-(`runs.baseline_config`), trained as long as the shortest rung. With `share_base =
+measure a same-scale naive baseline: the same model with the GEPA features off
+(`runs.baseline_config`) and a short training budget (`baseline_steps`). With `share_base =
 "int6_sliding"` the TTT gain is isolated from quantization and the sliding window; set
 `"float_live"` for the submission's float→final definition.
 '''),
         params_cell(COMMON, LADDER, "seed = 42", TTT14,
                     'share_base = "int6_sliding"    # int6_sliding | float_live\n'
-                    'baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale'),
+                    'baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale\n'
+                    'baseline_steps = 50            # training steps of the same-scale baseline'),
         code(SETUP),
         code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], evals=evals)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
@@ -338,7 +339,7 @@ float_bpb = [base_bpb(rd, r) for rd, r in zip(rds, rows)]
 final_bpb = [r["ttt"]["val_bpb"] for r in rows]
 list(zip(ladder_steps, float_bpb, final_bpb))'''),
         code('''if baseline_bpb is None:
-    bcfg = runs.baseline_config(runs.with_length(base, min(ladder_steps), warmdown_frac, evals, seed=seed))
+    bcfg = runs.baseline_config(runs.with_length(base, baseline_steps, warmdown_frac, evals, seed=seed))
     brd = runs.launch(bcfg, nproc=nproc, runs_root=runs_root)
     baseline = base_bpb(brd, runs.evaluate(brd, sliding=True, nproc=nproc))
 else:

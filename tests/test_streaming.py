@@ -88,6 +88,11 @@ def test_streaming_equals_banded_reference(luts, variant):
         err = (r.token_losses - ref).abs().max().item()
         assert err < 1e-4, (lanes, block, err)
     assert exact_prefix(model, W) == 3 * (W - 1) + 2
+    # a wider band: blocks are split into query sub-blocks of max(64, W/4) (several per block)
+    ref100 = banded_reference(model, val, 100)
+    for lanes, block in ((1, 150), (2, 0)):
+        r = eval_streaming(model, val, luts, 100, lanes=lanes, block=block, prefix=-1, return_token_losses=True)
+        assert (r.token_losses - ref100).abs().max().item() < 1e-4, (lanes, block)
     # too short a warm-up is no longer exact: the check above has teeth
     short = eval_streaming(model, val, luts, W, lanes=4, block=16, prefix=W - 1, return_token_losses=True)
     assert (short.token_losses - ref).abs().max().item() > 1e-3

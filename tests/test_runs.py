@@ -1,0 +1,217 @@
+"""gepalib.runs: the torchrun launcher, content addressing, stage reuse, loading into pandas."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gepalib import runs
+from gepalib.config import get_preset, override
+from gepalib.rundir import RunDir
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def quick_cfg(data_dir: Path, **kv):
+    """The 'quick' scale: a 56k-parameter model, 4 steps."""
+    base = runs.base_config("tiny", "quick", str(data_dir))
+    return override(runs.with_length(base, kv.pop("steps", 4), 0.5, evals=2), **kv)
+
+
+# ---------------------------------------------------------------------------
+# Identity (no processes)
+
+
+def test_run_key_covers_what_decides_the_weights(tmp_path):
+    cfg = get_preset("tiny")
+    assert runs.run_key(cfg) == runs.run_key(get_preset("tiny"))
+    # display/bookkeeping and stage settings do not change the run
+    for kv in ({"progress": "bar"}, {"keep_checkpoints": 5}, {"checkpoint_every": 7},
+               {"ttt_optimizer": "adamw"}, {"eval_stride": 32}, {"ttt_freeze_blocks": 0}):
+        assert runs.run_key(override(cfg, **kv)) == runs.run_key(cfg), kv
+    # anything that changes the weights or the artifact does
+    for kv in ({"steps": 601}, {"seed": 1}, {"model_dim": 64}, {"val_tokens": 4096}, {"val_every": 50},
+               {"compressor": "lzma"}, {"quant_mode": "per_row"}, {"data_dir": "data/other"}):
+        assert runs.run_key(override(cfg, **kv)) != runs.run_key(cfg), kv
+    # the same data directory spelled relative or absolute is the same run
+    from gepalib.config import resolve_path
+
+    absolute = override(cfg, data_dir=str(resolve_path(cfg.data.data_dir)))
+    assert runs.run_key(absolute) == runs.run_key(cfg)
+    d = runs.default_run_dir(cfg, tmp_path)
+    assert d.parent == tmp_path and d.name == f"tiny-{runs.run_key(cfg)}"
+    assert runs.identity_diff(cfg, override(cfg, steps=5)) == ["steps (600 -> 5)"]
+
+
+def test_ladder_and_baseline_configs():
+    base = runs.base_config("tiny", "cpu")
+    cfgs = runs.ladder_configs(base, [100, 300], warmdown_frac=0.4, seeds=[1, 2], evals=20)
+    assert [(c.train.steps, c.train.warmdown, c.train.val_every, c.train.seed) for c in cfgs] == \
+        [(100, 40, 5, 1), (100, 40, 5, 2), (300, 120, 15, 1), (300, 120, 15, 2)]
+    assert len({runs.run_key(c) for c in cfgs}) == 4
+    b = runs.baseline_config(cfgs[0])
+    assert b.preset == "tiny_baseline" and b.model.rope_dims == b.model.head_dim
+    assert (b.model.bigram, b.model.smear, b.model.xsa_last_n, b.model.ve_layers, b.model.skip_mode) == \
+        (False, False, 0, (), "add")
+    assert b.train == cfgs[0].train
+    with pytest.raises(ValueError, match="unknown scale"):
+        runs.base_config("tiny", "huge")
+    with pytest.raises(ValueError, match="warmdown_frac"):
+        runs.with_length(base, 10, 1.5)
+
+
+def test_torchrun_command_and_bad_nproc(tmp_path):
+    cmd = runs.torchrun_command(["gepalib.train", "--run-dir", "x"], 2, tmp_path)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "2" and "--standalone" in cmd
+    assert cmd[cmd.index("--log-dir") + 1] == str(tmp_path)
+    assert cmd[-4:] == ["-m", "gepalib.train", "--run-dir", "x"]
+    with pytest.raises(ValueError, match="nproc"):
+        runs.torchrun_command(["gepalib.train"], 0, tmp_path)
+
+
+def test_ensure_data_names_the_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no dataset there.*gepa data"):
+        runs.ensure_data(tmp_path / "nothing_here")
+
+
+# ---------------------------------------------------------------------------
+# Process plumbing
+
+
+def _alive(pid: int) -> bool:
+    return runs._alive(pid)
+
+
+def test_interrupt_kills_the_whole_process_tree(tmp_path):
+    """KeyboardInterrupt while streaming: the launcher and a child in its own session
+    (as torchrun starts its workers) are both gone afterwards, and the interrupt propagates."""
+    script = ("import subprocess, sys, time\n"
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+              "print(c.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    seen: list[int] = []
+
+    def on_line(line: str) -> None:
+        seen.append(int(line))
+        raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        runs.run_streamed([sys.executable, "-c", script], console_log=tmp_path / "c.log", stream=False,
+                          on_line=on_line, kill_grace=1.0)
+    assert time.monotonic() - t0 < 30
+    assert len(seen) == 1
+    deadline = time.monotonic() + 5
+    while _alive(seen[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(seen[0]), "the grandchild in its own session survived the interrupt"
+    assert "sleep(120)" in (tmp_path / "c.log").read_text()  # the command line is logged
+
+
+def test_run_streamed_returns_exit_code_and_tail(tmp_path, capsys):
+    code = "import sys\nfor i in range(100): print('line', i)\nsys.exit(3)"
+    rc, tail = runs.run_streamed([sys.executable, "-c", code], console_log=tmp_path / "c.log")
+    assert rc == 3
+    assert tail.splitlines() == [f"line {i}" for i in range(100 - runs.TAIL_LINES, 100)]
+    assert "line 0\n" in capsys.readouterr().out  # streamed live
+    assert (tmp_path / "c.log").read_text().count("line ") == 100
+
+
+# ---------------------------------------------------------------------------
+# Real launches (quick scale)
+
+
+@pytest.fixture(scope="module")
+def two_proc_run(tmp_path_factory, sotu_data_dir):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = quick_cfg(sotu_data_dir)
+    rd = runs.launch(cfg, nproc=2, runs_root=root, stream=False)
+    return cfg, rd, root
+
+
+def test_two_process_gloo_run_completes(two_proc_run):
+    cfg, rd, root = two_proc_run
+    assert rd.path == runs.default_run_dir(cfg, root)
+    assert runs.is_finished(rd)
+    s = rd.read_summary()["train"]
+    assert s["world_size"] == 2 and s["steps"] == 4
+    assert [m["step"] for m in rd.read_metrics() if "val_bpb" in m] == [0, 2, 4]
+    # every rank's output was kept by torchrun, rank 0's console too
+    rank_dirs = {p.parent.name for p in (rd.path / "logs" / "torchrun").glob("**/stdout.log")}
+    assert rank_dirs == {"0", "1"}
+    console = (rd.path / "logs" / "console.log").read_text()
+    assert "final steps:4" in console and "[default" not in console
+
+
+def test_second_launch_is_reused_and_changed_config_is_not(two_proc_run, sotu_data_dir, capsys):
+    cfg, rd, root = two_proc_run
+    before = rd.summary.stat().st_mtime_ns
+    again = runs.launch(cfg, nproc=2, runs_root=root)
+    assert again.path == rd.path and rd.summary.stat().st_mtime_ns == before
+    assert "reusing finished run" in capsys.readouterr().out
+    # bookkeeping-only changes reuse the same run as well
+    assert runs.launch(override(cfg, progress="bar"), runs_root=root, stream=False).path == rd.path
+    # a changed config trains a new run in a new directory
+    changed = override(cfg, steps=3)
+    rd2 = runs.launch(changed, nproc=1, runs_root=root, stream=False)
+    assert rd2.path != rd.path and runs.is_finished(rd2)
+    assert rd2.read_summary()["train"]["steps"] == 3 and rd2.read_summary()["train"]["world_size"] == 1
+    # an explicit run_dir holding a different config is refused, naming the difference
+    with pytest.raises(ValueError, match=r"different config \(steps \(4 -> 3\)"):
+        runs.launch(changed, run_dir=rd.path, stream=False)
+
+
+def test_failing_run_raises_with_its_log_tail(tmp_path, sotu_data_dir):
+    cfg = quick_cfg(sotu_data_dir)
+    with pytest.raises(runs.RunFailed) as ei:
+        runs.launch(cfg, nproc=1, runs_root=tmp_path, stream=False, env={"GEPA_INJECT_NAN_AT_STEP": "2"})
+    e = ei.value
+    assert e.returncode == 1 and e.run_dir == runs.default_run_dir(cfg, tmp_path)
+    assert "non-finite train loss" in e.log_tail and "non-finite train loss" in str(e)
+    assert not runs.is_finished(RunDir(e.run_dir))
+
+
+def test_evaluate_records_and_reuses_stage_rows(two_proc_run):
+    _, rd, _ = two_proc_run
+    rows = runs.evaluate(rd, sliding=True, ttt=True, stream=False)
+    assert set(rows) == {"roundtrip", "sliding", "ttt"}
+    assert rows["roundtrip"]["name"] == "int6_roundtrip" and rows["ttt"]["name"] == "int6_sliding_ttt"
+    assert rd.artifact.exists() and runs.artifact_bytes(rd) == rd.artifact.stat().st_size
+    stamp = rd.stages()["int6_sliding_ttt"]["recorded_at"]
+    assert runs.evaluate(rd, sliding=True, ttt=True, stream=False) == rows  # reused, not recomputed
+    assert rd.stages()["int6_sliding_ttt"]["recorded_at"] == stamp
+    # other TTT settings: a new row, named by what differs, the old one kept
+    adam = runs.evaluate(rd, sliding=True, ttt=True, stream=False, ttt_optimizer="adamw", ttt_lr=5e-5)
+    assert adam["ttt"]["name"].startswith("int6_sliding_ttt[") and "adamw" in adam["ttt"]["name"]
+    assert adam["ttt"]["settings"]["ttt_optimizer"] == "adamw"
+    assert adam["sliding"] == rows["sliding"]
+    assert rd.stages()["int6_sliding_ttt"]["recorded_at"] == stamp
+    assert runs.ttt_gain(rows) == pytest.approx(rows["ttt"]["val_bpb"] - rows["sliding"]["val_bpb"])
+    with pytest.raises(ValueError, match="eval/ttt fields"):
+        runs.evaluate(rd, steps=3)
+
+
+def test_load_runs_and_metrics(two_proc_run):
+    cfg, rd, root = two_proc_run
+    df = runs.load_runs(root)
+    assert len(df) >= 1
+    row = df.set_index("run_dir").loc[str(rd.path)]
+    assert row["steps"] == 4 and row["model_dim"] == cfg.model.model_dim and row["preset"] == "tiny"
+    assert row["run_key"] == runs.run_key(cfg)
+    assert row["train_status"] == "complete"
+    assert row["float_live_bpb"] == pytest.approx(rd.stages()["float_live"]["val_bpb"])
+    assert runs.load_runs(str(root / "tiny-*")).shape[0] == df.shape[0]
+    assert runs.load_runs([rd]).shape[0] == 1
+    m = runs.load_metrics(rd)
+    assert list(m["step"]) == [r["step"] for r in rd.read_metrics()]
+    assert (m["run"] == rd.path.name).all()
+    steps, mean, per = runs.mean_trajectory([rd, rd])
+    assert list(steps) == [0, 2, 4] and per.shape == (2, 3) and (mean == per[0]).all()
+    with pytest.raises(FileNotFoundError):
+        runs.load_runs(root / "does-not-exist")
