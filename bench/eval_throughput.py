@@ -10,8 +10,8 @@ thread each), times on the same val tokens
 and reports scored tokens/s and each mode's time per scored token relative to the
 non-overlapping evaluation, measured side by side in the same process.
 
-Part 2 (``--run-dir RUN``): the bpb of every mode on that run's weights (its int6 artifact
-when present, else its EMA weights), with the issue's targets checked: streaming time per
+Part 2 (``--run-dir RUN``): the bpb of every mode on that run's weights (``--run-weights``;
+default its int6 artifact when present, else its EMA weights), with the issue's targets checked: streaming time per
 scored token <= 1.5x non-overlapping, streaming bpb <= sliding bpb + 0.005.
 
     .venv/bin/python bench/eval_throughput.py --quick
@@ -141,12 +141,13 @@ def launch(preset: str, world: int, targets: int, ttt_chunks: int, ttt_chunk_tok
         return json.loads(out.read_text())
 
 
-def run_dir_bpb(run_dir: str, val_targets: int, with_ttt: bool) -> dict:
+def run_dir_bpb(run_dir: str, val_targets: int, with_ttt: bool, weights: str = "auto") -> dict:
     """bpb and timing of every mode on a trained run (single process)."""
     from gepalib.eval_cli import evaluate_run
 
     rd = resolve_path(run_dir)
-    weights = "artifact" if (rd / "final_model.int6.gpz").exists() else "ema"
+    if weights == "auto":
+        weights = "artifact" if (rd / "final_model.int6.gpz").exists() else "ema"
     kw = {"val_tokens": val_targets} if val_targets else {}
     res = evaluate_run(rd, sliding=True, streaming=True, ttt=with_ttt, weights=weights, record=False,
                        log=None, tail_rescore=False, **kw)
@@ -171,6 +172,8 @@ def main() -> int:
     ap.add_argument("--run-dir", default=None, help="a trained run: report each mode's bpb on it")
     ap.add_argument("--run-val-tokens", type=int, default=0, help="cap on the run's val targets (0 = all)")
     ap.add_argument("--run-ttt", action="store_true", help="also run TTT (the run's settings) on --run-dir")
+    ap.add_argument("--run-weights", default="auto", choices=("auto", "artifact", "ema", "live"),
+                    help="weights of --run-dir to score (auto: the artifact if present, else EMA)")
     ap.add_argument("--worlds", default="1,2", help="process counts to compare (default 1,2)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval_throughput.json"))
     # worker mode (internal)
@@ -206,7 +209,7 @@ def main() -> int:
                           "threads_per_process": 1},
               "quick": args.quick, "throughput": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if args.run_dir:
-        rb = run_dir_bpb(args.run_dir, args.run_val_tokens, args.run_ttt)
+        rb = run_dir_bpb(args.run_dir, args.run_val_tokens, args.run_ttt, args.run_weights)
         result["run"] = rb
         print(f"\nrun {rb['run_dir']} ({rb['weights']} weights)")
         print(f"{'mode':<16}{'bpb':>10}{'tokens':>10}{'seconds':>9}{'us/token':>10}")

@@ -20,7 +20,7 @@ Payload layout (all integers little-endian)::
 The raw side bytes are, for every code tensor in order: u8 K_rows, u8 K_cols,
 K_rows>1: one u8 cluster id per row, K_cols>1: one u8 per column, then per
 context (row-major): u8 lo, u8 hi and (hi-lo+1) u16 frequencies of the symbols
-lo..hi (lo > hi marks an empty context). After the models follow the
+lo..hi (lo > hi marks an empty context; a one-symbol context codes no ANS bits). After the models follow the
 ``residual`` bytes the caller passes (scales, passthrough tensors).
 
 Symbols are ``q + 32``. The ANS stack is filled in reverse (last tensor, last
@@ -276,7 +276,8 @@ def encode(codes: list[np.ndarray], residual: bytes, level: int = 22, configs=CO
                 lo, hi = int(sym.min()), int(sym.max())
                 f = quantize_freqs(np.bincount(sym - lo, minlength=hi - lo + 1))
                 side += bytes([lo, hi]) + f.astype("<u2").tobytes()
-                parts.append((sym - lo, f))
+                if hi > lo:  # a one-symbol context costs no bits (constriction rejects it anyway)
+                    parts.append((sym - lo, f))
         plan.append(parts)
     side += residual
     coder = _constriction().stream.stack.AnsCoder()
@@ -345,6 +346,9 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int) -> 
         for rows, cols, parts in plans:
             u = np.zeros((rows, cols), dtype=np.int64)
             for ri, ci, lo, f in parts:
+                if len(f) == 1:
+                    u[np.ix_(ri, ci)] = lo
+                    continue
                 sym = coder.decode(_model(f), len(ri) * len(ci))
                 u[np.ix_(ri, ci)] = np.asarray(sym, dtype=np.int64).reshape(len(ri), len(ci)) + lo
             out.append((u - OFFSET).astype(np.int8))

@@ -361,6 +361,8 @@ class GPT(nn.Module):
             raise ValueError(f"GPT expects idx of shape [B, T], got {tuple(idx.shape)}")
         T = idx.size(1)
         e = self.tok_emb(idx)
+        if not torch.is_autocast_enabled(idx.device.type):
+            e = e.float()  # bf16 table; compute in fp32 unless the caller autocasts
         if cfg.bigram:
             e = e + self.bigram(idx)
         e = rms_norm(e)
@@ -405,7 +407,10 @@ BREAKDOWN_KEYS = ("tok_emb", "bigram", "smear", "skips", "value_embed",
 
 
 def component_of(name: str) -> str:
-    """Which BREAKDOWN_KEYS component a parameter name belongs to."""
+    """Which BREAKDOWN_KEYS component a parameter name belongs to (DDP/compile prefixes ignored)."""
+    for wrapper in ("module.", "_orig_mod."):
+        while name.startswith(wrapper):
+            name = name[len(wrapper):]
     if name.startswith("blocks."):
         if name.endswith(("attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.out.weight")):
             return "blocks.attn_matrices"

@@ -142,6 +142,9 @@ def describe_artifact(path, report: str = "fast", log=print) -> dict:
         log(line)
     if isinstance(h["meta"].get("preset"), str):
         log(f"meta_preset:{h['meta']['preset']}")
+    for k, v in h["library"].items():
+        if isinstance(v, str):
+            log(f"library_{k}:{v}")
     ledger = A.size_ledger(len(data), A.code_bytes(h["compressor"]))
     for line in A.kv_lines(ledger, "size_"):
         log(line)

@@ -598,7 +598,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
 def _configure(p: argparse.ArgumentParser) -> None:
     from gepalib.cli import add_override_args
 
-    p.add_argument("--preset", default="tiny", help="config preset (gepa11 | baseline9 | tiny | small)")
+    p.add_argument("--preset", default=None, help="config preset: gepa11 | baseline9 | tiny | small")
     p.add_argument("--config", default=None, help="start from this config.json instead of a preset")
     p.add_argument("--run-dir", required=True, help="run directory (created; resumed if it has checkpoints)")
     p.add_argument("--no-resume", action="store_true",
@@ -609,6 +609,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     from gepalib.cli import collect_overrides
 
+    if args.config and args.preset:
+        raise ValueError("pass either --preset or --config, not both")
+    if not (args.config or args.preset):
+        raise ValueError("pass --preset (gepa11 | baseline9 | tiny | small) or --config path/to/config.json")
     cfg = load_config(args.config) if args.config else get_preset(args.preset)
     ov = collect_overrides(args)
     return override(cfg, **ov) if ov else cfg

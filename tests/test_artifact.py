@@ -402,3 +402,13 @@ def test_rans_row_clusters_pay_off_on_structured_rows():
     assert len(clustered) < 0.9 * len(flat)
     (back,), rest = entropy.decode(clustered, [q.shape], 0)
     assert np.array_equal(back, q) and rest == b""
+
+
+def test_rans_constant_and_tiny_tensors():
+    from gepalib import entropy
+
+    codes = [np.zeros((5, 7), np.int8), np.full((3, 4), -32, np.int8), np.array([[31]], np.int8),
+             np.array([[0, 1], [1, 0]], np.int8)]
+    blob = entropy.encode(codes, b"xyz")
+    back, rest = entropy.decode(blob, [c.shape for c in codes], 3)
+    assert rest == b"xyz" and all(np.array_equal(a, b) for a, b in zip(back, codes))

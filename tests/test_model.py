@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gepalib import config as C
-from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, param_breakdown,
+from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, component_of, param_breakdown,
                            rope_base_for, rope_cos_sin, validate_config, xsa)
 
 # A small config with every feature on; n_enc = 2, so block 2 gets block 1's output,
@@ -191,6 +191,7 @@ def test_gepa11_parameter_count_and_breakdown(gepa11):
     assert bd["smear"] + bd["skips"] == 5_632
     assert bd["value_embed"] == 163_843
     assert sum(v for k, v in bd.items() if k not in ("blocks", "total")) == bd["total"]
+    assert component_of("module._orig_mod.blocks.3.attn.q.weight") == "blocks.attn_matrices"  # DDP/compile
 
 
 def test_gepa11_xor_bigram_adds_one_scalar():
@@ -321,6 +322,7 @@ def test_mlp_variants_match_reference(act):
     {"bigram": False, "smear": False, "xsa_last_n": 0, "ve_layers": (), "skip_mode": "none", "ln_scale": False,
      "resid_mix": False, "qk_norm": False, "rope_dims": 8, "mlp_act": "relu2", "rope_train_seq_len": 64},
     {"rope_dims": 0, "xsa_last_n": 4, "ve_layers": (0,), "num_kv_heads": 4, "num_layers": 4},
+    {"embed_dtype": "bfloat16", "bigram": False},  # bf16 table must not turn the CPU forward into bf16
 ])
 def test_full_forward_matches_slow_reference(changes):
     """The whole model (incl. gated/additive U-Net skips and VE) against the formula-by-formula reference."""

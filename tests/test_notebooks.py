@@ -1,0 +1,150 @@
+"""The notebooks: output-free sources, full-scale YAMLs that name real parameters, and every
+notebook executed headlessly under papermill with its smallest (``--quick``) parameters.
+
+The executions share one runs root, so the ladder of quick runs is trained once and
+reused by the notebooks after the first (content addressing in gepalib.runs).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from gepalib import reproduce as RP
+
+REPO = Path(__file__).resolve().parents[1]
+NB_DIR = REPO / "notebooks"
+VERDICTS = {"agrees", "does not agree at this scale"}
+
+
+def parameters_cell(nb) -> nbformat.NotebookNode:
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "exactly one cell must be tagged 'parameters'"
+    return cells[0]
+
+
+def parameter_names(nb) -> set[str]:
+    tree = ast.parse(parameters_cell(nb).source)
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)}
+
+
+@pytest.mark.parametrize("name", RP.NOTEBOOKS)
+def test_committed_notebook_is_output_free_with_parameters(name):
+    path = NB_DIR / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert c.outputs == [] and c.execution_count is None, f"{path.name}: a code cell carries output"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    names = parameter_names(nb)
+    assert {"preset", "scale", "nproc", "data_dir", "runs_root", "figures_dir"} <= names
+    gpu = yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text())
+    assert set(gpu) <= names, f"{name}.gpu.yaml sets unknown parameters {set(gpu) - names}"
+    assert gpu["scale"] == "full" and gpu["preset"] == "gepa11"
+    assert set(RP.QUICK_PARAMETERS[name]) | set(RP.QUICK_COMMON) <= names
+
+
+def test_notebooks_match_their_generator():
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "make_notebooks.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_findings_records_and_table(tmp_path):
+    from gepalib import findings as F
+
+    pub = F.published_results()
+    with pytest.raises(ValueError, match="not a findings verdict"):
+        RP.save_finding({"finding": "F1"}, tmp_path)
+    RP.save_finding(F.verdict_f1(pub["F1"]), tmp_path, steps=20000)
+    RP.save_finding(F.verdict_f5(pub["F5"]), tmp_path)
+    recs = RP.load_findings(tmp_path)
+    assert set(recs) == {"F1", "F5"} and recs["F1"]["extra"] == {"steps": 20000}
+    assert recs["F1"]["agrees"] and recs["F5"]["agrees"]  # the submission agrees with itself
+    md = RP.write_findings_md(tmp_path, notebook_rows=[{"notebook": "10_warmdown", "status": "ok", "seconds": 3.0}])
+    text = md.read_text()
+    assert text.count("| **agrees** |") == 2
+    assert "Not computed: F2 (11_compressibility), F3 (12_sgd_vs_adamw), F4 (13_freezing)." in text
+    assert "| 10_warmdown | ok | 3 |" in text
+    (tmp_path / "finding_F2.json").write_text("{not json")
+    with pytest.raises(ValueError, match="finding_F2.json"):
+        RP.load_findings(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Headless execution
+
+
+@pytest.fixture(scope="module")
+def nb_env(tmp_path_factory, sotu_data_dir):
+    root = tmp_path_factory.mktemp("nb")
+    return {"runs_root": str(root / "runs"), "figures_dir": str(root / "figures"), "out": root / "executed",
+            "data_dir": str(sotu_data_dir)}
+
+
+def quick_params(name: str, env: dict) -> dict:
+    return {**RP.QUICK_COMMON, **RP.QUICK_PARAMETERS[name], "runs_root": env["runs_root"],
+            "figures_dir": env["figures_dir"], "data_dir": env["data_dir"]}
+
+
+FIGURES = {"01_train": "01_training_curves", "02_artifact_and_eval": "02_stage_ledger", "10_warmdown": "F1_warmdown",
+           "11_compressibility": "F2_compressibility", "12_sgd_vs_adamw": "F3_sgd_vs_adamw",
+           "13_freezing": "F4_freezing", "14_ttt_share": "F5_ttt_share"}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", RP.NOTEBOOKS)
+def test_notebook_executes(name, nb_env):
+    out = RP.execute_notebook(name, nb_env["out"], quick_params(name, nb_env))
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    # the source stays output-free
+    src = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    assert all(c.outputs == [] for c in src.cells if c.cell_type == "code")
+    fig_dir = Path(nb_env["figures_dir"])
+    if name in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (fig_dir / f"{FIGURES[name]}.{ext}").stat().st_size > 1000
+    finding = {nb: f for f, nb in RP.FINDINGS.items()}.get(name)
+    if finding:
+        rec = json.loads((fig_dir / f"finding_{finding}.json").read_text())
+        assert rec["verdict"] in VERDICTS and rec["finding"] == finding
+        # the printed verdict is the computed one
+        printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+        assert rec["text"] in printed
+
+
+@pytest.mark.timeout(300)
+def test_failing_cell_fails_the_execution(nb_env, tmp_path):
+    import papermill as pm
+
+    params = {**quick_params("00_quickstart", nb_env), "preset": "no_such_preset"}
+    with pytest.raises(pm.PapermillExecutionError, match="no_such_preset"):
+        RP.execute_notebook("00_quickstart", tmp_path, params)
+
+
+@pytest.mark.timeout(300)
+def test_gepa_reproduce_cli_writes_findings_md(nb_env, capsys):
+    """`gepa reproduce` on one findings notebook (its runs exist already: reused)."""
+    from gepalib.cli import main
+
+    rc = main(["reproduce", "--quick", "--notebooks", "11_compressibility", "--out", str(nb_env["out"]),
+               "--figures", nb_env["figures_dir"], "--runs-root", nb_env["runs_root"], "--data-dir",
+               nb_env["data_dir"]])
+    assert rc == 0
+    md = (Path(nb_env["figures_dir"]) / "findings.md").read_text()
+    assert "| F2: better-trained models compress smaller |" in md
+    assert "| 11_compressibility | ok |" in md
+    assert "notebook:11_compressibility status:ok" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--bogus"])
+    assert main(["reproduce", "--notebooks", "99_nope", "--figures", nb_env["figures_dir"]]) == 2
