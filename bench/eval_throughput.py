@@ -190,7 +190,7 @@ def main() -> int:
 
     worlds = [int(w) for w in args.worlds.split(",")]
     # (preset, val targets, TTT chunks, TTT chunk tokens (0 = the preset's), repetitions)
-    plan = [("tiny", 4096, 2, 2048, 1)] if args.quick else [("tiny", 32768, 3, 0, 2), ("small", 16384, 2, 0, 2)]
+    plan = [("tiny", 4096, 2, 2048, 1)] if args.quick else [("tiny", 32768, 3, 0, 2), ("small", 16384, 2, 8192, 2)]
     rows = []
     print(f"{'preset':<7}{'procs':>6}{'mode':>16}{'tokens':>9}{'seconds':>9}{'tok/s':>9}{'x nonov':>9}{'bpb':>9}")
     for preset, targets, chunks, chunk_tokens, reps in plan:

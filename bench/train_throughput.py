@@ -253,7 +253,9 @@ def run_plain(preset: str, nproc: int, kw: dict, tmp: Path, *, lr: float, budget
 
 
 def trainer_overhead(data_dir: Path, steps: int, tmp: Path) -> dict:
-    """1 - bare fwd+bwd / trainer step for `tiny`, plus a component breakdown."""
+    """Overhead of the trainer for `tiny`: (a) per component, interleaved in one manual loop
+    (data, forward+backward, clip, AdamW, Muon, EMA); (b) the trainer's own step time vs bare
+    forward+backward measured just before and just after it (a sandwich against load drift)."""
     from gepalib.data import TrainLoader
     from gepalib.model import GPT
     from gepalib.optim import Muon, build_optimizers, set_lr
@@ -262,45 +264,51 @@ def trainer_overhead(data_dir: Path, steps: int, tmp: Path) -> dict:
 
     cfg = get_preset("tiny", data_dir=str(data_dir), steps=steps, log_every=max(1, steps // 2), val_every=0,
                      checkpoint_every=0, val_tokens=4096, progress="log")
-    train(cfg, tmp / "overhead", resume=False)
-    rows = [r for r in RunDir(tmp / "overhead").read_metrics() if "ms_per_step" in r]
-    step_ms = rows[-1]["ms_per_step"]  # average over the second half of the steps
     torch.manual_seed(0)
     model = GPT(cfg.model)
     opts, _ = build_optimizers(model, cfg.train)
     ema = EMA(model, cfg.train.ema_decay)
     loader = TrainLoader(data_dir, 0, 1, cfg.model.vocab_size)
-    parts = {k: 0.0 for k in ("data", "forward_backward", "clip", "adamw", "muon", "ema")}
     n = max(2, steps // 2)
-    for i in range(n + 1):
-        if i == 1:
-            parts = {k: 0.0 for k in parts}
-        t0 = time.perf_counter()
-        x, y = loader.next_batch(cfg.train.micro_batch_tokens, cfg.train.seq_len)
-        t1 = time.perf_counter()
-        model(x, y).backward()
-        t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()), cfg.train.grad_clip)
-        t3 = time.perf_counter()
-        set_lr(opts, i, cfg.train)
-        for o in opts:
-            ts = time.perf_counter()
-            o.step()
-            parts["muon" if isinstance(o, Muon) else "adamw"] += time.perf_counter() - ts
-        model.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        ema.update()
-        t5 = time.perf_counter()
-        parts["data"] += t1 - t0
-        parts["forward_backward"] += t2 - t1
-        parts["clip"] += t3 - t2
-        parts["ema"] += t5 - t4
-    parts_ms = {k: 1000 * v / n for k, v in parts.items()}
+
+    def manual(n_steps: int) -> dict[str, float]:
+        parts = {k: 0.0 for k in ("data", "forward_backward", "clip", "adamw", "muon", "ema")}
+        for i in range(n_steps + 1):
+            if i == 1:  # first step is warm-up
+                parts = {k: 0.0 for k in parts}
+            t0 = time.perf_counter()
+            x, y = loader.next_batch(cfg.train.micro_batch_tokens, cfg.train.seq_len)
+            t1 = time.perf_counter()
+            model(x, y).backward()
+            t2 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()), cfg.train.grad_clip)
+            t3 = time.perf_counter()
+            set_lr(opts, i, cfg.train)
+            for o in opts:
+                ts = time.perf_counter()
+                o.step()
+                parts["muon" if isinstance(o, Muon) else "adamw"] += time.perf_counter() - ts
+            model.zero_grad(set_to_none=True)
+            t4 = time.perf_counter()
+            ema.update()
+            t5 = time.perf_counter()
+            parts["data"] += t1 - t0
+            parts["forward_backward"] += t2 - t1
+            parts["clip"] += t3 - t2
+            parts["ema"] += t5 - t4
+        return {k: 1000 * v / n_steps for k, v in parts.items()}
+
+    before = manual(n)
+    train(cfg, tmp / "overhead", resume=False)
+    step_ms = [r for r in RunDir(tmp / "overhead").read_metrics() if "ms_per_step" in r][-1]["ms_per_step"]
+    after = manual(n)
+    parts_ms = {k: (before[k] + after[k]) / 2 for k in before}
     fb, total = parts_ms["forward_backward"], sum(parts_ms.values())
     return {"overhead_fraction": 1 - fb / total,  # interleaved in one loop: robust to load drift
             "components_ms": parts_ms, "components_fraction": {k: v / total for k, v in parts_ms.items()},
-            "trainer_step_ms": step_ms, "bare_forward_backward_ms": fb,
-            "trainer_vs_bare_overhead": 1 - fb / step_ms}  # separate runs: noisy on a shared box
+            "trainer_step_ms": step_ms, "bare_forward_backward_ms_before": before["forward_backward"],
+            "bare_forward_backward_ms_after": after["forward_backward"],
+            "trainer_vs_bare_overhead": 1 - fb / step_ms}  # separate phases: noisy on a shared box
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +321,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput.json"))
     ap.add_argument("--race-seconds", type=float, default=0.0, help="training seconds per side (default 150, quick 10)")
     ap.add_argument("--plain-lr", type=float, default=3e-3)
+    ap.add_argument("--parts", default="throughput,overhead,race",
+                    help="comma list of parts to (re)run; others keep their numbers from --out")
     # worker mode (internal)
     ap.add_argument("--worker-plain", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cfg-json", help=argparse.SUPPRESS)
@@ -327,6 +337,9 @@ def main() -> int:
         return 0
 
     torch.set_num_threads(1)
+    parts = set(a.parts.split(","))
+    if not parts <= {"throughput", "overhead", "race"}:
+        raise SystemExit(f"--parts: unknown part(s) {sorted(parts - {'throughput', 'overhead', 'race'})}")
     data_dir = Path(a.data_dir)
     if not (data_dir / "manifest.json").exists():
         from gepalib.prepare import prepare_sotu
@@ -334,71 +347,79 @@ def main() -> int:
         prepare_sotu(data_dir, progress=False)
     steps = 3 if a.quick else 12
     race = a.race_seconds or (10.0 if a.quick else 150.0)
+    out = Path(a.out)
+    # a partial re-run updates the other parts' numbers in place
+    result: dict = json.loads(out.read_text()) if parts != {"throughput", "overhead", "race"} and out.exists() else {}
     peak0 = matmul_flops_per_s()
-    result: dict = {"host": platform.node(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "threads_per_process": 1, "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    rows = []
+    result.update({"host": platform.node(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                   "threads_per_process": 1, "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     with tempfile.TemporaryDirectory(prefix="gepa_bench_train_") as td:
         tmp = Path(td)
-        # 1. throughput -----------------------------------------------------------
-        bt = 2048 if a.quick else 4096
-        shapes = {"tiny": dict(seq_len=256, batch_tokens=bt, micro_batch_tokens=bt // 2),
-                  "small": dict(seq_len=512, batch_tokens=bt, micro_batch_tokens=bt // 2)}
-        for preset, shape in shapes.items():
-            cfg = get_preset(preset, data_dir=str(data_dir), **shape)
+        if "throughput" in parts:  # 1. -------------------------------------------------
+            rows = []
+            bt = 2048 if a.quick else 4096
+            shapes = {"tiny": dict(seq_len=256, batch_tokens=bt, micro_batch_tokens=bt // 2),
+                      "small": dict(seq_len=512, batch_tokens=bt, micro_batch_tokens=bt // 2)}
             from gepalib.model import GPT
 
-            n_mm = {"gepa": matmul_params(GPT(cfg.model)), "plain": matmul_params(plain_for(cfg))}
-            for nproc in (1, 2):
-                kw = dict(data_dir=str(data_dir), steps=steps, log_every=max(1, steps // 2), val_every=0,
-                          checkpoint_every=0, val_tokens=4096, progress="log", **shape)
-                for kind in ("gepa", "plain"):
-                    r = (run_gepa(preset, nproc, kw, tmp) if kind == "gepa"
-                         else run_plain(preset, nproc, kw, tmp, lr=a.plain_lr))
-                    fpt = flops_per_token(n_mm[kind], cfg.model.num_layers, cfg.model.model_dim, shape["seq_len"])
-                    mfu = fpt * r["tok_per_s"] / (nproc * peak0)
-                    rows.append({"model": kind, "preset": preset, "processes": nproc, "tok_per_s": r["tok_per_s"],
-                                 "ms_per_step": r["ms_per_step"], "matmul_params": n_mm[kind],
-                                 "flops_per_token": fpt, "mfu": mfu, **shape})
-                    print(f"{kind:<6}{preset:<7}procs:{nproc} tok_s:{r['tok_per_s']:9.0f} "
-                          f"step_ms:{r['ms_per_step']:9.1f} mfu:{mfu:6.3f}", flush=True)
-        result["throughput"] = rows
-        # 2. overhead ---------------------------------------------------------------
-        result["overhead_tiny"] = trainer_overhead(data_dir, 4 if a.quick else 16, tmp)
-        print(f"trainer overhead (tiny): {result['overhead_tiny']['overhead_fraction']:.3f}", flush=True)
-        # 3. equal wall-clock race ----------------------------------------------------
-        race_kw = dict(data_dir=str(data_dir), seq_len=256, batch_tokens=2048, micro_batch_tokens=2048,
-                       val_tokens=16384, checkpoint_every=0, progress="log", log_every=25)
-        gepa = run_gepa("tiny", 1, {**race_kw, "steps": 100000, "warmdown": 40000, "max_wallclock": race,
-                                    "val_every": 25, "muon_momentum_warmup": 100}, tmp)
-        plain = run_plain("tiny", 1, {**race_kw, "steps": 100000}, tmp, lr=a.plain_lr, budget=race, val_every=25)
-        result["race"] = {"train_seconds_each": race, "config": race_kw, "plain_lr": a.plain_lr,
-                          "gepa_muon": gepa["curve"], "plain_adamw": plain["curve"],
-                          "gepa_final_val_bpb": gepa["curve"][-1]["val_bpb"],
-                          "gepa_final_val_bpb_ema": gepa["curve"][-1]["val_bpb_ema"],
-                          "plain_final_val_bpb": plain["curve"][-1]["val_bpb"],
-                          "gepa_steps": gepa["steps"], "plain_steps": plain["steps"]}
+            for preset, shape in shapes.items():
+                cfg = get_preset(preset, data_dir=str(data_dir), **shape)
+                n_mm = {"gepa": matmul_params(GPT(cfg.model)), "plain": matmul_params(plain_for(cfg))}
+                for nproc in (1, 2):
+                    kw = dict(data_dir=str(data_dir), steps=steps, log_every=max(1, steps // 2), val_every=0,
+                              checkpoint_every=0, val_tokens=4096, progress="log", **shape)
+                    for kind in ("gepa", "plain"):
+                        r = (run_gepa(preset, nproc, kw, tmp) if kind == "gepa"
+                             else run_plain(preset, nproc, kw, tmp, lr=a.plain_lr))
+                        fpt = flops_per_token(n_mm[kind], cfg.model.num_layers, cfg.model.model_dim, shape["seq_len"])
+                        mfu = fpt * r["tok_per_s"] / (nproc * peak0)
+                        rows.append({"model": kind, "preset": preset, "processes": nproc, "tok_per_s": r["tok_per_s"],
+                                     "ms_per_step": r["ms_per_step"], "matmul_params": n_mm[kind],
+                                     "flops_per_token": fpt, "mfu": mfu, "matmul_flops_per_s_1thread": peak0,
+                                     **shape})
+                        print(f"{kind:<6}{preset:<7}procs:{nproc} tok_s:{r['tok_per_s']:9.0f} "
+                              f"step_ms:{r['ms_per_step']:9.1f} mfu:{mfu:6.3f}", flush=True)
+            result["throughput"] = rows
+        if "overhead" in parts:  # 2. ---------------------------------------------------
+            result["overhead_tiny"] = trainer_overhead(data_dir, 4 if a.quick else 16, tmp)
+            print(f"trainer overhead (tiny): {result['overhead_tiny']['overhead_fraction']:.3f}", flush=True)
+        if "race" in parts:  # 3. equal wall-clock -----------------------------------------
+            race_kw = dict(data_dir=str(data_dir), seq_len=256, batch_tokens=2048, micro_batch_tokens=2048,
+                           val_tokens=16384, checkpoint_every=0, progress="log", log_every=25)
+            gepa = run_gepa("tiny", 1, {**race_kw, "steps": 100000, "warmdown": 40000, "max_wallclock": race,
+                                        "val_every": 25, "muon_momentum_warmup": 100}, tmp)
+            plain = run_plain("tiny", 1, {**race_kw, "steps": 100000}, tmp, lr=a.plain_lr, budget=race,
+                              val_every=25)
+            result["race"] = {"train_seconds_each": race, "config": race_kw, "plain_lr": a.plain_lr,
+                              "gepa_muon": gepa["curve"], "plain_adamw": plain["curve"],
+                              "gepa_final_val_bpb": gepa["curve"][-1]["val_bpb"],
+                              "gepa_final_val_bpb_ema": gepa["curve"][-1]["val_bpb_ema"],
+                              "plain_final_val_bpb": plain["curve"][-1]["val_bpb"],
+                              "gepa_steps": gepa["steps"], "plain_steps": plain["steps"]}
     peak1 = matmul_flops_per_s()
     result["matmul_fp32_flops_per_s_1thread"] = {"start": peak0, "end": peak1}
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\nmatmul fp32 1 thread: {peak0 / 1e9:.1f} GFLOP/s (end of run {peak1 / 1e9:.1f})")
-    print(f"{'model':<7}{'preset':<7}{'procs':>6}{'tok/s':>10}{'ms/step':>10}{'MFU':>8}")
-    for r in rows:
-        print(f"{r['model']:<7}{r['preset']:<7}{r['processes']:>6}{r['tok_per_s']:>10.0f}{r['ms_per_step']:>10.1f}"
-              f"{r['mfu']:>8.3f}")
-    o = result["overhead_tiny"]
-    print(f"tiny overhead (data+clip+optimizers+EMA of one step) {100 * o['overhead_fraction']:.1f}% (target < 15%): "
-          + " ".join(f"{k}:{v:.1f}ms" for k, v in o["components_ms"].items()))
-    print(f"tiny trainer step {o['trainer_step_ms']:.1f} ms vs bare fwd+bwd {o['bare_forward_backward_ms']:.1f} ms "
-          f"(separate runs): {100 * o['trainer_vs_bare_overhead']:.1f}%")
-    rc = result["race"]
-    print(f"race ({race:.0f} s each, tiny): gepa+muon val_bpb {rc['gepa_final_val_bpb']:.4f} "
-          f"(ema {rc['gepa_final_val_bpb_ema']:.4f}, {rc['gepa_steps']} steps) vs plain adamw "
-          f"{rc['plain_final_val_bpb']:.4f} ({rc['plain_steps']} steps)")
+    if "throughput" in result:
+        print(f"{'model':<7}{'preset':<7}{'procs':>6}{'tok/s':>10}{'ms/step':>10}{'MFU':>8}")
+        for r in result["throughput"]:
+            print(f"{r['model']:<7}{r['preset']:<7}{r['processes']:>6}{r['tok_per_s']:>10.0f}"
+                  f"{r['ms_per_step']:>10.1f}{r['mfu']:>8.3f}")
+    if "overhead_tiny" in result:
+        o = result["overhead_tiny"]
+        print(f"tiny overhead (data+clip+optimizers+EMA of one step) {100 * o['overhead_fraction']:.1f}% "
+              f"(target < 15%): " + " ".join(f"{k}:{v:.1f}ms" for k, v in o["components_ms"].items()))
+        print(f"tiny trainer step {o['trainer_step_ms']:.1f} ms vs bare fwd+bwd "
+              f"{o['bare_forward_backward_ms_before']:.1f} / {o['bare_forward_backward_ms_after']:.1f} ms "
+              f"before/after: {100 * o['trainer_vs_bare_overhead']:.1f}%")
+    if "race" in result:
+        rc = result["race"]
+        print(f"race ({rc['train_seconds_each']:.0f} s each, tiny): gepa+muon val_bpb {rc['gepa_final_val_bpb']:.4f} "
+              f"(ema {rc['gepa_final_val_bpb_ema']:.4f}, {rc['gepa_steps']} steps) vs plain adamw "
+              f"{rc['plain_final_val_bpb']:.4f} ({rc['plain_steps']} steps)")
     print(f"wrote {out}")
     return 0
 

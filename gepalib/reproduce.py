@@ -34,16 +34,16 @@ KERNEL = "python3"
 
 # --quick (and the test-suite): the "quick" scale and the shortest experiments that still
 # exercise every code path (several evaluations per phase, two seeds, two ladder rungs).
-QUICK_COMMON: dict[str, Any] = {"scale": "quick"}
+QUICK_COMMON: dict[str, Any] = {"scale": "quick", "val_every": 2}
 QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
-    "00_quickstart": {"steps": 20},  # = the ladder's first rung (seed 42): trained once, reused
-    "01_train": {"steps": 40},  # = the ladder's last rung
-    "02_artifact_and_eval": {"steps": 40},
-    "10_warmdown": {"ladder_steps": [20, 40], "seeds": [42, 43]},
-    "11_compressibility": {"ladder_steps": [20, 40]},
-    "12_sgd_vs_adamw": {"ladder_steps": [20, 40], "seeds": [42, 43]},
-    "13_freezing": {"ladder_steps": [20, 40], "seeds": [42, 43], "freeze_blocks": [0, 1]},
-    "14_ttt_share": {"ladder_steps": [20, 40], "baseline_steps": 5},
+    "00_quickstart": {"steps": 10},  # = the ladder's first rung (seed 42): trained once, reused
+    "01_train": {"steps": 20},  # = the ladder's last rung
+    "02_artifact_and_eval": {"steps": 20},
+    "10_warmdown": {"ladder_steps": [10, 20], "seeds": [42, 43]},
+    "11_compressibility": {"ladder_steps": [10, 20]},
+    "12_sgd_vs_adamw": {"ladder_steps": [10, 20], "seeds": [42, 43]},
+    "13_freezing": {"ladder_steps": [10, 20], "seeds": [42, 43], "freeze_blocks": [0, 1]},
+    "14_ttt_share": {"ladder_steps": [10, 20], "baseline_steps": 3},
 }
 
 

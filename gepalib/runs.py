@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from gepalib.config import FIELD_INDEX, RunConfig, load_config, override, project_root, resolve_path
-from gepalib.rundir import RunDir, atomic_write_json, atomic_write_text
+from gepalib.config import FIELD_INDEX, RunConfig, override, project_root, resolve_path
+from gepalib.rundir import RunDir, atomic_write_text
 
 # Part of the run's identity: everything that decides its weights and its artifact.
 KEY_SECTIONS = ("data", "model", "train", "quant")
@@ -324,16 +324,8 @@ def launch_many(cfgs: Iterable[RunConfig], **kw: Any) -> list[RunDir]:
 
 
 def _run_gepa(args: Sequence[str], rd: RunDir, *, nproc: int, what: str, stream: bool) -> None:
-    """``gepa <args>`` as a subprocess: plain for one process, under torchrun for more."""
-    if nproc > 1:
-        _run_torchrun(["gepalib", *args], nproc=nproc, rd=rd, what=what, stream=stream, env=None)
-        return
-    cmd = [sys.executable, "-m", "gepalib", *args]
-    rc, tail = run_streamed(cmd, console_log=rd.path / "logs" / "console.log", stream=stream, env=_child_env(),
-                            cwd=str(project_root()))
-    if rc != 0:
-        raise RunFailed(f"{what} failed (exit code {rc}) for {rd.path}; last lines of its log:\n{tail}",
-                        returncode=rc, run_dir=rd.path, log_tail=tail)
+    """``gepa <args>`` under torchrun with ``nproc`` processes."""
+    _run_torchrun(["gepalib", *args], nproc=nproc, rd=rd, what=what, stream=stream, env=None)
 
 
 def _as_rundir(run: RunDir | str | os.PathLike) -> RunDir:
@@ -598,27 +590,28 @@ def base_config(preset: str, scale: str = "full", data_dir: str | None = None,
     return get_preset(preset, **kv)
 
 
-def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, evals: int = 20, seed: int | None = None) -> RunConfig:
+def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, val_every: int, seed: int | None = None) -> RunConfig:
     """``cfg`` trained for ``steps`` with the last ``round(warmdown_frac*steps)`` steps as
-    warmdown, validated about ``evals`` times (every ``max(1, steps // evals)`` steps)."""
-    if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
+    warmdown, validated (and logged) every ``val_every`` steps and at the end."""
+    if steps <= 0 or val_every <= 0:
+        raise ValueError(f"steps and val_every must be positive, got {steps}, {val_every}")
     if not 0.0 <= warmdown_frac <= 1.0:
         raise ValueError(f"warmdown_frac must be in [0, 1], got {warmdown_frac}")
-    every = max(1, int(steps) // max(1, int(evals)))
-    kv: dict[str, Any] = {"steps": int(steps), "warmdown": int(round(warmdown_frac * steps)), "val_every": every,
-                          "log_every": every}
+    kv: dict[str, Any] = {"steps": int(steps), "warmdown": int(round(warmdown_frac * steps)),
+                          "val_every": int(val_every), "log_every": int(val_every)}
     if seed is not None:
         kv["seed"] = int(seed)
     return override(cfg, **kv)
 
 
 def ladder_configs(cfg: RunConfig, steps: Sequence[int], warmdown_frac: float = 0.4,
-                   seeds: Sequence[int] = (42,), evals: int = 20) -> list[RunConfig]:
-    """One run per (length, seed): the training-length ladder shared by F1, F2 and F5."""
+                   seeds: Sequence[int] = (42,), val_every: int = 1) -> list[RunConfig]:
+    """One run per (length, seed): the training-length ladder shared by F1, F2 and F5. Every
+    rung validates at the same interval, so the longest rung's curve has the resolution F1
+    needs and a short rung costs evaluations in proportion to its length."""
     if not steps:
         raise ValueError("ladder_configs: no steps given")
-    return [with_length(cfg, s, warmdown_frac, evals, seed) for s in steps for seed in seeds]
+    return [with_length(cfg, s, warmdown_frac, val_every, seed) for s in steps for seed in seeds]
 
 
 # The submission's naive-baseline switches (the baseline9 preset's feature flags), applied to any scale.

@@ -511,10 +511,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
         with stop:
             while step < tc.steps:
                 t0 = time.perf_counter()
-                elapsed = train_time
-                if tc.max_wallclock > 0 and info.is_distributed:  # every rank must see the same schedule
-                    elapsed = float(dist.broadcast(torch.tensor([train_time], dtype=torch.float64, device=dev))[0])
-                f = set_lr(optimizers, step, tc, elapsed)
+                f = set_lr(optimizers, step, tc, train_time)
                 loss, stop_req = train_step(step, stop)
                 if not math.isfinite(loss):
                     last = ckpt.latest_checkpoint(rd.checkpoints)
@@ -531,10 +528,12 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
                     torch.cuda.synchronize(dev)
                 dt = time.perf_counter() - t0
                 train_time += dt
+                if tc.max_wallclock > 0 and info.is_distributed:  # every rank must see the same clock
+                    train_time = float(dist.broadcast(torch.tensor([train_time], dtype=torch.float64, device=dev))[0])
                 t_log += dt
                 n_log += 1
                 log.tick()
-                time_up = tc.max_wallclock > 0 and elapsed + dt >= tc.max_wallclock
+                time_up = tc.max_wallclock > 0 and train_time >= tc.max_wallclock
                 final = step == tc.steps or time_up
                 do_val = final or (tc.val_every > 0 and step % tc.val_every == 0)
                 do_log = do_val or step == 1 or (tc.log_every > 0 and step % tc.log_every == 0)

@@ -6,7 +6,7 @@
 
 The notebooks are thin: every computation is a gepalib call. Their parameters cells
 share one vocabulary (preset, scale, overrides, nproc, data_dir, runs_root,
-figures_dir, ladder_steps, warmdown_frac, evals, seeds, TTT settings) with the same
+figures_dir, ladder_steps, warmdown_frac, val_every, seeds, TTT settings) with the same
 defaults, so the runs they ask for coincide and are trained once (gepalib.runs is
 content-addressed).
 """
@@ -34,9 +34,9 @@ data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 fo
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"'''
 
-LADDER = '''ladder_steps = [100, 150, 200, 300]  # training lengths (one run each, shared by 10, 11 and 14)
+LADDER = '''ladder_steps = [60, 120, 180, 240]   # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-evals = 20                     # validations per run: val_every is steps // evals'''
+val_every = 12                 # validation interval in steps, the same for every run'''
 
 SGD = '''sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
        "ttt_freeze_blocks": 1}  # PR #461: SGD 0.002, 3 epochs, freeze 2 of 11 (~18%: 1 of tiny's 6)'''
@@ -49,7 +49,7 @@ TTT14 = '''ttt = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, 
 
 FULL_COMMON = {"preset": "gepa11", "scale": "full", "overrides": {}, "nproc": 8,
                "data_dir": "data/fineweb10B_sp1024", "runs_root": "runs", "figures_dir": "figures"}
-FULL_LADDER = {"ladder_steps": [9000, 12000, 15000, 20000], "warmdown_frac": 0.4, "evals": 40}
+FULL_LADDER = {"ladder_steps": [9000, 12000, 15000, 20000], "warmdown_frac": 0.4, "val_every": 500}
 FULL_SGD = {"sgd": {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
                     "ttt_freeze_blocks": 2}}
 FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1, "ttt_freeze_blocks": 0}}
@@ -94,10 +94,10 @@ prepare the tokenized shards, train a `tiny` GEPA model under `torchrun`, export
 int6 + zstd-22 artifact (SPEC §4) and score it (SPEC §1, §5). Every step reuses what
 already exists, so re-running this notebook is cheap.
 '''),
-        params_cell(COMMON, 'steps = 100                    # training steps\nwarmdown_frac = 0.4\nevals = 20'),
+        params_cell(COMMON, 'steps = 60                     # training steps: the ladder\'s first rung\nwarmdown_frac = 0.4\nval_every = 12'),
         code(SETUP),
         md("## Train\nRank 0's output streams below; every rank's log is kept in `<run>/logs/`."),
-        code('''cfg = runs.with_length(base, steps, warmdown_frac, evals, seed=42)
+        code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=42)
 rd = runs.launch(cfg, nproc=nproc, runs_root=runs_root)
 rd'''),
         md("## Artifact and evaluation\nQuantize the EMA weights to int6, then score the artifact with "
@@ -110,7 +110,7 @@ print(f"artifact_bytes:{runs.artifact_bytes(rd)}")'''),
 print(format_ledger(rd.stages()))
 runs.stage_table(rd)'''),
     ],
-    "gpu": {**FULL_COMMON, "steps": 20000, "evals": 40},
+    "gpu": {**FULL_COMMON, "steps": 20000, "val_every": 500},
 }
 
 NOTEBOOKS["01_train"] = {
@@ -123,9 +123,9 @@ with this notebook's interpreter. Rank 0 streams into the cell; all ranks' logs 
 `<run>/logs/torchrun/`; interrupting the cell stops the whole process group (the trainer
 checkpoints, so launching again resumes). A finished run with the same config is reused.
 '''),
-        params_cell(COMMON, 'steps = 300                    # training steps\nwarmdown_frac = 0.4\nevals = 20\nseed = 42'),
+        params_cell(COMMON, 'steps = 240                    # training steps: the ladder\'s last rung\nwarmdown_frac = 0.4\nval_every = 12\nseed = 42'),
         code(SETUP),
-        code('''cfg = runs.with_length(base, steps, warmdown_frac, evals, seed=seed)
+        code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 print(f"run_key:{runs.run_key(cfg)} steps:{cfg.train.steps} warmdown:{cfg.train.warmdown} "
       f"batch_tokens:{cfg.train.batch_tokens} seq_len:{cfg.train.seq_len}")
 rd = runs.launch(cfg, nproc=nproc, runs_root=runs_root)'''),
@@ -140,7 +140,7 @@ cols = [c for c in ("name", "preset", "steps", "warmdown", "seed", "train_status
                     "float_ema_bpb", "int6_sliding_bpb", "artifact_bytes") if c in df.columns]
 df[cols]'''),
     ],
-    "gpu": {**FULL_COMMON, "steps": 20000, "evals": 40, "seed": 42},
+    "gpu": {**FULL_COMMON, "steps": 20000, "val_every": 500, "seed": 42},
 }
 
 NOTEBOOKS["02_artifact_and_eval"] = {
@@ -153,9 +153,9 @@ a compression report (zstd-22 vs rANS and the entropy bounds); then the evaluati
 SPEC §5: non-overlapping, stride-64 sliding window, and legal score-first TTT.
 Uses the run of `01_train` (same parameters → same run).
 '''),
-        params_cell(COMMON, 'steps = 300\nwarmdown_frac = 0.4\nevals = 20\nseed = 42'),
+        params_cell(COMMON, 'steps = 240                    # the run of 01_train\nwarmdown_frac = 0.4\nval_every = 12\nseed = 42'),
         code(SETUP),
-        code('''cfg = runs.with_length(base, steps, warmdown_frac, evals, seed=seed)
+        code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 rd = runs.launch(cfg, nproc=nproc, runs_root=runs_root)
 runs.quantize(rd)'''),
         md("## Size ledger and compression report"),
@@ -177,7 +177,7 @@ ax.set_xlabel("val_bpb")
 ax.set_xlim(table["val_bpb"].min() - 0.05, table["val_bpb"].max() + 0.02)
 P.save_figure(ax.figure, "02_stage_ledger", figures_dir)'''),
     ],
-    "gpu": {**FULL_COMMON, "steps": 20000, "evals": 40, "seed": 42},
+    "gpu": {**FULL_COMMON, "steps": 20000, "val_every": 500, "seed": 42},
 }
 
 NOTEBOOKS["10_warmdown"] = {
@@ -193,7 +193,7 @@ per-phase rates with `gepalib.findings.phase_rates` (phase boundaries scaled to 
         params_cell(COMMON, LADDER, "seeds = [42, 43]"),
         code(SETUP),
         code('''longest = max(ladder_steps)
-cfgs = [runs.with_length(base, longest, warmdown_frac, evals, seed=s) for s in seeds]
+cfgs = [runs.with_length(base, longest, warmdown_frac, val_every, seed=s) for s in seeds]
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)'''),
         code('''steps, bpb, per_seed = runs.mean_trajectory(rds, "val_bpb")
 warmdown = cfgs[0].train.warmdown
@@ -226,7 +226,7 @@ rung of the training-length ladder and fit size against steps (`findings.compres
 '''),
         params_cell(COMMON, LADDER, "seed = 42"),
         code(SETUP),
-        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], evals=evals)
+        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 for rd in rds:
     runs.quantize(rd)
@@ -257,7 +257,7 @@ weights) with a Welch t-test across seeds.
 '''),
         params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD, ADAMW),
         code(SETUP),
-        code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, evals, seed=s) for s in seeds]
+        code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, val_every, seed=s) for s in seeds]
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 settings = {"sgd": sgd, "adamw": adamw}
 rows = {name: [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, **kv) for rd in rds]
@@ -288,7 +288,7 @@ each seed's base model.
         params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD,
                     "freeze_blocks = [0, 1, 2, 3]    # frozen leading blocks to compare"),
         code(SETUP),
-        code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, evals, seed=s) for s in seeds]
+        code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, val_every, seed=s) for s in seeds]
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 frozen, gains = [], []
 for k in freeze_blocks:
@@ -324,9 +324,9 @@ measure a same-scale naive baseline: the same model with the GEPA features off
         params_cell(COMMON, LADDER, "seed = 42", TTT14,
                     'share_base = "int6_sliding"    # int6_sliding | float_live\n'
                     'baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale\n'
-                    'baseline_steps = 50            # training steps of the same-scale baseline'),
+                    'baseline_steps = 30            # training steps of the same-scale baseline'),
         code(SETUP),
-        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], evals=evals)
+        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, **ttt) for rd in rds]
 
@@ -339,7 +339,7 @@ float_bpb = [base_bpb(rd, r) for rd, r in zip(rds, rows)]
 final_bpb = [r["ttt"]["val_bpb"] for r in rows]
 list(zip(ladder_steps, float_bpb, final_bpb))'''),
         code('''if baseline_bpb is None:
-    bcfg = runs.baseline_config(runs.with_length(base, baseline_steps, warmdown_frac, evals, seed=seed))
+    bcfg = runs.baseline_config(runs.with_length(base, baseline_steps, warmdown_frac, val_every, seed=seed))
     brd = runs.launch(bcfg, nproc=nproc, runs_root=runs_root)
     baseline = base_bpb(brd, runs.evaluate(brd, sliding=True, nproc=nproc))
 else:

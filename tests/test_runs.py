@@ -1,9 +1,6 @@
 """gepalib.runs: the torchrun launcher, content addressing, stage reuse, loading into pandas."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +17,7 @@ pytestmark = pytest.mark.timeout(300)
 def quick_cfg(data_dir: Path, **kv):
     """The 'quick' scale: a 56k-parameter model, 4 steps."""
     base = runs.base_config("tiny", "quick", str(data_dir))
-    return override(runs.with_length(base, kv.pop("steps", 4), 0.5, evals=2), **kv)
+    return override(runs.with_length(base, kv.pop("steps", 4), 0.5, val_every=2), **kv)
 
 
 # ---------------------------------------------------------------------------
@@ -50,9 +47,9 @@ def test_run_key_covers_what_decides_the_weights(tmp_path):
 
 def test_ladder_and_baseline_configs():
     base = runs.base_config("tiny", "cpu")
-    cfgs = runs.ladder_configs(base, [100, 300], warmdown_frac=0.4, seeds=[1, 2], evals=20)
+    cfgs = runs.ladder_configs(base, [100, 300], warmdown_frac=0.4, seeds=[1, 2], val_every=15)
     assert [(c.train.steps, c.train.warmdown, c.train.val_every, c.train.seed) for c in cfgs] == \
-        [(100, 40, 5, 1), (100, 40, 5, 2), (300, 120, 15, 1), (300, 120, 15, 2)]
+        [(100, 40, 15, 1), (100, 40, 15, 2), (300, 120, 15, 1), (300, 120, 15, 2)]
     assert len({runs.run_key(c) for c in cfgs}) == 4
     b = runs.baseline_config(cfgs[0])
     assert b.preset == "tiny_baseline" and b.model.rope_dims == b.model.head_dim
@@ -62,7 +59,9 @@ def test_ladder_and_baseline_configs():
     with pytest.raises(ValueError, match="unknown scale"):
         runs.base_config("tiny", "huge")
     with pytest.raises(ValueError, match="warmdown_frac"):
-        runs.with_length(base, 10, 1.5)
+        runs.with_length(base, 10, 1.5, 5)
+    with pytest.raises(ValueError, match="val_every"):
+        runs.with_length(base, 10, 0.4, 0)
 
 
 def test_torchrun_command_and_bad_nproc(tmp_path):
@@ -186,10 +185,10 @@ def test_evaluate_records_and_reuses_stage_rows(two_proc_run):
     stamp = rd.stages()["int6_sliding_ttt"]["recorded_at"]
     assert runs.evaluate(rd, sliding=True, ttt=True, stream=False) == rows  # reused, not recomputed
     assert rd.stages()["int6_sliding_ttt"]["recorded_at"] == stamp
-    # other TTT settings: a new row, named by what differs, the old one kept
-    adam = runs.evaluate(rd, sliding=True, ttt=True, stream=False, ttt_optimizer="adamw", ttt_lr=5e-5)
+    # other TTT settings (evaluated by `gepa eval` under torchrun): a new row, named by what differs
+    adam = runs.evaluate(rd, sliding=True, ttt=True, stream=False, nproc=2, ttt_optimizer="adamw", ttt_lr=5e-5)
     assert adam["ttt"]["name"].startswith("int6_sliding_ttt[") and "adamw" in adam["ttt"]["name"]
-    assert adam["ttt"]["settings"]["ttt_optimizer"] == "adamw"
+    assert adam["ttt"]["settings"]["ttt_optimizer"] == "adamw" and adam["ttt"]["world_size"] == 2
     assert adam["sliding"] == rows["sliding"]
     assert rd.stages()["int6_sliding_ttt"]["recorded_at"] == stamp
     assert runs.ttt_gain(rows) == pytest.approx(rows["ttt"]["val_bpb"] - rows["sliding"]["val_bpb"])
