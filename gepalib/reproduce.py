@@ -126,8 +126,9 @@ def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str
                      log_output: bool = False, kernel: str = KERNEL) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``<out_dir>/<name>.ipynb``.
 
-    Runs with cwd = the project root and gepalib importable; a failing cell raises
-    papermill's PapermillExecutionError (the executed copy shows where)."""
+    Runs with cwd = the project root; the kernel inherits this process's environment, to
+    which gepalib's root is added on PYTHONPATH and ``OMP_WAIT_POLICY=PASSIVE`` (unless set).
+    A failing cell raises papermill's PapermillExecutionError (the executed copy shows where)."""
     import papermill as pm
 
     src = notebooks_dir() / f"{name}.ipynb"
@@ -140,6 +141,7 @@ def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str
     if root not in pp.split(os.pathsep):  # the kernel inherits the environment
         os.environ["PYTHONPATH"] = root + (os.pathsep + pp if pp else "")
     os.environ.setdefault("GEPA_HOME", root)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as gepalib.runs does for its subprocesses
     pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=root,
                         progress_bar=False, log_output=log_output)
     return out

@@ -110,13 +110,16 @@ def is_finished(rd: RunDir) -> bool:
 
 
 def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment, plus: gepalib importable, the same project root, unbuffered output."""
+    """The caller's environment, plus: gepalib importable, the same project root, unbuffered
+    output, and (unless set) ``OMP_WAIT_POLICY=PASSIVE``: with the default busy-waiting, torch's
+    OpenMP threads slow a small model down 4-100x as soon as other processes share the cores."""
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[1])
     pp = env.get("PYTHONPATH", "")
     if pkg_root not in pp.split(os.pathsep):
         env["PYTHONPATH"] = pkg_root + (os.pathsep + pp if pp else "")
     env.setdefault("GEPA_HOME", str(project_root()))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
