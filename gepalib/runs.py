@@ -478,6 +478,19 @@ def ttt_gain(rows: dict[str, dict[str, Any]]) -> float:
     return float(rows["ttt"]["val_bpb"]) - float(rows["sliding"]["val_bpb"])
 
 
+def stage_bpb(run: RunDir | str | os.PathLike, stage: str, rows: dict[str, dict[str, Any]] | None = None) -> float:
+    """val_bpb of ``stage``: "int6_roundtrip" / "int6_sliding" / "int6_sliding_ttt" from an
+    :func:`evaluate` result ``rows`` when given (those carry the requested settings), else
+    any stage of the run's ledger (e.g. "float_live")."""
+    kind = {"int6_roundtrip": "roundtrip", "int6_sliding": "sliding", "int6_sliding_ttt": "ttt"}.get(stage)
+    if rows is not None and kind in rows:
+        return float(rows[kind]["val_bpb"])
+    stages = _as_rundir(run).stages()
+    if stage not in stages:
+        raise ValueError(f"{_as_rundir(run).path}: no stage {stage!r} in the ledger (have {sorted(stages)})")
+    return float(stages[stage]["val_bpb"])
+
+
 # ---------------------------------------------------------------------------
 # Loading runs into pandas
 

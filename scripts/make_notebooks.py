@@ -48,11 +48,14 @@ TTT14 = '''ttt = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, 
        "ttt_freeze_blocks": 1}  # the final TTT of every rung (= 12's sgd, so rows are shared)'''
 
 FULL_COMMON = {"preset": "gepa11", "scale": "full", "overrides": {}, "nproc": 8,
-               "data_dir": "data/fineweb10B_sp1024", "runs_root": "runs", "figures_dir": "figures"}
+               "data_dir": "data/fineweb10B_sp1024"}
 FULL_LADDER = {"ladder_steps": [9000, 12000, 15000, 20000], "warmdown_frac": 0.4, "val_every": 500}
+# TTT comparisons at full scale score the first 8,388,608 val targets (256 chunks; the whole set
+# takes ~35 min per TTT evaluation on 4 A100s); the settings travel with every stage row.
 FULL_SGD = {"sgd": {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
-                    "ttt_freeze_blocks": 2}}
-FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1, "ttt_freeze_blocks": 0}}
+                    "ttt_freeze_blocks": 2, "val_tokens": 8388608}}
+FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1, "ttt_freeze_blocks": 0,
+                        "val_tokens": 8388608}}
 
 SETUP = '''from gepalib import findings as F
 from gepalib import plots as P
@@ -322,26 +325,20 @@ measure a same-scale naive baseline: the same model with the GEPA features off
 `"float_live"` for the submission's float→final definition.
 '''),
         params_cell(COMMON, LADDER, "seed = 42", TTT14,
-                    'share_base = "int6_sliding"    # int6_sliding | float_live\n'
+                    'share_base = "int6_sliding"    # int6_sliding | float_live | float_ema | int6_roundtrip\n'
                     'baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale\n'
                     'baseline_steps = 30            # training steps of the same-scale baseline'),
         code(SETUP),
         code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, **ttt) for rd in rds]
-
-
-def base_bpb(rd, r):
-    return r["sliding"]["val_bpb"] if share_base == "int6_sliding" else rd.stages()[share_base]["val_bpb"]
-
-
-float_bpb = [base_bpb(rd, r) for rd, r in zip(rds, rows)]
+float_bpb = [runs.stage_bpb(rd, share_base, r) for rd, r in zip(rds, rows)]
 final_bpb = [r["ttt"]["val_bpb"] for r in rows]
 list(zip(ladder_steps, float_bpb, final_bpb))'''),
         code('''if baseline_bpb is None:
     bcfg = runs.baseline_config(runs.with_length(base, baseline_steps, warmdown_frac, val_every, seed=seed))
     brd = runs.launch(bcfg, nproc=nproc, runs_root=runs_root)
-    baseline = base_bpb(brd, runs.evaluate(brd, sliding=True, nproc=nproc))
+    baseline = runs.stage_bpb(brd, share_base, runs.evaluate(brd, sliding=True, nproc=nproc))
 else:
     baseline = float(baseline_bpb)
 share = F.ttt_share(float_bpb, final_bpb, baseline)

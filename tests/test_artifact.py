@@ -321,6 +321,7 @@ def test_gepa11_state_dict_whole_path(tmp_path):
     assert n_int6 == 66 + 3  # 6 matrices x 11 blocks, E_tok, E_big, E_ve
     assert q.num_params() == 27_030_107
     info = A.save_artifact(q, tmp_path / "final_model.int6.gpz", qcfg, meta={"preset": "gepa11"})
+    assert info.raw_bytes == 27_530_604  # SPEC §4: the run's raw payload (int8 codes, fp16 scales, passthrough)
     back = A.load_artifact(tmp_path / "final_model.int6.gpz")
     assert back.meta == {"preset": "gepa11"}
     same_model(q, back)
