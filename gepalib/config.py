@@ -146,9 +146,9 @@ class QuantConfig:
     quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row
     quant_embed: bool = True
     passthrough_numel: int = 65536
-    compressor: str = "zstd"  # zstd | lzma | brotli | (and what quant.py adds)
+    compressor: str = "zstd"  # zstd (as run) | lzma | brotli | rans (adaptive entropy coder) | none
     zstd_level: int = 22
-    packing: str = "none"  # none | shuffle | pack6
+    packing: str = "none"  # none | shuffle | pack6 | shuffle_pack6
 
 
 @dataclass(frozen=True)

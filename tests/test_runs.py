@@ -192,6 +192,10 @@ def test_evaluate_records_and_reuses_stage_rows(two_proc_run):
     assert adam["sliding"] == rows["sliding"]
     assert rd.stages()["int6_sliding_ttt"]["recorded_at"] == stamp
     assert runs.ttt_gain(rows) == pytest.approx(rows["ttt"]["val_bpb"] - rows["sliding"]["val_bpb"])
+    assert runs.stage_bpb(rd, "int6_sliding_ttt", adam) == adam["ttt"]["val_bpb"]
+    assert runs.stage_bpb(rd, "float_live") == rd.stages()["float_live"]["val_bpb"]
+    with pytest.raises(ValueError, match="no stage 'float_nope'"):
+        runs.stage_bpb(rd, "float_nope")
     with pytest.raises(ValueError, match="eval/ttt fields"):
         runs.evaluate(rd, steps=3)
 
