@@ -346,9 +346,9 @@ BASELINE9 = RunConfig(
 # (XSA on the last third, VE on the last two layers, skips across halves).
 TINY = RunConfig(
     preset="tiny",
-    # Sized with bench/model_throughput.py: fwd+bwd (fp32, all features on) runs at 0.49x the
-    # speed of the 2-layer d=128 plain GPT quoted at ~32k tokens/s on 2 free cores, i.e. ~15k
-    # tokens/s (the first guess, 6 layers, was ~12k). `small` is ~5x slower per token.
+    # Sized with bench/model_throughput.py: fwd+bwd (fp32, all features on) runs at 0.43-0.49x
+    # the speed of the 2-layer d=128 plain GPT quoted at ~32k tokens/s on 2 free cores, i.e.
+    # ~14-15.5k tokens/s (the first guess, 6 layers, was ~12k). `small` is ~5x slower per token.
     model=ModelConfig(
         num_layers=4,
         model_dim=128,

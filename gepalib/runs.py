@@ -217,8 +217,9 @@ def run_streamed(cmd: Sequence[str], *, console_log: Path | None = None, stream:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         logf = open(console_log, "a", encoding="utf-8")
         logf.write(f"$ {' '.join(map(str, cmd))}\n")
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=cwd, start_new_session=True, text=True, bufsize=1, errors="replace")
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True, text=True,
+                            bufsize=1, errors="replace")
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -572,19 +573,22 @@ def load_metrics(run: RunDir | str | os.PathLike):
 #   full  -- the preset as it is (GPUs; with gepa11 this is the submission)
 #   cpu   -- the notebooks' defaults on a 2-core CPU: smaller batches, a capped
 #            validation set, a short EMA horizon (0.997 averages over ~330 steps,
-#            longer than these runs), TTT chunks that give several chunks
+#            longer than these runs), TTT chunks that give several chunks, and the
+#            int6 passthrough threshold scaled with the model (gepa11 keeps tensors of
+#            <= 65,536 values in float: its control vectors and the 512x128 bigram
+#            projection; tiny's 128x128 matrices would all stay float at that threshold)
 #   quick -- a 2-layer, 32-wide model for smoke runs and the test-suite
 SCALES: dict[str, dict[str, Any]] = {
     "full": {},
     "cpu": {"batch_tokens": 4096, "micro_batch_tokens": 4096, "val_tokens": 16384, "ema_decay": 0.9,
-            "muon_momentum_warmup": 50, "ttt_chunk_tokens": 4096, "progress": "log", "checkpoint_every": 0,
-            "keep_checkpoints": 1},
+            "muon_momentum_warmup": 50, "ttt_chunk_tokens": 4096, "passthrough_numel": 4096, "progress": "log",
+            "checkpoint_every": 0, "keep_checkpoints": 1},
     "quick": {"num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_hidden": 64,
               "rope_dims": 8, "rope_train_seq_len": 64, "bigram_buckets": 64, "bigram_dim": 8, "xsa_last_n": 1,
               "ve_layers": (1,), "ve_dim": 8, "seq_len": 64, "batch_tokens": 512, "micro_batch_tokens": 256,
               "val_tokens": 1024, "ema_decay": 0.5, "muon_momentum_warmup": 5, "eval_batch_seqs": 16,
-              "ttt_chunk_tokens": 256, "ttt_epochs": 1, "ttt_batch_seqs": 8, "progress": "log",
-              "checkpoint_every": 0, "keep_checkpoints": 1},
+              "ttt_chunk_tokens": 256, "ttt_epochs": 1, "ttt_batch_seqs": 8, "passthrough_numel": 256,
+              "progress": "log", "checkpoint_every": 0, "keep_checkpoints": 1},
 }
 
 
@@ -656,7 +660,8 @@ def ensure_data(data_dir: str | os.PathLike = "data/sotu_sp1024", vocab_size: in
         prepare_sotu(p, vocab_size=vocab_size, progress=False)
         return p
     raise FileNotFoundError(f"{p}: no dataset there; build the embedded one with `gepa data prepare`, or download "
-                            f"FineWeb with `gepa data download --variant sp1024` (then data_dir=data/fineweb10B_sp1024)")
+                            f"FineWeb with `gepa data download --variant sp1024` "
+                            f"(then data_dir=data/fineweb10B_sp1024)")
 
 
 def mean_trajectory(run_dirs: Sequence[RunDir | str | os.PathLike], column: str = "val_bpb"):

@@ -97,7 +97,8 @@ prepare the tokenized shards, train a `tiny` GEPA model under `torchrun`, export
 int6 + zstd-22 artifact (SPEC §4) and score it (SPEC §1, §5). Every step reuses what
 already exists, so re-running this notebook is cheap.
 '''),
-        params_cell(COMMON, 'steps = 60                     # training steps: the ladder\'s first rung\nwarmdown_frac = 0.4\nval_every = 12'),
+        params_cell(COMMON, "steps = 60                     # training steps: the ladder's first rung",
+                    "warmdown_frac = 0.4", "val_every = 12"),
         code(SETUP),
         md("## Train\nRank 0's output streams below; every rank's log is kept in `<run>/logs/`."),
         code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=42)
@@ -126,7 +127,8 @@ with this notebook's interpreter. Rank 0 streams into the cell; all ranks' logs 
 `<run>/logs/torchrun/`; interrupting the cell stops the whole process group (the trainer
 checkpoints, so launching again resumes). A finished run with the same config is reused.
 '''),
-        params_cell(COMMON, 'steps = 240                    # training steps: the ladder\'s last rung\nwarmdown_frac = 0.4\nval_every = 12\nseed = 42'),
+        params_cell(COMMON, "steps = 240                    # training steps: the ladder's last rung",
+                    "warmdown_frac = 0.4", "val_every = 12", "seed = 42"),
         code(SETUP),
         code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 print(f"run_key:{runs.run_key(cfg)} steps:{cfg.train.steps} warmdown:{cfg.train.warmdown} "
@@ -156,7 +158,8 @@ a compression report (zstd-22 vs rANS and the entropy bounds); then the evaluati
 SPEC §5: non-overlapping, stride-64 sliding window, and legal score-first TTT.
 Uses the run of `01_train` (same parameters → same run).
 '''),
-        params_cell(COMMON, 'steps = 240                    # the run of 01_train\nwarmdown_frac = 0.4\nval_every = 12\nseed = 42'),
+        params_cell(COMMON, "steps = 240                    # the run of 01_train",
+                    "warmdown_frac = 0.4", "val_every = 12", "seed = 42"),
         code(SETUP),
         code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 rd = runs.launch(cfg, nproc=nproc, runs_root=runs_root)

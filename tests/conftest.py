@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+
+# OpenMP threads that spin-wait make small tensor ops many times slower when the two
+# CPU cores are shared (pytest + torchrun children). Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import numpy as np
