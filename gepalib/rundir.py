@@ -189,9 +189,10 @@ class RunDir:
 def format_ledger(stages: dict[str, dict[str, Any]]) -> str:
     """The stage ledger as an aligned text table (known stages first, in order)."""
     names = [s for s in STAGES if s in stages] + sorted(s for s in stages if s not in STAGES)
-    lines = [f"{'stage':<22}{'val_bpb':>12}{'val_loss':>11}{'tokens':>12}{'bytes':>13}{'seconds':>10}"]
+    w = max([22] + [len(n) + 2 for n in names])
+    lines = [f"{'stage':<{w}}{'val_bpb':>12}{'val_loss':>11}{'tokens':>12}{'bytes':>13}{'seconds':>10}"]
     for n in names:
         r = stages[n]
-        lines.append(f"{n:<22}{r['val_bpb']:>12.6f}{r['val_loss']:>11.5f}{r['tokens']:>12,}"
+        lines.append(f"{n:<{w}}{r['val_bpb']:>12.6f}{r['val_loss']:>11.5f}{r['tokens']:>12,}"
                      f"{r['bytes']:>13,}{r['seconds']:>10.1f}")
     return "\n".join(lines)
