@@ -41,9 +41,9 @@ QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
     "02_artifact_and_eval": {"steps": 20},
     "10_warmdown": {"ladder_steps": [10, 20], "seeds": [42, 43]},
     "11_compressibility": {"ladder_steps": [10, 20]},
-    "12_sgd_vs_adamw": {"ladder_steps": [10, 20], "seeds": [42, 43]},
-    "13_freezing": {"ladder_steps": [10, 20], "seeds": [42, 43], "freeze_blocks": [0, 1]},
-    "14_ttt_share": {"ladder_steps": [10, 20], "baseline_steps": 3},
+    "12_sgd_vs_adamw": {"ladder_steps": [10, 20], "seeds": [42, 43], "ttt_val_tokens": None},
+    "13_freezing": {"ladder_steps": [10, 20], "seeds": [42, 43], "freeze_blocks": [0, 1], "ttt_val_tokens": None},
+    "14_ttt_share": {"ladder_steps": [10, 20], "baseline_steps": 3, "ttt_val_tokens": None},
 }
 
 

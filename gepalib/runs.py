@@ -415,9 +415,10 @@ def evaluate(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt: bool
     ``name`` in the ledger. Rows already recorded with the same settings are reused.
 
     ``overrides`` are eval/ttt fields (e.g. ``ttt_optimizer="adamw", ttt_freeze_blocks=0``)
-    and ``val_tokens``. One process runs in-process; ``nproc > 1`` runs ``gepa eval`` under
-    torchrun.
+    and ``val_tokens``; a value of None means the run's own setting. One process runs
+    in-process; ``nproc > 1`` runs ``gepa eval`` under torchrun.
     """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     rd = quantize(run, stream=stream)
     run_cfg = rd.load_config()
     cfg = stage_config(rd, **overrides)

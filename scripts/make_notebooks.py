@@ -34,12 +34,14 @@ data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 fo
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"'''
 
-LADDER = '''ladder_steps = [60, 120, 180, 240]   # training lengths (one run each, shared by 10, 11 and 14)
+LADDER = '''ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-val_every = 12                 # validation interval in steps, the same for every run'''
+val_every = 20                 # validation interval in steps, the same for every run'''
 
 SGD = '''sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
        "ttt_freeze_blocks": 1}  # PR #461: SGD 0.002, 3 epochs, freeze 2 of 11 (~18%: 1 of tiny's 6)'''
+
+TTT_VAL = '''ttt_val_tokens = 32768          # val targets the TTT evaluations score (8 chunks); None: the run's own'''
 
 ADAMW = '''adamw = {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1,
          "ttt_freeze_blocks": 0}  # PR #456: AdamW 5e-5, 1 epoch, nothing frozen'''
@@ -50,12 +52,12 @@ TTT14 = '''ttt = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, 
 FULL_COMMON = {"preset": "gepa11", "scale": "full", "overrides": {}, "nproc": 8,
                "data_dir": "data/fineweb10B_sp1024"}
 FULL_LADDER = {"ladder_steps": [9000, 12000, 15000, 20000], "warmdown_frac": 0.4, "val_every": 500}
-# TTT comparisons at full scale score the first 8,388,608 val targets (256 chunks; the whole set
-# takes ~35 min per TTT evaluation on 4 A100s); the settings travel with every stage row.
 FULL_SGD = {"sgd": {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
-                    "ttt_freeze_blocks": 2, "val_tokens": 8388608}}
-FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1, "ttt_freeze_blocks": 0,
-                        "val_tokens": 8388608}}
+                    "ttt_freeze_blocks": 2}}
+FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1, "ttt_freeze_blocks": 0}}
+# TTT comparisons at full scale score the first 8,388,608 val targets (256 chunks; the whole set
+# takes ~35 min per TTT evaluation on 4 A100s); the setting travels with every stage row.
+FULL_TTT_VAL = {"ttt_val_tokens": 8388608}
 
 SETUP = '''from gepalib import findings as F
 from gepalib import plots as P
@@ -97,8 +99,8 @@ prepare the tokenized shards, train a `tiny` GEPA model under `torchrun`, export
 int6 + zstd-22 artifact (SPEC §4) and score it (SPEC §1, §5). Every step reuses what
 already exists, so re-running this notebook is cheap.
 '''),
-        params_cell(COMMON, "steps = 60                     # training steps: the ladder's first rung",
-                    "warmdown_frac = 0.4", "val_every = 12"),
+        params_cell(COMMON, "steps = 100                    # training steps: the ladder's first rung",
+                    "warmdown_frac = 0.4", "val_every = 20"),
         code(SETUP),
         md("## Train\nRank 0's output streams below; every rank's log is kept in `<run>/logs/`."),
         code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=42)
@@ -127,8 +129,8 @@ with this notebook's interpreter. Rank 0 streams into the cell; all ranks' logs 
 `<run>/logs/torchrun/`; interrupting the cell stops the whole process group (the trainer
 checkpoints, so launching again resumes). A finished run with the same config is reused.
 '''),
-        params_cell(COMMON, "steps = 240                    # training steps: the ladder's last rung",
-                    "warmdown_frac = 0.4", "val_every = 12", "seed = 42"),
+        params_cell(COMMON, "steps = 400                    # training steps: the ladder's last rung",
+                    "warmdown_frac = 0.4", "val_every = 20", "seed = 42"),
         code(SETUP),
         code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 print(f"run_key:{runs.run_key(cfg)} steps:{cfg.train.steps} warmdown:{cfg.train.warmdown} "
@@ -158,8 +160,8 @@ a compression report (zstd-22 vs rANS and the entropy bounds); then the evaluati
 SPEC §5: non-overlapping, stride-64 sliding window, and legal score-first TTT.
 Uses the run of `01_train` (same parameters → same run).
 '''),
-        params_cell(COMMON, "steps = 240                    # the run of 01_train",
-                    "warmdown_frac = 0.4", "val_every = 12", "seed = 42"),
+        params_cell(COMMON, "steps = 400                    # the run of 01_train",
+                    "warmdown_frac = 0.4", "val_every = 20", "seed = 42"),
         code(SETUP),
         code('''cfg = runs.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 rd = runs.launch(cfg, nproc=nproc, runs_root=runs_root)
@@ -261,13 +263,13 @@ On the same base model the submission's line saw −0.017 bpb from SGD TTT (PR #
 longest ladder rung) and compare the TTT gain (TTT bpb − sliding bpb of the same int6
 weights) with a Welch t-test across seeds.
 '''),
-        params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD, ADAMW),
+        params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD, ADAMW, TTT_VAL),
         code(SETUP),
         code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, val_every, seed=s) for s in seeds]
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 settings = {"sgd": sgd, "adamw": adamw}
-rows = {name: [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, **kv) for rd in rds]
-        for name, kv in settings.items()}
+rows = {name: [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **kv)
+               for rd in rds] for name, kv in settings.items()}
 gains = {name: [runs.ttt_gain(r) for r in rs] for name, rs in rows.items()}
 gains'''),
         code('''by_opt = F.ttt_gain_by_optimizer(gains, numerator="sgd", denominator="adamw")
@@ -279,7 +281,7 @@ R.f3_df()'''),
 save_finding(verdict, figures_dir, scale=scale, preset=preset, seeds=seeds, gains=gains, settings=settings)
 print(verdict["text"])'''),
     ],
-    "gpu": {**FULL_COMMON, **FULL_LADDER, "seeds": [42, 43], **FULL_SGD, **FULL_ADAMW},
+    "gpu": {**FULL_COMMON, **FULL_LADDER, "seeds": [42, 43], **FULL_SGD, **FULL_ADAMW, **FULL_TTT_VAL},
 }
 
 NOTEBOOKS["13_freezing"] = {
@@ -291,7 +293,7 @@ The submission freezes the first 2 of 11 blocks during TTT and adapts the rest; 
 no ablation. We measure the SGD TTT gain for several numbers of frozen leading blocks on
 each seed's base model.
 '''),
-        params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD,
+        params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD, TTT_VAL,
                     "freeze_blocks = [0, 1, 2, 3]    # frozen leading blocks to compare"),
         code(SETUP),
         code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, val_every, seed=s) for s in seeds]
@@ -299,7 +301,8 @@ rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 frozen, gains = [], []
 for k in freeze_blocks:
     for rd in rds:
-        r = runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, **{**sgd, "ttt_freeze_blocks": k})
+        r = runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens,
+                          **{**sgd, "ttt_freeze_blocks": k})
         frozen.append(k)
         gains.append(runs.ttt_gain(r))
 list(zip(frozen, gains))'''),
@@ -312,7 +315,8 @@ save_finding(verdict, figures_dir, scale=scale, preset=preset, seeds=seeds, froz
              num_layers=base.model.num_layers)
 print(verdict["text"])'''),
     ],
-    "gpu": {**FULL_COMMON, **FULL_LADDER, "seeds": [42, 43], **FULL_SGD, "freeze_blocks": [0, 1, 2, 3, 4]},
+    "gpu": {**FULL_COMMON, **FULL_LADDER, "seeds": [42, 43], **FULL_SGD, **FULL_TTT_VAL,
+            "freeze_blocks": [0, 1, 2, 3, 4]},
 }
 
 NOTEBOOKS["14_ttt_share"] = {
@@ -327,21 +331,22 @@ measure a same-scale naive baseline: the same model with the GEPA features off
 "int6_sliding"` the TTT gain is isolated from quantization and the sliding window; set
 `"float_live"` for the submission's float→final definition.
 '''),
-        params_cell(COMMON, LADDER, "seed = 42", TTT14,
+        params_cell(COMMON, LADDER, "seed = 42", TTT14, TTT_VAL,
                     'share_base = "int6_sliding"    # int6_sliding | float_live | float_ema | int6_roundtrip\n'
                     'baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale\n'
-                    'baseline_steps = 30            # training steps of the same-scale baseline'),
+                    'baseline_steps = 50            # training steps of the same-scale baseline'),
         code(SETUP),
         code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
-rows = [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, **ttt) for rd in rds]
+rows = [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **ttt) for rd in rds]
 float_bpb = [runs.stage_bpb(rd, share_base, r) for rd, r in zip(rds, rows)]
 final_bpb = [r["ttt"]["val_bpb"] for r in rows]
 list(zip(ladder_steps, float_bpb, final_bpb))'''),
         code('''if baseline_bpb is None:
     bcfg = runs.baseline_config(runs.with_length(base, baseline_steps, warmdown_frac, val_every, seed=seed))
     brd = runs.launch(bcfg, nproc=nproc, runs_root=runs_root)
-    baseline = runs.stage_bpb(brd, share_base, runs.evaluate(brd, sliding=True, nproc=nproc))
+    baseline = runs.stage_bpb(brd, share_base, runs.evaluate(brd, sliding=True, nproc=nproc,
+                                                             val_tokens=ttt_val_tokens))
 else:
     baseline = float(baseline_bpb)
 share = F.ttt_share(float_bpb, final_bpb, baseline)
@@ -358,7 +363,7 @@ print(verdict["text"])'''),
     "gpu": {**FULL_COMMON, **FULL_LADDER, "seed": 42,
             "ttt": {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 10,
                     "ttt_freeze_blocks": 2},
-            "share_base": "float_live", "baseline_bpb": 1.224},
+            "ttt_val_tokens": None, "share_base": "float_live", "baseline_bpb": 1.224},
 }
 
 
