@@ -16,7 +16,6 @@ PureInt6_LegalTTT/). "MB" in the PRs means MiB (2**20 bytes), see SPEC §4.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 MIB = 2**20

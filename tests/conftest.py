@@ -25,8 +25,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "fineweb_1024_bpe.model"
 
-# The CI box has 2 cores shared with other jobs; more threads only adds contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Test shapes are tiny: intra-op threads gain nothing, and on a 2-core box shared with
+# torchrun children OpenMP barriers make small ops many times slower. One thread here;
+# subprocesses choose their own.
+torch.set_num_threads(1)
 
 TINY_TRAIN_SIZES = (5003, 2048, 3301)
 TINY_VAL_SIZES = (1500, 777)
@@ -70,3 +72,11 @@ def make_tiny_shards(out: Path, tokenizer: Path, vocab_size: int = 1024, seed: i
 @pytest.fixture(scope="session")
 def tiny_shards_dir(tmp_path_factory, sotu_data_dir) -> Path:
     return make_tiny_shards(tmp_path_factory.mktemp("tiny") / "tiny_sp1024", sotu_data_dir / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def luts(sotu_data_dir):
+    """Byte-accounting tables of the embedded dataset's tokenizer (model vocab 1024)."""
+    from gepalib.bpb import build_byte_luts
+
+    return build_byte_luts(sotu_data_dir / "tokenizer.model", 1024)

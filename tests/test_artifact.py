@@ -17,14 +17,6 @@ from gepalib.config import QuantConfig, get_preset
 from gepalib.quant import PTensor, QTensor, dequantize, quantize_state_dict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops; avoids oversubscription on shared CI boxes
-    yield
-    torch.set_num_threads(n)
-
-
 def small_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     t5 = torch.randn(96, 80, generator=g) / torch.sqrt(torch.randn(5, 96, 80, generator=g).square().mean(0))

@@ -36,21 +36,6 @@ def tiny_model(seed: int = 0, **kw) -> GPT:
     return m
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core box OpenMP
-    spin-waiting makes them 10-20x slower; restore the session's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def luts(sotu_data_dir):
-    return build_byte_luts(sotu_data_dir / "tokenizer.model", 1024)
-
-
 @pytest.fixture(scope="module")
 def sp(sotu_data_dir):
     from gepalib.data import load_tokenizer

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from gepalib import config as C
 from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, component_of, param_breakdown,
@@ -19,16 +18,6 @@ from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, compo
 MINI = C.ModelConfig(vocab_size=64, num_layers=5, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=48,
                      rope_dims=4, rope_train_seq_len=8, bigram_buckets=31, bigram_dim=8, xsa_last_n=2,
                      ve_layers=(3, 4), ve_dim=8, embed_dtype="float32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and on a busy 2-core box two OpenMP threads
-    make these tests ~30x slower (barrier waits); restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,6 @@ from gepalib.config import QuantConfig
 from gepalib.quant import (PTensor, QTensor, dequantize, entropy_bounds, quantize_state_dict,
                            gptq_lite_faithful, gptq_lite_per_row)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops; avoids oversubscription on shared CI boxes
-    yield
-    torch.set_num_threads(n)
-
-
 # SPEC §4, written out again on purpose (not imported).
 SPEC_CANDIDATES = [0.990, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9993, 0.9995, 0.9997, 0.9999,
                    0.99993, 0.99995, 0.99997, 0.99999, 1.0]

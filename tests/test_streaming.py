@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import gepalib.model as model_mod
-from gepalib.bpb import build_byte_luts, stream_bytes
+from gepalib.bpb import stream_bytes
 from gepalib.config import get_preset, override
 from gepalib.model import GPT
 from gepalib.streaming import eval_streaming, exact_prefix
@@ -34,19 +34,6 @@ def tiny_model(seed: int = 0, **kw) -> GPT:
             else:
                 p.add_(0.3 * torch.randn_like(p))
     return m.eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def luts(sotu_data_dir):
-    return build_byte_luts(sotu_data_dir / "tokenizer.model", 1024)
 
 
 def stream(n_targets: int, seed: int = 1) -> torch.Tensor:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from gepalib.bpb import build_byte_luts
 from gepalib.config import get_preset, override
 from gepalib.evaluate import eval_sliding, plan_sliding_windows
 from gepalib.model import GPT
@@ -42,21 +41,6 @@ def stream(n_targets: int, seed: int = 1, vocab: int = 64) -> torch.Tensor:
     """A small-vocabulary stream so that a few TTT steps visibly change the scores."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(4, vocab, (n_targets + 1,), generator=g)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core box OpenMP
-    spin-waiting makes them 10-20x slower; restore the session's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def luts(sotu_data_dir):
-    return build_byte_luts(sotu_data_dir / "tokenizer.model", 1024)
 
 
 # ---------------------------------------------------------------------------
