@@ -573,8 +573,8 @@ def load_metrics(run: RunDir | str | os.PathLike):
 # Named scales: config overrides applied on top of a preset.
 #   full  -- the preset as it is (GPUs; with gepa11 this is the submission)
 #   cpu   -- the notebooks' defaults on a 2-core CPU: smaller batches, a capped
-#            validation set, a short EMA horizon (0.997 averages over ~330 steps,
-#            longer than these runs), TTT chunks that give several chunks, and the
+#            validation set, an EMA horizon of ~10 steps for 100-400-step runs (tiny's
+#            0.99 averages over ~100), TTT chunks that give several chunks, and the
 #            int6 passthrough threshold scaled with the model (gepa11 keeps tensors of
 #            <= 65,536 values in float: its control vectors and the 512x128 bigram
 #            projection; tiny's 128x128 matrices would all stay float at that threshold)
