@@ -473,23 +473,31 @@ def verdict_f4(vs_frozen: Mapping[str, Any], alpha: float = 0.05) -> dict[str, A
                     "the best freeze has ≥1 frozen block and a larger gain than freeze 0")
 
 
-def verdict_f5(share: Mapping[str, Any]) -> dict[str, Any]:
-    """F5 verdict from :func:`ttt_share`: Spearman ρ(float bpb, share) > 0."""
+def verdict_f5(share: Mapping[str, Any], min_gain: float = 0.001) -> dict[str, Any]:
+    """F5 verdict from :func:`ttt_share`: Spearman ρ(float bpb, share) > 0, and TTT must
+    actually help: the mean TTT gain must be at least ``min_gain`` bpb (1 mBPB), else a
+    trend in shares that are all ~0 is noise and the verdict is "does not agree"."""
     from gepalib import reference as R
 
     sv = share["share_vs_float"]
     if sv is None:
         raise ValueError("verdict_f5 needs at least 2 base models")
     order = np.argsort(-share["float_bpb"], kind="stable")  # worst base first
-    shares = " → ".join(f"{100 * x:.0f}%" for x in share["share"][order])
-    agrees = not math.isnan(sv["spearman"]) and sv["spearman"] > 0
+    digits = 0 if np.all(np.abs(share["share"]) >= 0.01) else 2
+    shares = " → ".join(f"{100 * x:.{digits}f}%" for x in share["share"][order])
+    mean_gain = float(np.mean(-np.asarray(share["delta"], dtype=float)))
+    helps = mean_gain >= min_gain
+    agrees = helps and not math.isnan(sv["spearman"]) and sv["spearman"] > 0
     ours = (f"share {shares} as float bpb goes {share['float_bpb'][order][0]:.3f} → "
             f"{share['float_bpb'][order][-1]:.3f} (ρ={sv['spearman']:+.2f}, baseline {share['baseline_bpb']:.3f})")
+    if not helps:
+        ours += f"; mean TTT gain {1000 * mean_gain:.2f} mBPB is below {1000 * min_gain:g} mBPB, too small to rank"
     published = (" → ".join(f"{r['share_pct']}%" for r in R.F5_ROWS)
                  + f" as float bpb goes {R.F5_ROWS[0]['float_bpb']:.3f} → {R.F5_ROWS[-1]['float_bpb']:.3f} "
                  f"(baseline {R.NAIVE_BASELINE_BPB})")
     return _verdict("F5", "TTT's share shrinks as the base improves", agrees, ours, published,
-                    "the TTT share decreases as the base improves (Spearman ρ(float bpb, share) > 0)")
+                    f"the TTT share decreases as the base improves (Spearman ρ(float bpb, share) > 0) "
+                    f"and TTT gains ≥ {1000 * min_gain:g} mBPB on average")
 
 
 def findings_markdown(verdicts: Iterable[Mapping[str, Any]]) -> str:

@@ -262,3 +262,13 @@ def test_verdicts_follow_the_data():
 
     rising = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.19, 2.05, 1.9], baseline_bpb=2.5))
     assert not rising["agrees"] and "baseline 2.500" in rising["ours"]
+
+
+def test_f5_needs_a_ttt_gain_above_noise():
+    # Shares fall as the base improves, but every TTT gain is ~0.2 mBPB: noise, not a finding.
+    tiny = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.1997, 2.0998, 1.9999], baseline_bpb=2.5))
+    assert not tiny["agrees"] and "too small to rank" in tiny["ours"]
+    # The same trend with real gains (100, 50, 10 mBPB) agrees.
+    real = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.1, 2.05, 1.99], baseline_bpb=2.5))
+    assert real["agrees"] and "too small" not in real["ours"]
+    assert not F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.1, 2.05, 1.99], baseline_bpb=2.5), min_gain=0.2)["agrees"]
