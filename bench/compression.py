@@ -160,8 +160,10 @@ def main(argv=None) -> int:
             inputs.append((f"random/{preset}", lambda: random_state_dict(cfg)))
         elif name == "trained_like":
             inputs.append((f"trained_like/{preset}", lambda: trained_like_state_dict(cfg)))
+        elif name in ("run", "none"):  # only --run-dir (added below)
+            continue
         else:
-            raise ValueError(f"unknown input {name!r}")
+            raise ValueError(f"unknown input {name!r} (random | trained_like | run)")
     if args.run_dir:
         inputs.append((f"run/{args.run_dir}", lambda: run_state_dict(args.run_dir)[0]))
     results = []
