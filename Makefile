@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/gepa data prepare
 	$(VENV)/bin/gepa reproduce
 
 test: $(STAMP)
