@@ -58,11 +58,6 @@ def init(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def single(device: str = "auto") -> DistInfo:
-    """A DistInfo for in-process (notebook / test) use without a process group."""
-    return DistInfo(rank=0, world_size=1, local_rank=0, device=pick_device(device))
-
-
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
