@@ -117,3 +117,31 @@ def test_two_node_loopback_c10d_rendezvous(two_process_run, sotu_data_dir, tmp_p
     assert s["status"] == "complete" and s["world_size"] == 2
     assert_same_curve(curve(rd), curve(two_process_run[0]))
     assert [k for k in TIMING_KEYS if k in rd.read_metrics()[1]]  # timing is logged (but not compared)
+
+
+SHUTDOWN_SCRIPT = r'''
+import sys, torch
+from gepalib import dist
+dist.init("cpu")
+torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1)  # imports torch._dynamo, which pins the group
+for _ in range(50):
+    dist.all_reduce_sum(torch.ones(1000))
+dist.shutdown()
+'''
+
+
+def test_shutdown_exits_cleanly(tmp_path):
+    """Regression: once any torch.optim optimizer exists (it imports torch._dynamo, which keeps
+    references to the default group), destroy_process_group alone left gloo's worker threads
+    running, and about 40% of 2-process runs aborted at interpreter exit with "terminate called
+    without an active exception". Six launches all exit 0 with dist.shutdown()."""
+    script = tmp_path / "shutdown.py"
+    script.write_text(SHUTDOWN_SCRIPT)
+    for attempt in range(6):
+        port = free_port()
+        procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=dict(env(), RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
+                                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+                 for r in range(2)]
+        logs = [p.communicate(timeout=120)[0].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], f"attempt {attempt}:\n" + "\n".join(logs)
