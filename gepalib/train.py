@@ -646,14 +646,16 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _configure(p)
     args = p.parse_args(argv)
+    rc = None
     try:
-        return run_cli(args)
+        rc = run_cli(args)
+        return rc
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if (isinstance(e, KeyError) and e.args) else str(e)
         print(f"gepa train: error: {msg}", file=sys.stderr, flush=True)
         return 2
     finally:
-        dist.shutdown()
+        dist.shutdown(barrier=rc == 0)  # no barrier after a failure: peers may never arrive
 
 
 if __name__ == "__main__":
