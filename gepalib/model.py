@@ -45,13 +45,15 @@ VE_SCALE_INIT = 0.1
 
 
 def rms_norm(x: Tensor, scale: Tensor | float | None = None) -> Tensor:
-    """Parameter-free RMSNorm over the last dim, eps = the dtype's machine epsilon, times an
-    optional ``scale`` (a float, or a tensor broadcasting against x[..., :1]). The scale is
-    applied to the per-row factor, which saves a full-size multiply."""
+    """Parameter-free RMSNorm over the last dim, times an optional ``scale`` (a float, or a
+    tensor broadcasting against x[..., :1]). The scale is applied to the per-row factor, which
+    saves a full-size multiply. Same numerics as ``F.rms_norm``: the mean square is taken in
+    at least fp32 and eps is the machine epsilon of that accumulation dtype (fp32's for bf16
+    inputs, not bf16's 2^-7)."""
     if scale is None:
         return F.rms_norm(x, (x.size(-1),))
-    eps = torch.finfo(x.dtype).eps
-    r = torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps) * scale
+    acc = torch.promote_types(x.dtype, torch.float32)
+    r = torch.rsqrt(x.to(acc).square().mean(-1, keepdim=True) + torch.finfo(acc).eps) * scale
     return x * r.to(x.dtype)
 
 

@@ -611,14 +611,20 @@ def base_config(preset: str, scale: str = "full", data_dir: str | None = None,
     return get_preset(preset, **kv)
 
 
-def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, val_every: int, seed: int | None = None) -> RunConfig:
-    """``cfg`` trained for ``steps`` with the last ``round(warmdown_frac*steps)`` steps as
-    warmdown, validated (and logged) every ``val_every`` steps and at the end."""
+def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, val_every: int, seed: int | None = None,
+                warmdown: int | None = None) -> RunConfig:
+    """``cfg`` trained for ``steps`` with the last ``warmdown`` steps (default
+    ``round(warmdown_frac*steps)``) as warmdown, validated (and logged) every ``val_every``
+    steps and at the end."""
     if steps <= 0 or val_every <= 0:
         raise ValueError(f"steps and val_every must be positive, got {steps}, {val_every}")
     if not 0.0 <= warmdown_frac <= 1.0:
         raise ValueError(f"warmdown_frac must be in [0, 1], got {warmdown_frac}")
-    kv: dict[str, Any] = {"steps": int(steps), "warmdown": int(round(warmdown_frac * steps)),
+    if warmdown is None:
+        warmdown = round(warmdown_frac * steps)
+    elif not 0 <= warmdown <= steps:
+        raise ValueError(f"warmdown must be in [0, steps={steps}], got {warmdown}")
+    kv: dict[str, Any] = {"steps": int(steps), "warmdown": int(warmdown),
                           "val_every": int(val_every), "log_every": int(val_every)}
     if seed is not None:
         kv["seed"] = int(seed)
@@ -626,13 +632,34 @@ def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, val_every: int
 
 
 def ladder_configs(cfg: RunConfig, steps: Sequence[int], warmdown_frac: float = 0.4,
-                   seeds: Sequence[int] = (42,), val_every: int = 1) -> list[RunConfig]:
+                   seeds: Sequence[int] = (42,), val_every: int = 1,
+                   warmdowns: Sequence[int] | None = None) -> list[RunConfig]:
     """One run per (length, seed): the training-length ladder shared by F1, F2 and F5. Every
     rung validates at the same interval, so the longest rung's curve has the resolution F1
-    needs and a short rung costs evaluations in proportion to its length."""
+    needs and a short rung costs evaluations in proportion to its length. ``warmdowns`` gives
+    each rung's warmdown in steps (the submission's ladder: 4,000 / 5,000 / 6,000 / 8,000 for
+    9k / 12k / 15k / 20k, not a fixed fraction); ``None`` uses ``warmdown_frac`` of each."""
     if not steps:
         raise ValueError("ladder_configs: no steps given")
-    return [with_length(cfg, s, warmdown_frac, val_every, seed) for s in steps for seed in seeds]
+    if warmdowns is not None and len(warmdowns) != len(steps):
+        raise ValueError(f"ladder_configs: {len(warmdowns)} warmdowns for {len(steps)} ladder steps")
+    wds = list(warmdowns) if warmdowns is not None else [None] * len(steps)
+    return [with_length(cfg, s, warmdown_frac, val_every, seed, warmdown=w)
+            for s, w in zip(steps, wds) for seed in seeds]
+
+
+def longest_rung_configs(cfg: RunConfig, steps: Sequence[int], warmdown_frac: float = 0.4,
+                         seeds: Sequence[int] = (42,), val_every: int = 1,
+                         warmdowns: Sequence[int] | None = None) -> list[RunConfig]:
+    """The ladder's longest rung, one run per seed (the base models of F1, F3 and F4); the same
+    configs as that rung of :func:`ladder_configs`, so the runs are shared."""
+    if not steps:
+        raise ValueError("longest_rung_configs: no steps given")
+    if warmdowns is not None and len(warmdowns) != len(steps):
+        raise ValueError(f"longest_rung_configs: {len(warmdowns)} warmdowns for {len(steps)} ladder steps")
+    i = max(range(len(steps)), key=lambda j: steps[j])
+    return ladder_configs(cfg, [steps[i]], warmdown_frac, seeds, val_every,
+                          None if warmdowns is None else [warmdowns[i]])
 
 
 # The submission's naive-baseline switches (the baseline9 preset's feature flags), applied to any scale.

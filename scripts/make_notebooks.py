@@ -36,6 +36,7 @@ figures_dir = "figures"'''
 
 LADDER = '''ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
+ladder_warmdown = None         # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
 val_every = 20                 # validation interval in steps, the same for every run'''
 
 SGD = '''sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
@@ -51,7 +52,8 @@ TTT14 = '''ttt = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, 
 
 FULL_COMMON = {"preset": "gepa11", "scale": "full", "overrides": {}, "nproc": 8,
                "data_dir": "data/fineweb10B_sp1024"}
-FULL_LADDER = {"ladder_steps": [9000, 12000, 15000, 20000], "warmdown_frac": 0.4, "val_every": 500}
+FULL_LADDER = {"ladder_steps": [9000, 12000, 15000, 20000], "warmdown_frac": 0.4,
+               "ladder_warmdown": [4000, 5000, 6000, 8000], "val_every": 500}  # SPEC §6 scaling table
 FULL_SGD = {"sgd": {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
                     "ttt_freeze_blocks": 2}}
 FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1, "ttt_freeze_blocks": 0}}
@@ -200,8 +202,8 @@ per-phase rates with `gepalib.findings.phase_rates` (phase boundaries scaled to 
 '''),
         params_cell(COMMON, LADDER, "seeds = [42, 43]"),
         code(SETUP),
-        code('''longest = max(ladder_steps)
-cfgs = [runs.with_length(base, longest, warmdown_frac, val_every, seed=s) for s in seeds]
+        code('''cfgs = runs.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
+longest = cfgs[0].train.steps
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)'''),
         code('''steps, bpb, per_seed = runs.mean_trajectory(rds, "val_bpb")
 warmdown = cfgs[0].train.warmdown
@@ -234,7 +236,8 @@ rung of the training-length ladder and fit size against steps (`findings.compres
 '''),
         params_cell(COMMON, LADDER, "seed = 42"),
         code(SETUP),
-        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every)
+        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
+                           warmdowns=ladder_warmdown)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 for rd in rds:
     runs.quantize(rd)
@@ -265,7 +268,7 @@ weights) with a Welch t-test across seeds.
 '''),
         params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD, ADAMW, TTT_VAL),
         code(SETUP),
-        code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, val_every, seed=s) for s in seeds]
+        code('''cfgs = runs.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 settings = {"sgd": sgd, "adamw": adamw}
 rows = {name: [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **kv)
@@ -296,7 +299,7 @@ each seed's base model.
         params_cell(COMMON, LADDER, "seeds = [42, 43]", SGD, TTT_VAL,
                     "freeze_blocks = [0, 1, 2, 3]    # frozen leading blocks to compare"),
         code(SETUP),
-        code('''cfgs = [runs.with_length(base, max(ladder_steps), warmdown_frac, val_every, seed=s) for s in seeds]
+        code('''cfgs = runs.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 frozen, gains = [], []
 for k in freeze_blocks:
@@ -336,7 +339,8 @@ measure a same-scale naive baseline: the same model with the GEPA features off
                     'baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale\n'
                     'baseline_steps = 50            # training steps of the same-scale baseline'),
         code(SETUP),
-        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every)
+        code('''cfgs = runs.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
+                           warmdowns=ladder_warmdown)
 rds = runs.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = [runs.evaluate(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **ttt) for rd in rds]
 float_bpb = [runs.stage_bpb(rd, share_base, r) for rd, r in zip(rds, rows)]

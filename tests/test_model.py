@@ -351,7 +351,7 @@ def test_causality(preset):
     """Changing tokens at positions >= t never changes logits before t."""
     torch.manual_seed(0)
     cfg = C.get_preset(preset).model
-    m = perturbed(cfg) if preset in ("tiny", "small") else GPT(cfg)
+    m = perturbed(cfg)  # off init: zero-init W_o/W_down would hide attention and MLP leaks
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, cfg.vocab_size, (2, 16), generator=g)
     t = 9
@@ -373,6 +373,22 @@ def test_causality_variants(changes):
         idx2[:, t:] = (idx2[:, t:] + 7) % 64
         with torch.no_grad():
             torch.testing.assert_close(m(idx)[:, :t], m(idx2)[:, :t], atol=1e-6, rtol=0)
+
+
+def test_scaled_rms_norm_matches_functional_in_bf16():
+    """The scaled path (q_gain, LN scale, softcap) has F.rms_norm's numerics: eps is fp32's
+    machine epsilon for bf16 inputs. bf16's own eps (2^-7) would shrink small-rms rows."""
+    from gepalib.model import rms_norm
+
+    g = torch.Generator().manual_seed(0)
+    for rms in (1.0, 0.05, 0.01):
+        x = (torch.randn(4, 7, 64, generator=g) * rms).to(torch.bfloat16)
+        scale = torch.rand(4, 1, 1, generator=g) + 0.5
+        want = torch.nn.functional.rms_norm(x.float(), (64,)) * scale
+        got = rms_norm(x, scale)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, atol=0, rtol=2 ** -7)
+        torch.testing.assert_close(rms_norm(x), torch.nn.functional.rms_norm(x, (64,)), atol=0, rtol=0)
 
 
 def test_bf16_autocast_forward_on_cpu():

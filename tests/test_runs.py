@@ -64,6 +64,24 @@ def test_ladder_and_baseline_configs():
         runs.with_length(base, 10, 0.4, 0)
 
 
+def test_ladder_with_explicit_warmdowns_is_the_submissions_table():
+    """SPEC §6: 9k/12k/15k/20k were run with 4k/5k/6k/8k warmdown steps; 0.4 of each would give
+    3,600 and 4,800 for the first two rungs."""
+    base = runs.base_config("tiny", "cpu")
+    ladder, wds = [9000, 12000, 15000, 20000], [4000, 5000, 6000, 8000]
+    cfgs = runs.ladder_configs(base, ladder, 0.4, seeds=[42], val_every=500, warmdowns=wds)
+    assert [(c.train.steps, c.train.warmdown) for c in cfgs] == list(zip(ladder, wds))
+    assert [c.train.warmdown for c in runs.ladder_configs(base, ladder, 0.4)] == [3600, 4800, 6000, 8000]
+    # the longest rung is the same run in the ladder and in the single-rung notebooks (10, 12, 13)
+    longest = runs.longest_rung_configs(base, [15000, 20000, 9000], 0.4, [42, 43], 500, [6000, 8000, 4000])
+    assert [(c.train.steps, c.train.warmdown, c.train.seed) for c in longest] == [(20000, 8000, 42), (20000, 8000, 43)]
+    assert runs.run_key(longest[0]) == runs.run_key(cfgs[-1])
+    with pytest.raises(ValueError, match="2 warmdowns for 4 ladder steps"):
+        runs.ladder_configs(base, ladder, 0.4, warmdowns=[1, 2])
+    with pytest.raises(ValueError, match="warmdown must be in"):
+        runs.with_length(base, 10, 0.4, 5, warmdown=11)
+
+
 def test_torchrun_command_and_bad_nproc(tmp_path):
     cmd = runs.torchrun_command(["gepalib.train", "--run-dir", "x"], 2, tmp_path)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
