@@ -36,8 +36,9 @@ COLORS = {"ours": "#0173b2", "published": "#de8f05", "fit": "#555555"}
 PHASE_COLORS = {"early": "#029e73", "plateau": "#cc78bc", "warmdown": "#56b4e9"}
 PUBLISHED_LABEL = "submission (PR #628)"
 
-# PNG: drop the "Software" key; PDF: drop CreationDate and Producer (both carry versions/time).
-_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
+# PNG: drop the "Software" key; PDF: drop CreationDate, Producer and Creator (they carry the
+# time and the matplotlib version), so the bytes do not change across versions either.
+_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
              "svg": {"Date": None, "Creator": None}}
 
 

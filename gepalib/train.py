@@ -393,7 +393,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
 
     def train_step(step: int, stop: StopFlag, hooks: bool = True) -> tuple[float, bool]:
         """Micro-steps, gradient all-reduce, clip, optimizer steps. ``step`` is 0-based.
-        Returns (global mean loss, stop requested on any rank); raises before updating on NaN."""
+        Returns (global mean loss, stop requested on any rank, None or what was non-finite);
+        nothing is updated when the loss or the gradient norm is non-finite."""
         loss_sum = torch.zeros((), device=dev)
         for _ in range(plan.accum):
             x, y = loader.next_batch(plan.micro_tokens, plan.seq_len)
@@ -409,22 +410,29 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
         extras = torch.stack([loss_sum / plan.accum, torch.tensor(float(stop.signum > 0), device=dev)])
         loss_v, stop_v = reduce_grads(params, extras).tolist()
         if not math.isfinite(loss_v):
-            return loss_v, stop_v > 0
+            return loss_v, stop_v > 0, f"non-finite train loss ({loss_v})"
+        grads = [p for p in params if p.grad is not None]
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], tc.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(grads, tc.grad_clip)
+        else:  # the same check without clipping (the reduced grads are identical on every rank)
+            gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads]))
+        if not math.isfinite(gnorm.item()):
+            return loss_v, stop_v > 0, f"non-finite gradient norm ({gnorm.item()}) at a finite loss ({loss_v:.4f})"
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
-        return loss_v, stop_v > 0
+        return loss_v, stop_v > 0, None
 
     # -- compile warm-up, fully undone (weights, optimizer state, loader, RNG) --
+    warm_signum = 0
     if tc.compile_warmup > 0:
         snap = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers],
                 loader.state_dict(), ckpt.capture_rng())
-        with StopFlag() as dummy:
+        with StopFlag() as warm_stop:  # a signal during warm-up stops the run after its first real step
             for s in range(tc.compile_warmup):
                 set_lr(optimizers, s, tc)
-                train_step(s, dummy, hooks=False)
+                train_step(s, warm_stop, hooks=False)
+        warm_signum = warm_stop.signum
         model.load_state_dict(snap[0])
         for o, st in zip(optimizers, snap[1]):
             o.load_state_dict(st)
@@ -454,8 +462,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
         ckpt.restore_rng(ck["rng"])
         step, train_time = int(ck["step"]), float(ck["train_time"])
         del ck
-    if main and resume:
-        truncate_metrics(rd, step)
+    if main and resume:  # without a checkpoint nothing logged so far survives (not even step 0)
+        truncate_metrics(rd, step if latest is not None else -1)
     dist.barrier()
 
     log = Logger(rd, main, tc.steps, step, tc.progress)
@@ -507,17 +515,19 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
 
         # -- the loop -----------------------------------------------------------------
         stop = StopFlag()
+        stop.signum = warm_signum
         t_log, n_log = 0.0, 0
         with stop:
             while step < tc.steps:
                 t0 = time.perf_counter()
                 f = set_lr(optimizers, step, tc, train_time)
-                loss, stop_req = train_step(step, stop)
-                if not math.isfinite(loss):
+                loss, stop_req, bad = train_step(step, stop)
+                if bad:
                     last = ckpt.latest_checkpoint(rd.checkpoints)
-                    msg = (f"non-finite train loss ({loss}) at step {step + 1}/{tc.steps}; stopped before "
+                    msg = (f"{bad} at step {step + 1}/{tc.steps}; stopped before "
                            f"applying it. Last good checkpoint: {last if last else 'none written yet'}")
-                    log.line(f"step:{step + 1}/{tc.steps} error:non_finite_loss loss:{loss}")
+                    kind = "non_finite_loss" if not math.isfinite(loss) else "non_finite_grad"
+                    log.line(f"step:{step + 1}/{tc.steps} error:{kind} loss:{loss}")
                     log.line(msg)
                     if main:
                         rd.update_summary(train={"status": "failed", "error": msg, "fingerprint": fp})
