@@ -113,7 +113,10 @@ def ttt_lr(c: int, n_chunks: int, base_lr: float, warmup_div: int = 20) -> float
 
 
 def is_frozen(name: str, freeze_blocks: int) -> bool:
-    return any(name.startswith(f"blocks.{i}.") for i in range(freeze_blocks))
+    """SPEC §5: a parameter is frozen when its name contains ``blocks.<i>.`` for i < freeze_blocks.
+    Matched on whole name components, so wrapper prefixes (``_orig_mod.`` of torch.compile,
+    ``module.`` of DDP) still freeze and ``blocks.1.`` never matches ``blocks.11.``."""
+    return any(f".blocks.{i}." in f".{name}" for i in range(freeze_blocks))
 
 
 def trainable_named_params(model: nn.Module, freeze_blocks: int) -> list[tuple[str, nn.Parameter]]:

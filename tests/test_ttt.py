@@ -155,6 +155,18 @@ def test_frozen_blocks_do_not_move(luts):
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_is_frozen_matches_whole_name_components():
+    from gepalib.ttt import is_frozen
+
+    for name in ("blocks.0.attn.c_q.weight", "blocks.1.mlp_scale", "_orig_mod.blocks.1.attn_scale",
+                 "module.blocks.0.resid_mix"):
+        assert is_frozen(name, 2), name
+    for name in ("blocks.2.attn.c_q.weight", "blocks.11.attn.c_q.weight", "blocks.10.mlp_scale",
+                 "tok_emb.weight", "myblocks.0.x", "skip_gates"):
+        assert not is_frozen(name, 2), name
+    assert not is_frozen("blocks.0.attn.c_q.weight", 0)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_ttt_is_causal_bit_exact(luts, optimizer):
     """X and X' differ only at token positions >= p: every loss of a target before p is identical."""
