@@ -59,16 +59,18 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch_cpu"])
+    """Inverse of :func:`capture_rng`; accepts states loaded onto any device (they are moved
+    back to the CPU, where the RNG setters require them)."""
+    torch.set_rng_state(state["torch_cpu"].cpu())
     random.setstate(_to_tuples(state["python"]))
     n = state["numpy"]
     np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "state": {"key": n["key"].cpu().numpy().astype(np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     if "torch_cuda" in state and torch.cuda.is_available():
         cuda_states = state["torch_cuda"]
         if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+            torch.cuda.set_rng_state_all([t.cpu() for t in cuda_states])
 
 
 def _to_lists(x: Any) -> Any:

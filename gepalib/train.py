@@ -269,6 +269,22 @@ def truncate_metrics(rd: RunDir, last_step: int) -> None:
     atomic_write_text(rd.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def check_same_resume_point(latest: Path | None, complete: bool, rd: RunDir, dev: torch.device) -> None:
+    """Every rank must resume from the same checkpoint (or agree the run is complete). Ranks on
+    nodes that do not share the run directory's filesystem would otherwise start from different
+    steps and hang in a collective."""
+    if not dist.active():
+        return
+    s = float(ckpt.CKPT_RE.match(latest.name).group(1)) if latest is not None else -1.0
+    c = float(complete)
+    t = dist.all_reduce_sum(torch.tensor([1.0, s, s * s, c], dtype=torch.float64, device=dev)).tolist()
+    # W * sum(s^2) == (sum s)^2 iff every rank has the same s; sum(c) is 0 or W iff all agree
+    if t[0] * t[2] != t[1] * t[1] or t[3] not in (0.0, t[0]):
+        raise ValueError(f"ranks disagree on where to resume in {rd.path} (this rank: checkpoint "
+                         f"{latest.name if latest else 'none'}, complete={complete}); the run directory "
+                         f"must be on a filesystem that every node shares")
+
+
 # ---------------------------------------------------------------------------
 # Signals
 
@@ -353,8 +369,11 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
             raise ValueError(f"run dir {rd.path} was created with a different config ({diff}); "
                              f"use a new --run-dir, or --no-resume to overwrite it")
     summary = rd.read_summary() if resume else {}
-    if resume and summary.get("train", {}).get("status") == "complete" and rd.ema_weights.exists() \
-            and summary["train"].get("fingerprint") == fp:
+    complete = bool(resume and summary.get("train", {}).get("status") == "complete" and rd.ema_weights.exists()
+                    and summary["train"].get("fingerprint") == fp)
+    latest = ckpt.latest_checkpoint(rd.checkpoints) if resume else None
+    check_same_resume_point(latest, complete, rd, dev)
+    if complete:
         if main:
             print(f"run {rd.path} already complete (steps:{summary['train']['steps']}); nothing to do", flush=True)
         return summary
@@ -445,9 +464,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
     step, train_time = 0, 0.0
 
     # -- resume ---------------------------------------------------------------
-    latest = ckpt.latest_checkpoint(rd.checkpoints) if resume else None
     if latest is not None:
-        ck = ckpt.load_checkpoint(latest, map_location=dev)
+        # Load on the CPU: the RNG states must stay CPU tensors (torch.set_rng_state rejects a
+        # CUDA tensor), and load_state_dict moves model, EMA and optimizer state to their devices.
+        ck = ckpt.load_checkpoint(latest, map_location="cpu")
         if ck.get("fingerprint") != fp:
             raise ValueError(f"checkpoint {latest} belongs to a different config (fingerprint "
                              f"{ck.get('fingerprint')} != {fp}); use --no-resume or a new --run-dir")

@@ -145,3 +145,32 @@ def test_shutdown_exits_cleanly(tmp_path):
                  for r in range(2)]
         logs = [p.communicate(timeout=120)[0].decode() for p in procs]
         assert [p.returncode for p in procs] == [0, 0], f"attempt {attempt}:\n" + "\n".join(logs)
+
+
+def test_ranks_that_see_different_checkpoints_refuse_to_resume(two_process_run, sotu_data_dir, tmp_path):
+    """Two "nodes" whose run directories differ (a run dir not on a shared filesystem): one sees
+    the finished run's checkpoints, the other none. Both fail with a clear message, no hang."""
+    import shutil
+
+    seen = tmp_path / "node0"
+    shutil.copytree(two_process_run[0].path, seen)
+    for name in ("summary.json", "model_ema.pt", "model_live.pt", "checkpoints/step_000016.pt"):
+        (seen / name).unlink()  # as if interrupted after the step-8 checkpoint
+    port = free_port()
+    procs = []
+    for run_dir in (seen, tmp_path / "node1"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"gepa-ck-{port}",
+               "-m", "gepalib.train", "--run-dir", str(run_dir)] + cli_flags(sotu_data_dir)
+        procs.append(subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = []
+    try:
+        for pr in procs:
+            outs.append(pr.communicate(timeout=240)[0])
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.kill()
+    assert all(pr.returncode != 0 for pr in procs), "\n".join(o[-2000:] for o in outs)
+    assert all("ranks disagree on where to resume" in o for o in outs), "\n".join(o[-2000:] for o in outs)
