@@ -1,7 +1,7 @@
 """`gepa data ...`: prepare, download and check datasets (SPEC §1).
 
     gepa data prepare                                 # embedded State of the Union corpus -> data/sotu_sp1024
-    gepa data prepare --source jsonl docs.jsonl --out data/mydocs
+    gepa data prepare --source jsonl docs.jsonl      # your documents -> data/docs_sp1024 (or --out DIR)
     gepa data download --variant sp1024 --train-shards 80   # FineWeb -> data/fineweb10B_sp1024
     gepa data check data/sotu_sp1024 --deep
 """
@@ -22,11 +22,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     else:
         if not args.file:
             raise ValueError("--source jsonl needs a FILE (one JSON object with a 'text' field per line)")
-        if not args.out:
-            raise ValueError("--source jsonl needs --out DIR")
-        m = prepare_jsonl(args.file, args.out, val_docs=args.val_docs, **common)
+        out = args.out or f"data/{jsonl_dataset_name(args.file, args.vocab_size)}"
+        m = prepare_jsonl(args.file, out, val_docs=args.val_docs, **common)
     print("\n".join(summary_lines(m)))
     return 0
+
+
+def jsonl_dataset_name(file: str, vocab_size: int) -> str:
+    """Default dataset directory name for a JSONL file: ``docs.jsonl`` -> ``docs_sp1024``."""
+    from pathlib import Path
+
+    stem = Path(file).name
+    for suffix in (".gz", ".jsonl", ".json"):
+        stem = stem.removesuffix(suffix)
+    return f"{stem or 'jsonl'}_sp{vocab_size}"
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -66,7 +75,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     pp = dsub.add_parser("prepare", help="tokenize the embedded corpus (default) or a JSONL file")
     pp.add_argument("--source", choices=["sotu", "jsonl"], default="sotu")
     pp.add_argument("file", nargs="?", metavar="FILE", help="JSONL file (with --source jsonl)")
-    pp.add_argument("--out", default="", metavar="DIR", help="output directory (default data/sotu_sp1024)")
+    pp.add_argument("--out", default="", metavar="DIR", help="output directory (default data/sotu_sp1024; jsonl: data/<file stem>_sp<vocab>)")
     pp.add_argument("--shard-tokens", type=int, default=1_000_000, metavar="N", help="tokens per shard")
     pp.add_argument("--vocab-size", type=int, default=1024, metavar="V", help="BPE vocabulary size")
     pp.add_argument("--val-docs", type=int, default=0, metavar="N",

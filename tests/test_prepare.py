@@ -176,3 +176,13 @@ def test_cli_prepare_and_check(tmp_path, small_texts, capsys):
     assert gepa(["data", "check", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def test_cli_prepare_jsonl_default_out(tmp_path, small_texts, capsys, monkeypatch):
+    """`gepa data prepare --source jsonl FILE` alone writes data/<file stem>_sp<vocab>/ (under GEPA_HOME)."""
+    monkeypatch.setenv("GEPA_HOME", str(tmp_path))
+    src = _write_jsonl(tmp_path / "my.docs.jsonl", small_texts[:30])
+    assert gepa(["data", "prepare", "--source", "jsonl", str(src), "--vocab-size", "320",
+                 "--shard-tokens", "50000", "--val-docs", "3"]) == 0
+    assert "val.documents: 3" in capsys.readouterr().out
+    assert (tmp_path / "data" / "my.docs_sp320" / "manifest.json").is_file()
