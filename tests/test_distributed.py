@@ -95,15 +95,17 @@ def test_two_processes_match_one_process(two_process_run, one_process_curve):
     assert rd.log.read_text().count("step:4/16 train_loss:") == 1
 
 
-def test_two_node_loopback_c10d_rendezvous(two_process_run, sotu_data_dir, tmp_path):
-    """Two torchrun agents (one process each) meeting through c10d rendezvous on 127.0.0.1."""
-    rd = RunDir(tmp_path / "nodes")
+def two_nodes(run_dirs, data_dir) -> tuple[list[int], list[str]]:
+    """Two torchrun agents (one process each, ``run_dirs[i]`` on "node" i) meeting through c10d
+    rendezvous on 127.0.0.1. Returns their exit codes and outputs."""
     port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"gepa-test-{port}",
-           "-m", "gepalib.train", "--run-dir", str(rd.path)] + cli_flags(sotu_data_dir)
-    procs = [subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = []
+    for run_dir in run_dirs:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"gepa-test-{port}",
+               "-m", "gepalib.train", "--run-dir", str(run_dir)] + cli_flags(data_dir)
+        procs.append(subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
     outs = []
     try:
         for pr in procs:
@@ -112,7 +114,14 @@ def test_two_node_loopback_c10d_rendezvous(two_process_run, sotu_data_dir, tmp_p
         for pr in procs:
             if pr.poll() is None:
                 pr.kill()
-    assert all(pr.returncode == 0 for pr in procs), "\n".join(o[-3000:] for o in outs)
+    return [pr.returncode for pr in procs], outs
+
+
+def test_two_node_loopback_c10d_rendezvous(two_process_run, sotu_data_dir, tmp_path):
+    """Two torchrun agents (one process each) meeting through c10d rendezvous on 127.0.0.1."""
+    rd = RunDir(tmp_path / "nodes")
+    rcs, outs = two_nodes([rd.path, rd.path], sotu_data_dir)
+    assert rcs == [0, 0], "\n".join(o[-3000:] for o in outs)
     s = rd.read_summary()["train"]
     assert s["status"] == "complete" and s["world_size"] == 2
     assert_same_curve(curve(rd), curve(two_process_run[0]))
@@ -149,28 +158,13 @@ def test_shutdown_exits_cleanly(tmp_path):
 
 def test_ranks_that_see_different_checkpoints_refuse_to_resume(two_process_run, sotu_data_dir, tmp_path):
     """Two "nodes" whose run directories differ (a run dir not on a shared filesystem): one sees
-    the finished run's checkpoints, the other none. Both fail with a clear message, no hang."""
+    a step-8 checkpoint, the other none. Both fail with a clear message instead of hanging."""
     import shutil
 
     seen = tmp_path / "node0"
     shutil.copytree(two_process_run[0].path, seen)
     for name in ("summary.json", "model_ema.pt", "model_live.pt", "checkpoints/step_000016.pt"):
         (seen / name).unlink()  # as if interrupted after the step-8 checkpoint
-    port = free_port()
-    procs = []
-    for run_dir in (seen, tmp_path / "node1"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"gepa-ck-{port}",
-               "-m", "gepalib.train", "--run-dir", str(run_dir)] + cli_flags(sotu_data_dir)
-        procs.append(subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
-    outs = []
-    try:
-        for pr in procs:
-            outs.append(pr.communicate(timeout=240)[0])
-    finally:
-        for pr in procs:
-            if pr.poll() is None:
-                pr.kill()
-    assert all(pr.returncode != 0 for pr in procs), "\n".join(o[-2000:] for o in outs)
+    rcs, outs = two_nodes([seen, tmp_path / "node1"], sotu_data_dir)
+    assert all(rc != 0 for rc in rcs), "\n".join(o[-2000:] for o in outs)
     assert all("ranks disagree on where to resume" in o for o in outs), "\n".join(o[-2000:] for o in outs)
