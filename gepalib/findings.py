@@ -22,6 +22,9 @@ agree at this scale". Criteria (defaults):
 * F3 agrees if SGD's mean TTT gain is larger (more negative) than AdamW's.
 * F4 agrees if the best freeze has ≥ 1 frozen block and beats freeze 0.
 * F5 agrees if the TTT share falls as the base improves: Spearman ρ(float bpb, share) > 0.
+* F3, F4 and F5 compare TTT gains, so they also need TTT to help: the winner's (F3, F4)
+  or the mean (F5) gain must be at least ``min_gain`` (1 mBPB). Below that the ranking is
+  noise and the verdict is "does not agree at this scale", saying why.
 
 Where seeds > 1 the verdicts add a Welch t-test p-value (:func:`compare_settings`);
 significance is reported, it does not flip the verdict.
@@ -439,38 +442,50 @@ def verdict_f2(comp: Mapping[str, Any]) -> dict[str, Any]:
                     "artifact size decreases with training length (Spearman ρ < 0)")
 
 
-def verdict_f3(by_opt: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+def _too_small(gain: float, min_gain: float) -> str:
+    """'' when a TTT improvement of ``gain`` bpb (positive = helped) is at least ``min_gain``,
+    else the clause the verdict text adds."""
+    if gain >= min_gain:
+        return ""
+    return f"; the TTT gain {1000 * gain:.2f} mBPB is below {1000 * min_gain:g} mBPB, too small to rank"
+
+
+def verdict_f3(by_opt: Mapping[str, Any], alpha: float = 0.05, min_gain: float = 0.001) -> dict[str, Any]:
     """F3 verdict from :func:`ttt_gain_by_optimizer`: the numerator's (SGD's) mean
-    gain is more negative than the denominator's (AdamW's)."""
+    gain is more negative than the denominator's (AdamW's), and it is at least ``min_gain``."""
     from gepalib import reference as R
 
     num, den = by_opt["numerator"], by_opt["denominator"]
     gn, gd = by_opt["per_optimizer"][num]["mean"], by_opt["per_optimizer"][den]["mean"]
-    agrees = gn < gd
+    small = _too_small(-gn, min_gain)
+    agrees = gn < gd and not small
     ours = (f"{num} {gn:+.4f} vs {den} {gd:+.4f} bpb ({by_opt['ratio']:.2f}×; "
-            f"{significance_text(by_opt['comparison'], alpha)})")
+            f"{significance_text(by_opt['comparison'], alpha)}){small}")
     published = (f"sgd {R.F3_ROWS[1]['float_to_final']:+.3f} vs adamw {R.F3_ROWS[0]['float_to_final']:+.3f} bpb "
                  f"({R.F3_RATIO:.1f}×, one run each)")
     return _verdict("F3", f"{num} beats {den} for legal TTT", agrees, ours, published,
-                    f"{num}'s mean TTT gain is larger than {den}'s")
+                    f"{num}'s mean TTT gain is larger than {den}'s and ≥ {1000 * min_gain:g} mBPB")
 
 
-def verdict_f4(vs_frozen: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
-    """F4 verdict from :func:`ttt_gain_vs_frozen`: freezing ≥1 block beats freeze 0."""
+def verdict_f4(vs_frozen: Mapping[str, Any], alpha: float = 0.05, min_gain: float = 0.001) -> dict[str, Any]:
+    """F4 verdict from :func:`ttt_gain_vs_frozen`: freezing ≥1 block beats freeze 0, with a
+    best gain of at least ``min_gain``."""
     from gepalib import reference as R
 
     per = vs_frozen["per_freeze"]
     if 0 not in per or len(per) < 2:
         raise ValueError(f"verdict_f4 needs freeze-0 runs and at least one other freeze, got {sorted(per)}")
     best = vs_frozen["best_freeze"]
-    agrees = best >= 1 and vs_frozen["best_vs_freeze0"] < 0
+    small = _too_small(-per[best]["mean"], min_gain)
+    agrees = best >= 1 and vs_frozen["best_vs_freeze0"] < 0 and not small
     gains = ", ".join(f"freeze {k}: {v['mean']:+.4f}" for k, v in sorted(per.items()))
     sig = significance_text(vs_frozen["comparison"], alpha) if vs_frozen["comparison"] else "best is freeze 0"
-    ours = f"best freeze {best} ({gains}; {sig})"
+    ours = f"best freeze {best} ({gains}; {sig}){small}"
     published = (f"freeze {R.F4['frozen_blocks']} of {R.F4['num_layers']} blocks "
                  f"(~{R.F4['depth_fraction']:.0%} of depth); qualitative, no ablation numbers")
     return _verdict("F4", "freezing early blocks regularizes TTT", agrees, ours, published,
-                    "the best freeze has ≥1 frozen block and a larger gain than freeze 0")
+                    f"the best freeze has ≥1 frozen block, a larger gain than freeze 0, and ≥ "
+                    f"{1000 * min_gain:g} mBPB")
 
 
 def verdict_f5(share: Mapping[str, Any], min_gain: float = 0.001) -> dict[str, Any]:

@@ -260,6 +260,13 @@ def test_verdicts_follow_the_data():
     with pytest.raises(ValueError, match="freeze-0"):
         F.verdict_f4(F.ttt_gain_vs_frozen([1, 2], [-0.01, -0.02]))
 
+    # the right order but gains of ~0.3 mBPB (what the CPU demo measures): noise, not agreement
+    tiny_gains = F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.00031, -0.00030], "adamw": [-0.0003, -0.00028]}))
+    assert not tiny_gains["agrees"] and "too small to rank" in tiny_gains["ours"]
+    assert F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.00031], "adamw": [-0.0003]}), min_gain=1e-4)["agrees"]
+    f4_tiny = F.verdict_f4(F.ttt_gain_vs_frozen([0, 1], [-0.0002, -0.0003]))
+    assert not f4_tiny["agrees"] and "too small to rank" in f4_tiny["ours"] and "best freeze 1" in f4_tiny["ours"]
+
     rising = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.19, 2.05, 1.9], baseline_bpb=2.5))
     assert not rising["agrees"] and "baseline 2.500" in rising["ours"]
 
