@@ -410,7 +410,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
     amp = lambda: dist.autocast_context(dev, tc.autocast)  # noqa: E731
     nan_at, signal_at = _env_int(NAN_ENV), _env_int(SIGNAL_ENV)
 
-    def train_step(step: int, stop: StopFlag, hooks: bool = True) -> tuple[float, bool]:
+    def train_step(step: int, stop: StopFlag, hooks: bool = True) -> tuple[float, bool, str | None]:
         """Micro-steps, gradient all-reduce, clip, optimizer steps. ``step`` is 0-based.
         Returns (global mean loss, stop requested on any rank, None or what was non-finite);
         nothing is updated when the loss or the gradient norm is non-finite."""
@@ -434,7 +434,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
         if tc.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(grads, tc.grad_clip)
         else:  # the same check without clipping (the reduced grads are identical on every rank)
-            gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads]))
+            gnorm = torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g.grad, dtype=torch.float32) for g in grads]))
         if not math.isfinite(gnorm.item()):
             return loss_v, stop_v > 0, f"non-finite gradient norm ({gnorm.item()}) at a finite loss ({loss_v:.4f})"
         for opt in optimizers:

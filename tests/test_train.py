@@ -180,8 +180,8 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(sotu_data_dir, tmp_pat
         train(micro_cfg(sotu_data_dir), tmp_path / "run2")
 
 
-@pytest.mark.parametrize("grad_clip", [0.3, 0.0])
-def test_nonfinite_gradient_at_finite_loss_stops(sotu_data_dir, tmp_path, monkeypatch, grad_clip):
+@pytest.mark.parametrize("grad_clip,embed_dtype", [(0.3, "float32"), (0.0, "bfloat16")])
+def test_nonfinite_gradient_at_finite_loss_stops(sotu_data_dir, tmp_path, monkeypatch, grad_clip, embed_dtype):
     """An inf gradient with a finite loss is caught too (with and without clipping), before any
     optimizer applies it."""
     import gepalib.train as T
@@ -199,11 +199,11 @@ def test_nonfinite_gradient_at_finite_loss_stops(sotu_data_dir, tmp_path, monkey
     monkeypatch.setattr(T, "reduce_grads", poisoned)
     rd = RunDir(tmp_path / "run")
     with pytest.raises(NonFiniteLoss, match=r"non-finite gradient norm \(inf\) at a finite loss .* at step 3/20"):
-        train(micro_cfg(sotu_data_dir, grad_clip=grad_clip), rd.path)
+        train(micro_cfg(sotu_data_dir, grad_clip=grad_clip, embed_dtype=embed_dtype), rd.path)
     assert "error:non_finite_grad" in rd.log.read_text()
     assert rd.read_summary()["train"]["status"] == "failed"
     # it failed before its first checkpoint: resuming starts over and logs step 0 once, not twice
-    train(micro_cfg(sotu_data_dir, grad_clip=grad_clip), rd.path)
+    train(micro_cfg(sotu_data_dir, grad_clip=grad_clip, embed_dtype=embed_dtype), rd.path)
     steps = [r["step"] for r in rd.read_metrics()]
     assert steps.count(0) == 1 and steps == sorted(steps) and steps[-1] == 20
 
