@@ -130,6 +130,30 @@ def test_compiled_training_matches_eager(sotu_data_dir, tmp_path):
     assert "compile:True" in comp.log.read_text()
 
 
+def test_sigterm_during_compile_warmup_is_kept(sotu_data_dir, tmp_path, monkeypatch):
+    """A SIGTERM (a Slurm preemption) that arrives during the undone warm-up steps is not lost:
+    the run stops after its first real step, with a checkpoint to resume from."""
+    import os
+    import signal
+
+    import gepalib.train as T
+
+    calls = {"n": 0}
+    reduce = T.reduce_grads
+
+    def preempted(params, extras):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first warm-up step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return reduce(params, extras)
+
+    monkeypatch.setattr(T, "reduce_grads", preempted)
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(TrainInterrupted, match="SIGTERM after step 1/20"):
+        train(micro_cfg(sotu_data_dir, compile_warmup=2), rd.path)
+    assert [s for s, _ in ckpt.list_checkpoints(rd.checkpoints)] == [1]
+
+
 def test_ema_is_the_spec_average(sotu_data_dir, tmp_path):
     """One step with decay 0.9: ema = 0.9*init + 0.1*theta_1 (fp32 shadow, cast back to each dtype)."""
     from gepalib.model import GPT
