@@ -653,13 +653,9 @@ def longest_rung_configs(cfg: RunConfig, steps: Sequence[int], warmdown_frac: fl
                          warmdowns: Sequence[int] | None = None) -> list[RunConfig]:
     """The ladder's longest rung, one run per seed (the base models of F1, F3 and F4); the same
     configs as that rung of :func:`ladder_configs`, so the runs are shared."""
-    if not steps:
-        raise ValueError("longest_rung_configs: no steps given")
-    if warmdowns is not None and len(warmdowns) != len(steps):
-        raise ValueError(f"longest_rung_configs: {len(warmdowns)} warmdowns for {len(steps)} ladder steps")
+    ladder = ladder_configs(cfg, steps, warmdown_frac, seeds, val_every, warmdowns)
     i = max(range(len(steps)), key=lambda j: steps[j])
-    return ladder_configs(cfg, [steps[i]], warmdown_frac, seeds, val_every,
-                          None if warmdowns is None else [warmdowns[i]])
+    return ladder[i * len(seeds):(i + 1) * len(seeds)]
 
 
 # The submission's naive-baseline switches (the baseline9 preset's feature flags), applied to any scale.

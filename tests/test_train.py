@@ -26,6 +26,23 @@ def micro_cfg(data_dir, **kw):
     return override(get_preset("tiny"), data_dir=str(data_dir), **{**MICRO, **kw})
 
 
+def after_reduce_grads(monkeypatch, call: int, action) -> None:
+    """Run ``action(params)`` right after the trainer's ``call``-th gradient all-reduce."""
+    import gepalib.train as T
+
+    calls = {"n": 0}
+    reduce = T.reduce_grads
+
+    def hooked(params, extras):
+        out = reduce(params, extras)
+        calls["n"] += 1
+        if calls["n"] == call:
+            action(params)
+        return out
+
+    monkeypatch.setattr(T, "reduce_grads", hooked)
+
+
 def no_timing(rows):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
@@ -136,18 +153,7 @@ def test_sigterm_during_compile_warmup_is_kept(sotu_data_dir, tmp_path, monkeypa
     import os
     import signal
 
-    import gepalib.train as T
-
-    calls = {"n": 0}
-    reduce = T.reduce_grads
-
-    def preempted(params, extras):
-        calls["n"] += 1
-        if calls["n"] == 1:  # the first warm-up step
-            os.kill(os.getpid(), signal.SIGTERM)
-        return reduce(params, extras)
-
-    monkeypatch.setattr(T, "reduce_grads", preempted)
+    after_reduce_grads(monkeypatch, 1, lambda params: os.kill(os.getpid(), signal.SIGTERM))  # 1st warm-up step
     rd = RunDir(tmp_path / "run")
     with pytest.raises(TrainInterrupted, match="SIGTERM after step 1/20"):
         train(micro_cfg(sotu_data_dir, compile_warmup=2), rd.path)
@@ -208,19 +214,10 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(sotu_data_dir, tmp_pat
 def test_nonfinite_gradient_at_finite_loss_stops(sotu_data_dir, tmp_path, monkeypatch, grad_clip, embed_dtype):
     """An inf gradient with a finite loss is caught too (with and without clipping), before any
     optimizer applies it."""
-    import gepalib.train as T
+    def poison(params):
+        params[-1].grad.view(-1)[0] = float("inf")
 
-    calls = {"n": 0}
-    reduce = T.reduce_grads
-
-    def poisoned(params, extras):
-        out = reduce(params, extras)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            params[-1].grad.view(-1)[0] = float("inf")
-        return out
-
-    monkeypatch.setattr(T, "reduce_grads", poisoned)
+    after_reduce_grads(monkeypatch, 3, poison)
     rd = RunDir(tmp_path / "run")
     with pytest.raises(NonFiniteLoss, match=r"non-finite gradient norm \(inf\) at a finite loss .* at step 3/20"):
         train(micro_cfg(sotu_data_dir, grad_clip=grad_clip, embed_dtype=embed_dtype), rd.path)
