@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gepalib import artifact as A  # noqa: E402
+from gepalib.quant import artifact as A  # noqa: E402
 from gepalib.config import QuantConfig, get_preset  # noqa: E402
 from gepalib.model import GPT  # noqa: E402
-from gepalib.quant import is_control, quantize_state_dict  # noqa: E402
+from gepalib.quant.gptq import is_control, quantize_state_dict  # noqa: E402
 
 
 def model_shapes(cfg) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                                   "sigma=0.25 (0.5 tok_emb); see module docstring",
            "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    from gepalib.rundir import atomic_write_json
+    from gepalib.fsio import atomic_write_json
 
     atomic_write_json(args.out, out)
     print(f"\nwrote {args.out}")

@@ -63,10 +63,10 @@ def measure(preset: str, n_targets: int, ttt_chunks: int, ttt_chunk_tokens: int 
     """Timings of every mode in this process (rank 0 returns the row; all ranks take part).
     The three evaluations are interleaved ``reps`` times and each keeps its fastest run."""
     from gepalib import dist
-    from gepalib.evaluate import eval_nonoverlapping, eval_sliding
+    from gepalib.eval.windows import eval_nonoverlapping, eval_sliding
     from gepalib.model import GPT
-    from gepalib.streaming import eval_streaming
-    from gepalib.ttt import run_ttt
+    from gepalib.eval.streaming import eval_streaming
+    from gepalib.eval.ttt import run_ttt
 
     cfg = override(get_preset(preset), device="cpu")
     if ttt_chunk_tokens:
@@ -222,7 +222,7 @@ def main() -> int:
               f"(target <= +0.005: {'PASS' if rb['target_bpb_ok'] else 'FAIL'})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from gepalib.rundir import atomic_write_json
+    from gepalib.fsio import atomic_write_json
 
     atomic_write_json(out, result)
     print(f"wrote {out}")

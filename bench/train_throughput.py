@@ -135,7 +135,7 @@ def worker_plain(a: argparse.Namespace) -> None:
     ``warmup`` steps of linear warm-up, then cosine to 10% over the step or wall-clock budget."""
     from gepalib.bpb import build_byte_luts
     from gepalib.data import TrainLoader, load_val_tokens
-    from gepalib.evaluate import eval_nonoverlapping
+    from gepalib.eval.windows import eval_nonoverlapping
 
     cfg = json.loads(a.cfg_json)
     cfg = get_preset(cfg.pop("preset"), **cfg)

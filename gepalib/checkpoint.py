@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gepalib.rundir import atomic_torch_save
+from gepalib.fsio import atomic_torch_save
 
 CKPT_RE = re.compile(r"^step_(\d{6,})\.pt$")
 FORMAT = "gepalib-train-ckpt-v1"

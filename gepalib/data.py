@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gepalib.rundir import atomic_write_bytes
+from gepalib.fsio import atomic_write_bytes
 
 MAGIC = 20240520
 VERSION = 1

@@ -28,7 +28,7 @@ from typing import Any
 
 from gepalib.config import resolve_path
 from gepalib.data import ShardError, load_tokenizer, read_shard, sha256_file
-from gepalib.rundir import atomic_write_json
+from gepalib.fsio import atomic_write_json
 
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"

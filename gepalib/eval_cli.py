@@ -23,7 +23,7 @@ import torch
 
 from gepalib import dist
 from gepalib.config import RunConfig, override, resolve_path
-from gepalib.evaluate import EvalResult
+from gepalib.eval.windows import EvalResult
 from gepalib.rundir import RunDir, format_ledger
 
 WEIGHTS = ("artifact", "ema", "live")
@@ -83,7 +83,7 @@ def load_weights(rd: RunDir, weights: str) -> dict[str, torch.Tensor]:
         if not rd.artifact.exists():
             raise FileNotFoundError(f"{rd.artifact} does not exist; create it with `gepa quantize {rd.path}` "
                                     f"(or evaluate the float weights with --weights ema)")
-        from gepalib.artifact import load_artifact_state_dict
+        from gepalib.quant.artifact import load_artifact_state_dict
 
         return load_artifact_state_dict(rd.artifact)
     path = rd.ema_weights if weights == "ema" else rd.live_weights
@@ -116,9 +116,9 @@ def evaluate_run(run_dir, *, sliding: bool = False, ttt: bool = False, streaming
     ``record=True``) writes the rows into the run's summary.json stage ledger."""
     from gepalib.bpb import build_byte_luts
     from gepalib.data import load_val_tokens
-    from gepalib.evaluate import eval_nonoverlapping, eval_sliding
-    from gepalib.streaming import eval_streaming
-    from gepalib.ttt import run_ttt
+    from gepalib.eval.windows import eval_nonoverlapping, eval_sliding
+    from gepalib.eval.streaming import eval_streaming
+    from gepalib.eval.ttt import run_ttt
 
     if weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r}; choose one of {WEIGHTS}")

@@ -39,7 +39,7 @@ import numpy as np
 
 from gepalib.config import resolve_path
 from gepalib.data import check_manifest_files, sha256_file, write_shard
-from gepalib.rundir import atomic_write_bytes, atomic_write_json
+from gepalib.fsio import atomic_write_bytes, atomic_write_json
 
 FORMAT = "gepalib-dataset"
 SOURCES = ("sotu", "jsonl")  # manifests of these kinds may be replaced by a rebuild

@@ -27,9 +27,9 @@ import dataclasses
 import time
 from typing import Any
 
-from gepalib import artifact as A
+from gepalib.quant import artifact as A
 from gepalib.config import RunConfig, override, resolve_path
-from gepalib.quant import quantize_state_dict
+from gepalib.quant.gptq import quantize_state_dict
 
 WEIGHT_FIELDS = ("quant_mode", "quant_embed", "passthrough_numel")  # quant fields that change the weights
 REPORTS = ("none", "fast", "full")
@@ -98,7 +98,7 @@ def roundtrip_eval(rd, run_cfg: RunConfig, cfg: RunConfig, info: A.ArtifactInfo,
     from gepalib.bpb import build_byte_luts
     from gepalib.data import load_val_tokens
     from gepalib.eval_cli import build_model
-    from gepalib.evaluate import eval_nonoverlapping
+    from gepalib.eval.windows import eval_nonoverlapping
 
     device = dist.pick_device(cfg.train.device)
     sd = A.load_artifact_state_dict(rd.artifact)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gepalib.config import project_root, resolve_path
-from gepalib.rundir import atomic_write_json, atomic_write_text
+from gepalib.fsio import atomic_write_json, atomic_write_text
 
 NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
              "12_sgd_vs_adamw", "13_freezing", "14_ttt_share")

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from gepalib.config import FIELD_INDEX, RunConfig, override, project_root, resolve_path
-from gepalib.rundir import RunDir, atomic_write_text
+from gepalib.rundir import RunDir
+from gepalib.fsio import atomic_write_text
 
 # Part of the run's identity: everything that decides its weights and its artifact.
 KEY_SECTIONS = ("data", "model", "train", "quant")

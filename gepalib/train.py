@@ -49,7 +49,8 @@ from gepalib import checkpoint as ckpt
 from gepalib import dist
 from gepalib.config import RunConfig, get_preset, load_config, override, resolve_path
 from gepalib.optim import build_optimizers, format_group_table, set_lr
-from gepalib.rundir import RunDir, atomic_torch_save, atomic_write_json, atomic_write_text
+from gepalib.rundir import RunDir
+from gepalib.fsio import atomic_torch_save, atomic_write_json, atomic_write_text
 
 NAN_ENV = "GEPA_INJECT_NAN_AT_STEP"
 SIGNAL_ENV = "GEPA_SIGNAL_AT_STEP"
@@ -351,7 +352,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
     """
     from gepalib.bpb import build_byte_luts
     from gepalib.data import TrainLoader, load_val_tokens
-    from gepalib.evaluate import eval_nonoverlapping
+    from gepalib.eval.windows import eval_nonoverlapping
     from gepalib.model import GPT
 
     info = dist.init(cfg.train.device)

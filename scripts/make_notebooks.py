@@ -62,8 +62,8 @@ FULL_ADAMW = {"adamw": {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs":
 FULL_TTT_VAL = {"ttt_val_tokens": 8388608}
 
 SETUP = '''from gepalib import findings as F
-from gepalib import plots as P
-from gepalib import reference as R
+from gepalib.findings import plots as P
+from gepalib.findings import reference as R
 from gepalib import runs
 from gepalib.reproduce import save_finding
 
@@ -169,7 +169,7 @@ Uses the run of `01_train` (same parameters → same run).
 rd = runs.launch(cfg, nproc=nproc, runs_root=runs_root)
 runs.quantize(rd)'''),
         md("## Size ledger and compression report"),
-        code('''from gepalib import artifact as A
+        code('''from gepalib.quant import artifact as A
 
 ledger = A.size_ledger(runs.artifact_bytes(rd), A.code_bytes(cfg.quant.compressor))
 print("\\n".join(A.kv_lines(ledger, "size.")))

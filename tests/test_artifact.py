@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from gepalib import artifact as A
+from gepalib.quant import artifact as A
 from gepalib.config import QuantConfig, get_preset
-from gepalib.quant import PTensor, QTensor, dequantize, quantize_state_dict
+from gepalib.quant.gptq import PTensor, QTensor, dequantize, quantize_state_dict
 
 
 def small_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -284,13 +284,13 @@ def test_size_ledger_matches_the_submission():
 
 def test_code_bytes_are_the_source_files():
     cb = A.code_bytes("zstd")
-    root = os.path.dirname(os.path.dirname(A.__file__))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(A.__file__)))
     assert set(cb["files"]) == set(A.CODE_FILES)
     for f, n in cb["files"].items():
         assert n == os.path.getsize(os.path.join(root, f))
     assert cb["total"] == sum(cb["files"].values())
     rans = A.code_bytes("rans")
-    assert rans["total"] == cb["total"] + os.path.getsize(os.path.join(root, "gepalib/entropy.py"))
+    assert rans["total"] == cb["total"] + os.path.getsize(os.path.join(root, "gepalib/quant/entropy.py"))
     assert cb["package_bytes"] >= rans["total"]
 
 
@@ -337,7 +337,8 @@ def test_gepa11_state_dict_whole_path(tmp_path):
 def test_quantize_cli_roundtrip_and_artifact_cli(tmp_path, tiny_shards_dir, capsys):
     from gepalib.cli import main
     from gepalib.model import GPT
-    from gepalib.rundir import RunDir, atomic_torch_save, atomic_write_json
+    from gepalib.rundir import RunDir
+    from gepalib.fsio import atomic_torch_save, atomic_write_json
 
     cfg = get_preset("tiny", data_dir=str(tiny_shards_dir), val_tokens=1024, device="cpu")
     rd = RunDir(tmp_path / "run")
@@ -381,7 +382,7 @@ def test_quantize_cli_roundtrip_and_artifact_cli(tmp_path, tiny_shards_dir, caps
 
 
 def test_rans_row_clusters_pay_off_on_structured_rows():
-    from gepalib import entropy
+    from gepalib.quant import entropy
 
     rng = np.random.default_rng(2)
     wide = np.clip(np.round(rng.standard_t(5, size=(128, 256)) * 6), -32, 31)
@@ -398,7 +399,7 @@ def test_rans_row_clusters_pay_off_on_structured_rows():
 
 
 def test_rans_constant_and_tiny_tensors():
-    from gepalib import entropy
+    from gepalib.quant import entropy
 
     codes = [np.zeros((5, 7), np.int8), np.full((3, 4), -32, np.int8), np.array([[31]], np.int8),
              np.array([[0, 1], [1, 0]], np.int8)]

@@ -14,7 +14,7 @@ import torch
 
 from gepalib.bpb import build_byte_luts
 from gepalib.config import get_preset, override
-from gepalib.evaluate import eval_nonoverlapping, eval_sliding, plan_sliding_windows
+from gepalib.eval.windows import eval_nonoverlapping, eval_sliding, plan_sliding_windows
 from gepalib.model import GPT
 
 SPACE = "\u2581"
@@ -280,7 +280,8 @@ def test_doc_bytes_equal_utf8_length_official(official_tokenizer_path):
 
 @pytest.fixture()
 def run_dir(tmp_path, sotu_data_dir):
-    from gepalib.rundir import RunDir, atomic_torch_save, atomic_write_text
+    from gepalib.rundir import RunDir
+    from gepalib.fsio import atomic_torch_save, atomic_write_text
 
     cfg = override(get_preset("tiny"), num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_hidden=128,
                    rope_dims=8, bigram_dim=16, ve_dim=16, ve_layers=(1,), xsa_last_n=1, seq_len=64,
@@ -294,9 +295,9 @@ def run_dir(tmp_path, sotu_data_dir):
 
 
 def test_eval_cli_records_stages(run_dir, capsys):
-    from gepalib.artifact import save_artifact
+    from gepalib.quant.artifact import save_artifact
     from gepalib.cli import main
-    from gepalib.quant import quantize_state_dict
+    from gepalib.quant.gptq import quantize_state_dict
 
     rd, cfg, m = run_dir
     assert main(["eval", str(rd.path)]) == 2  # no artifact yet

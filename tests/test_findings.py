@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from gepalib import findings as F
-from gepalib import reference as R
+from gepalib.findings import reference as R
 
 
 def published_trajectory():

@@ -1,9 +1,9 @@
-"""gepalib.plots: every figure helper draws, saving is atomic and byte-stable."""
+"""gepalib.findings.plots: every figure helper draws, saving is atomic and byte-stable."""
 import numpy as np
 import pytest
 
 from gepalib import findings as F
-from gepalib import plots as P
+from gepalib.findings import plots as P
 
 
 @pytest.fixture(autouse=True)

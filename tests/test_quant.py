@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gepalib.config import QuantConfig
-from gepalib.quant import (PTensor, QTensor, dequantize, entropy_bounds, quantize_state_dict,
+from gepalib.quant.gptq import (PTensor, QTensor, dequantize, entropy_bounds, quantize_state_dict,
                            gptq_lite_faithful, gptq_lite_per_row)
 
 # SPEC §4, written out again on purpose (not imported).
@@ -191,7 +191,7 @@ def test_entropy_bounds_by_hand():
     qt = QTensor(q, torch.ones(3, dtype=torch.float16), (3, 4), "float32")
     pt = PTensor(torch.ones(10), "float32")
     qm = type("QM", (), {})()
-    from gepalib.quant import QuantizedModel
+    from gepalib.quant.gptq import QuantizedModel
 
     qm = QuantizedModel({"a": qt, "b": pt})
     b = entropy_bounds(qm)

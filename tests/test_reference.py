@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from gepalib import reference as R
+from gepalib.findings import reference as R
 
 MIB = 2**20
 

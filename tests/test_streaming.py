@@ -18,7 +18,7 @@ import gepalib.model as model_mod
 from gepalib.bpb import stream_bytes
 from gepalib.config import get_preset, override
 from gepalib.model import GPT
-from gepalib.streaming import eval_streaming, exact_prefix
+from gepalib.eval.streaming import eval_streaming, exact_prefix
 
 
 def tiny_model(seed: int = 0, **kw) -> GPT:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from gepalib.config import get_preset, override
-from gepalib.evaluate import eval_sliding, plan_sliding_windows
+from gepalib.eval.windows import eval_sliding, plan_sliding_windows
 from gepalib.model import GPT
-from gepalib.ttt import (TTTHooks, chunk_bounds, chunk_train_seqs, n_chunks_for, run_ttt, trainable_named_params,
+from gepalib.eval.ttt import (TTTHooks, chunk_bounds, chunk_train_seqs, n_chunks_for, run_ttt, trainable_named_params,
                          ttt_lr, windows_by_chunk)
 
 T, STRIDE, C = 32, 8, 64  # window, stride, chunk: 64 targets per chunk = 8 windows, 2 training sequences
@@ -156,7 +156,7 @@ def test_frozen_blocks_do_not_move(luts):
 
 
 def test_is_frozen_matches_whole_name_components():
-    from gepalib.ttt import is_frozen
+    from gepalib.eval.ttt import is_frozen
 
     for name in ("blocks.0.attn.c_q.weight", "blocks.1.mlp_scale", "_orig_mod.blocks.1.attn_scale",
                  "module.blocks.0.resid_mix"):
@@ -218,7 +218,7 @@ def test_reset_per_doc(luts):
 
 
 def test_streaming_scoring_option(luts):
-    from gepalib.streaming import eval_streaming
+    from gepalib.eval.streaming import eval_streaming
 
     cfg = tiny_cfg(ttt_scoring="streaming", ttt_epochs=0)
     model = tiny_model(cfg)
@@ -253,9 +253,9 @@ torch.set_num_threads(1)
 from test_ttt import tiny_cfg, tiny_model, stream, C, T, STRIDE
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
-from gepalib.evaluate import eval_nonoverlapping, eval_sliding
-from gepalib.streaming import eval_streaming
-from gepalib.ttt import run_ttt
+from gepalib.eval.windows import eval_nonoverlapping, eval_sliding
+from gepalib.eval.streaming import eval_streaming
+from gepalib.eval.ttt import run_ttt
 info = dist.init("cpu")
 luts = build_byte_luts(sys.argv[2], 1024)
 cfg = tiny_cfg(ttt_batch_seqs=1, ttt_epochs=2)
@@ -281,8 +281,8 @@ def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
     import sys
     from pathlib import Path
 
-    from gepalib.evaluate import eval_nonoverlapping
-    from gepalib.streaming import eval_streaming
+    from gepalib.eval.windows import eval_nonoverlapping
+    from gepalib.eval.streaming import eval_streaming
 
     script = tmp_path / "worker.py"
     script.write_text(DIST_SCRIPT)

@@ -1,7 +1,7 @@
 """The five findings of the submission (SPEC §6) as pure functions.
 
 Numbers in, numbers/dicts out; no I/O, no plotting. The same functions turn
-the published tables (:mod:`gepalib.reference`) into the published derived
+the published tables (:mod:`gepalib.findings.reference`) into the published derived
 numbers and turn our own runs into ours, so the two are computed alike.
 
 Conventions:
@@ -382,7 +382,7 @@ def ttt_share(float_bpb: Any, final_bpb: Any, baseline_bpb: float | None = None)
     as the base improves; needs ≥2 bases).
     """
     if baseline_bpb is None:
-        from gepalib.reference import NAIVE_BASELINE_BPB as baseline_bpb
+        from gepalib.findings.reference import NAIVE_BASELINE_BPB as baseline_bpb
     f, fin = _paired(float_bpb, final_bpb, "float_bpb", "final_bpb")
     total = baseline_bpb - fin
     if np.any(total <= 0):
@@ -406,7 +406,7 @@ def _verdict(finding: str, title: str, agrees: bool, ours: str, published: str, 
 
 
 def _published_f1() -> str:
-    from gepalib import reference as R
+    from gepalib.findings import reference as R
 
     p = {r["phase"]: r["rate_mbpb_per_kstep"] for r in R.F1_PHASES}
     return f"warmdown {p['warmdown']:+.1f} vs plateau {p['plateau']:+.1f} mBPB/kstep (≈{R.F1_RATIO:.0f}×)"
@@ -428,7 +428,7 @@ def verdict_f1(rates: Mapping[str, Any], threshold: float = 2.0) -> dict[str, An
 
 def verdict_f2(comp: Mapping[str, Any]) -> dict[str, Any]:
     """F2 verdict from :func:`compressibility`: Spearman ρ(steps, artifact size) < 0."""
-    from gepalib import reference as R
+    from gepalib.findings import reference as R
 
     rho = comp["spearman_steps"]
     agrees = not math.isnan(rho) and rho < 0
@@ -453,7 +453,7 @@ def _too_small(gain: float, min_gain: float) -> str:
 def verdict_f3(by_opt: Mapping[str, Any], alpha: float = 0.05, min_gain: float = 0.001) -> dict[str, Any]:
     """F3 verdict from :func:`ttt_gain_by_optimizer`: the numerator's (SGD's) mean
     gain is more negative than the denominator's (AdamW's), and it is at least ``min_gain``."""
-    from gepalib import reference as R
+    from gepalib.findings import reference as R
 
     num, den = by_opt["numerator"], by_opt["denominator"]
     gn, gd = by_opt["per_optimizer"][num]["mean"], by_opt["per_optimizer"][den]["mean"]
@@ -470,7 +470,7 @@ def verdict_f3(by_opt: Mapping[str, Any], alpha: float = 0.05, min_gain: float =
 def verdict_f4(vs_frozen: Mapping[str, Any], alpha: float = 0.05, min_gain: float = 0.001) -> dict[str, Any]:
     """F4 verdict from :func:`ttt_gain_vs_frozen`: freezing ≥1 block beats freeze 0, with a
     best gain of at least ``min_gain``."""
-    from gepalib import reference as R
+    from gepalib.findings import reference as R
 
     per = vs_frozen["per_freeze"]
     if 0 not in per or len(per) < 2:
@@ -492,7 +492,7 @@ def verdict_f5(share: Mapping[str, Any], min_gain: float = 0.001) -> dict[str, A
     """F5 verdict from :func:`ttt_share`: Spearman ρ(float bpb, share) > 0, and TTT must
     actually help: the mean TTT gain must be at least ``min_gain`` bpb (1 mBPB), else a
     trend in shares that are all ~0 is noise and the verdict is "does not agree"."""
-    from gepalib import reference as R
+    from gepalib.findings import reference as R
 
     sv = share["share_vs_float"]
     if sv is None:
@@ -532,7 +532,7 @@ def findings_markdown(verdicts: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _published_f2() -> dict[str, Any]:
-    from gepalib import reference as R
+    from gepalib.findings import reference as R
 
     rows = R.F2_ROWS
     return compressibility([r["steps"] for r in rows], [r["artifact_mib"] * R.MIB for r in rows],
@@ -540,8 +540,8 @@ def _published_f2() -> dict[str, Any]:
 
 
 def published_results() -> dict[str, Any]:
-    """Every finding computed from :mod:`gepalib.reference`'s tables."""
-    from gepalib import reference as R
+    """Every finding computed from :mod:`gepalib.findings.reference`'s tables."""
+    from gepalib.findings import reference as R
 
     st, bp = zip(*R.TRAJECTORY)
     f3 = {"sgd": R.F3_ROWS[1]["float_to_final"], "adamw": R.F3_ROWS[0]["float_to_final"]}  # PR #461 vs #456

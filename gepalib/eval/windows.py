@@ -1,6 +1,6 @@
 """Validation scoring in bits per byte (SPEC §1 BPB, §5 sliding window).
 
-Conventions used throughout (and by gepalib.ttt / gepalib.streaming):
+Conventions used throughout (and by gepalib.eval.ttt / gepalib.eval.streaming):
 
 * ``val_tokens`` is a 1-D int64 tensor of N+1 tokens; **target i** (0 <= i < N) is
   ``val_tokens[i+1]`` predicted from ``val_tokens[:i+1]``; its "previous token" for the

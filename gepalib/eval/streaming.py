@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gepalib import dist
-from gepalib.evaluate import (EvalResult, Sums, check_val_tokens, eval_mode, make_result, model_device,
+from gepalib.eval.windows import (EvalResult, Sums, check_val_tokens, eval_mode, make_result, model_device,
                               target_byte_counts)
 from gepalib.model import apply_rope, rms_norm, rope_base_for, xsa
 

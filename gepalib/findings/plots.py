@@ -3,7 +3,7 @@
 One style (:func:`set_style`), one colour per source (:data:`COLORS`: ours,
 published), one figure helper per finding, each returning a matplotlib Figure
 whose panels read "ours" / "submission (PR #628)". The numbers come from
-:mod:`gepalib.findings` results and :mod:`gepalib.reference` (SPEC §6); this
+:mod:`gepalib.findings` results and :mod:`gepalib.findings.reference` (SPEC §6); this
 module computes nothing it has to be trusted on.
 
 :func:`save_figure` writes PNG and PDF atomically with no timestamps or
@@ -28,8 +28,8 @@ if ("MPLBACKEND" not in os.environ and not os.environ.get("DISPLAY")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gepalib import findings as F  # noqa: E402
-from gepalib import reference as R  # noqa: E402
+from gepalib.findings import analysis as F  # noqa: E402
+from gepalib.findings import reference as R  # noqa: E402
 
 # Colour-blind-safe (seaborn "colorblind" palette entries), fixed so every figure agrees.
 COLORS = {"ours": "#0173b2", "published": "#de8f05", "fit": "#555555"}
@@ -296,7 +296,7 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | os.PathLike = "figure
     checkout, see :func:`gepalib.config.resolve_path`). Returns the paths written.
     """
     from gepalib.config import resolve_path
-    from gepalib.rundir import atomic_write_bytes
+    from gepalib.fsio import atomic_write_bytes
 
     if not _NAME_RE.match(name) or name.lower().endswith(tuple(f".{f}" for f in _METADATA)):
         raise ValueError(f"save_figure: bad figure name {name!r} (letters, digits, _ . -; no extension, no '/')")

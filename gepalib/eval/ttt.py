@@ -2,7 +2,7 @@
 
 The validation targets are cut into chunks of C = ``ttt_chunk_tokens`` targets
 (chunk c = targets [cC, min((c+1)C, N)); target i is val[i+1]). A sliding window
-(:func:`gepalib.evaluate.plan_sliding_windows`) belongs to the chunk of its first scored
+(:func:`gepalib.eval.windows.plan_sliding_windows`) belongs to the chunk of its first scored
 target. For c = 0, 1, ...:
 
 1. **Score** the chunk's windows with the current weights (eval + inference mode, windows
@@ -34,7 +34,7 @@ always scored by weights adapted only on the document that contains its first ta
 The LR schedule keeps following the global chunk index.
 
 ``ttt_scoring="streaming"`` scores each chunk's targets [cC, min((c+1)C, N)) with the
-banded-attention evaluator of gepalib.streaming instead of its sliding windows.
+banded-attention evaluator of gepalib.eval.streaming instead of its sliding windows.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from gepalib import dist
 from gepalib.config import EvalConfig, TTTConfig
-from gepalib.evaluate import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
+from gepalib.eval.windows import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
                               plan_sliding_windows, score_windows)
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -269,7 +269,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
         plan = plan_sliding_windows(N, seq_len, stride, ecfg.tail_rescore)
         chunk_windows = windows_by_chunk(plan, C)
     else:
-        from gepalib import streaming
+        from gepalib.eval import streaming
         plan, chunk_windows = None, None
     rank, world = _rank_world()
 

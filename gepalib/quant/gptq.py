@@ -1,8 +1,7 @@
 """int6 per-row GPTQ-lite quantization of a state dict (SPEC §4).
 
 Pure functions: ``state dict -> QuantizedModel -> state dict``. The byte-level
-artifact (container, compressors, validation) lives in :mod:`gepalib.artifact`;
-its public functions are re-exported here (``quant.save_artifact`` etc.).
+artifact (container, compressors, validation) lives in :mod:`gepalib.quant.artifact`;
 
 Walk the state dict in order (SPEC §4):
 
@@ -328,19 +327,3 @@ def entropy_bounds(qm: QuantizedModel) -> dict:
         "per_row_bound_bytes": (row_bits + desc_bits) / 8 + other,
         "tensors": per_tensor,
     }
-
-
-# ---------------------------------------------------------------------------
-# Re-exports from gepalib.artifact (lazy: artifact imports this module).
-
-_ARTIFACT_API = ("ArtifactInfo", "save_artifact", "load_artifact", "load_artifact_state_dict",
-                 "compression_report", "code_bytes", "size_ledger", "artifact_bytes",
-                 "artifact_from_bytes")
-
-
-def __getattr__(name: str):
-    if name in _ARTIFACT_API:
-        from gepalib import artifact
-
-        return getattr(artifact, name)
-    raise AttributeError(f"module 'gepalib.quant' has no attribute {name!r}")
