@@ -1,4 +1,4 @@
-"""Byte accounting for val_bpb (SPEC §1 "BPB").
+"""Byte accounting for val_bpb (see docs/data.md).
 
 Three lookup tables over token ids:
 

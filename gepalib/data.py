@@ -1,4 +1,4 @@
-"""The challenge's token shards and the two loaders built on them (SPEC §1).
+"""The challenge's token shards and the two loaders built on them (see docs/data.md).
 
 Shard format: a 1024-byte header of 256 little-endian int32 (magic 20240520,
 version 1, token count N, the rest 0), then N little-endian uint16 token ids.
@@ -126,7 +126,7 @@ def list_shards(data_dir: str | os.PathLike, split: str, limit: int = 0) -> list
 
 
 def val_keep(n_tokens: int, seq_len: int, max_targets: int = 0) -> int:
-    """Tokens kept by SPEC §1's truncation rule (optionally capped at ``max_targets`` targets)."""
+    """Tokens kept by the validation truncation rule (optionally capped at ``max_targets`` targets)."""
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     keep = ((n_tokens - 1) // seq_len) * seq_len + 1 if n_tokens > 0 else 0
@@ -137,7 +137,7 @@ def val_keep(n_tokens: int, seq_len: int, max_targets: int = 0) -> int:
 
 def load_val_tokens(data_dir: str | os.PathLike, seq_len: int, vocab_size: int | None = None,
                     max_targets: int = 0) -> torch.Tensor:
-    """All val shards concatenated in sorted order and truncated (SPEC §1); int64, 1-D."""
+    """All val shards concatenated in sorted order and truncated (docs/data.md); int64, 1-D."""
     shards = list_shards(data_dir, "val")
     if not shards:
         raise FileNotFoundError(f"no validation shards (*_val_NNNNNN.bin) in {data_dir}")
@@ -167,7 +167,7 @@ def load_val_tokens(data_dir: str | os.PathLike, seq_len: int, vocab_size: int |
 
 
 class TrainLoader:
-    """The deterministic train token stream of SPEC §1, sliced per rank.
+    """The deterministic train token stream (docs/data.md), sliced per rank.
 
     The stream is the infinite concatenation shard0, shard1, ..., shardK-1,
     shard0, ... (sorted names, first ``train_shards`` if > 0). Each

@@ -1,4 +1,4 @@
-"""Download the challenge's FineWeb shards from the Hugging Face Hub (SPEC §1 "Files").
+"""Download the challenge's FineWeb shards from the Hugging Face Hub (see docs/data.md).
 
 Layout of the published dataset repo (``willdepueoai/parameter-golf``, a
 *dataset* repo), all under ``datasets/``::

@@ -1,4 +1,4 @@
-"""Build a challenge-format dataset from text (SPEC §1 "Export rule").
+"""Build a challenge-format dataset from text (see docs/data.md).
 
 Two sources:
 
@@ -47,7 +47,7 @@ PREPARE_VERSION = 1
 BOS_ID = 1
 
 # The challenge's SentencePiece builder settings (data/download_hf_docs_and_tokenize.py),
-# with byte_fallback off as in the published fineweb_1024_bpe.model (SPEC §1 "Tokenizer facts").
+# with byte_fallback off as in the published fineweb_1024_bpe.model (docs/data.md, "Tokenizer").
 TRAINER_SETTINGS: dict[str, Any] = {
     "model_type": "bpe",
     "character_coverage": 0.999,

@@ -1,4 +1,4 @@
-"""Byte accounting (SPEC §1 "BPB"): lookup tables, the "▁" rule, and bytes == UTF-8 length of the text."""
+"""Byte accounting (docs/data.md): lookup tables, the "▁" rule, and bytes == UTF-8 length of the text."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ SP = "\u2581"
 
 
 def _reference_luts(sp, V):
-    """Obvious per-id reference of SPEC §1's three tables, as Python lists."""
+    """Obvious per-id reference of the three byte tables, as Python lists."""
     B, L, Z = [0] * V, [False] * V, [True] * V
     for t in range(sp.get_piece_size()):
         kind_boundary = sp.is_control(t) or sp.is_unknown(t) or sp.is_unused(t)
@@ -71,7 +71,7 @@ def test_official_tokenizer_facts(official_tokenizer_path):
     sp = load_tokenizer(official_tokenizer_path)
     luts = build_byte_luts(official_tokenizer_path, 1024)
     assert sp.get_piece_size() == 1024
-    assert int(luts.has_leading_space.sum()) == 476  # SPEC §1
+    assert int(luts.has_leading_space.sum()) == 476  # pieces starting with "▁" (docs/data.md)
     assert sp.id_to_piece(940) == SP and luts.base_bytes[940] == 0 and luts.has_leading_space[940]
     assert not any(sp.is_byte(t) for t in range(1024))
     assert luts.is_boundary.tolist() == [t < 4 for t in range(1024)]
@@ -150,7 +150,7 @@ def test_space_after_bos_and_unknown_add_no_byte(sotu_data_dir):
 
 def test_bpb_from_sums():
     assert bpb_from_sums(math.log(2) * 1000, 1000) == pytest.approx(1.0, abs=1e-15)
-    # SPEC §1 sanity check: 2.436 bytes/token makes bpb ~= 0.5923 x nats/token
+    # FineWeb sanity check (docs/data.md): 2.436 bytes/token makes bpb ~= 0.5923 x nats/token
     assert bpb_from_sums(6.93 * 1e6, 2.436e6) == pytest.approx(6.93 * 0.5923, rel=1e-3)
     # fp64 accumulation: tensors and huge sums are fine
     assert bpb_from_sums(torch.tensor(4.25e8, dtype=torch.float64), torch.tensor(2e8, dtype=torch.float64)) == \

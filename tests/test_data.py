@@ -1,4 +1,4 @@
-"""Shard format, val truncation and the train stream (SPEC §1), against slow references."""
+"""Shard format, val truncation and the train stream (docs/data.md), against slow references."""
 from __future__ import annotations
 
 import json
@@ -131,7 +131,7 @@ def test_val_max_targets(tiny_shards_dir):
 
 
 def test_val_spec_numbers():
-    # SPEC §1: 62,021,633 kept tokens = 30,284 x 2048 + 1 (the full val set has a few more).
+    # docs/data.md: 62,021,633 kept tokens = 30,284 x 2048 + 1 (the full val set has a few more).
     assert D.val_keep(62_021_633 + 2047, 2048) == 62_021_633
     assert D.val_keep(62_021_633, 2048) == 62_021_633
     assert D.val_keep(62_021_632, 2048) == 62_021_633 - 2048

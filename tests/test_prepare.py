@@ -1,4 +1,4 @@
-"""`gepa data prepare`: the embedded corpus and JSONL sources (SPEC §1 "Export rule")."""
+"""`gepa data prepare`: the embedded corpus and JSONL sources (docs/data.md)."""
 from __future__ import annotations
 
 import json
