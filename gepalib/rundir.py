@@ -1,4 +1,4 @@
-"""Run-directory layout and atomic writers.
+"""Run-directory layout and the one definition of a run's identity.
 
 A run directory holds::
 
@@ -14,9 +14,25 @@ A run directory holds::
 
 Every write goes to a temp file in the same directory and is renamed into
 place, so a killed process never leaves a half-written file behind.
+
+**Run identity.** :func:`identity` is the part of a :class:`~gepalib.config.RunConfig`
+that decides a run directory's contents: the data, model, train and quant sections,
+paths resolved, :data:`BOOKKEEPING_FIELDS` left out. The eval and ttt sections are
+stage settings, not identity: every stage row records the settings it was measured
+with, so one run serves many evaluations. :func:`identity_hash` names
+content-addressed run directories (``runs/<preset>-<hash>``).
+
+``resume=True`` narrows it to what decides the training trajectory -- what a
+checkpoint must match to be continued: the quant section and
+:data:`RESUMABLE_FIELDS` (validation/logging cadence, the wall-clock cap) may change
+between a run and its resumption, since neither changes a weight. That view keeps
+paths as written: its hash is the fingerprint stored in checkpoints and in
+summary.json, and resolving paths would orphan the checkpoints of existing runs.
+(see docs/runs.md)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,9 +41,51 @@ from typing import Any
 
 import torch
 
+from gepalib.config import RunConfig, load_config, resolve_path
 from gepalib.fsio import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, json_default  # noqa: F401
 
 STAGES = ("float_live", "float_ema", "int6_roundtrip", "int6_sliding", "int6_sliding_ttt")
+
+# ---------------------------------------------------------------------------
+# Run identity
+
+IDENTITY_SECTIONS = ("data", "model", "train", "quant")
+# Never part of a run's identity: they change what is displayed or kept on disk, never a number.
+BOOKKEEPING_FIELDS = ("progress", "keep_checkpoints", "checkpoint_every")
+# Part of the identity (they decide metrics.jsonl's rows and where a run stops), not of the
+# training trajectory: a checkpoint may be resumed under new values (``resume=True``).
+RESUMABLE_FIELDS = ("val_every", "log_every", "max_wallclock")
+PATH_FIELDS = ("data_dir", "tokenizer_path")
+
+
+def identity(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
+    """The part of ``cfg`` that identifies a run: :data:`IDENTITY_SECTIONS`, paths resolved,
+    :data:`BOOKKEEPING_FIELDS` dropped. ``resume=True``: only the training trajectory (no quant
+    section, :data:`RESUMABLE_FIELDS` dropped too, paths as written), what a checkpoint must match."""
+    d = cfg.to_dict()
+    out = {sec: dict(d[sec]) for sec in IDENTITY_SECTIONS if not (resume and sec == "quant")}
+    for f in BOOKKEEPING_FIELDS + (RESUMABLE_FIELDS if resume else ()):
+        out["train"].pop(f, None)
+    for f in PATH_FIELDS if not resume else ():
+        if out["data"].get(f):
+            out["data"][f] = str(resolve_path(out["data"][f]))
+    return json.loads(json.dumps(out, sort_keys=True))  # tuples -> lists, as in config.json
+
+
+def identity_hash(cfg: RunConfig, *, resume: bool = False) -> str:
+    """16-hex content hash of :func:`identity` (the ``<hash>`` of ``runs/<preset>-<hash>``)."""
+    return hashlib.sha256(json.dumps(identity(cfg, resume=resume), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_diff(a: RunConfig, b: RunConfig, *, resume: bool = False) -> list[str]:
+    """``"field (old -> new)"`` for every field where the two configs' identities differ."""
+    ia, ib = identity(a, resume=resume), identity(b, resume=resume)
+    out = []
+    for sec in ia:
+        for k in sorted(set(ia[sec]) | set(ib[sec])):
+            if ia[sec].get(k) != ib[sec].get(k):
+                out.append(f"{k} ({ia[sec].get(k)!r} -> {ib[sec].get(k)!r})")
+    return out
 
 
 class RunDir:
@@ -77,9 +135,7 @@ class RunDir:
     def exists(self) -> bool:
         return self.config.exists()
 
-    def load_config(self):
-        from gepalib.config import load_config
-
+    def load_config(self) -> RunConfig:
         if not self.config.exists():
             raise FileNotFoundError(f"{self.path}: not a run directory (no config.json)")
         return load_config(self.config)
