@@ -16,7 +16,6 @@ notebook is reported and the others still run; the exit code is then 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,12 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gepalib.config import project_root, resolve_path
-from gepalib.fsio import atomic_write_json, atomic_write_text
+from gepalib.findings.report import FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
 
 NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
              "12_sgd_vs_adamw", "13_freezing", "14_ttt_share")
-FINDINGS = {"F1": "10_warmdown", "F2": "11_compressibility", "F3": "12_sgd_vs_adamw", "F4": "13_freezing",
-            "F5": "14_ttt_share"}
 KERNEL = "python3"
 
 # --quick (and the test-suite): the "quick" scale and the shortest experiments that still
@@ -49,60 +46,6 @@ QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
 
 def notebooks_dir() -> Path:
     return project_root() / "notebooks"
-
-
-# ---------------------------------------------------------------------------
-# Findings records (written by the findings notebooks)
-
-
-def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figures", **extra: Any) -> Path:
-    """Store a ``gepalib.findings.verdict_fN`` result (plus JSON-able ``extra``: the
-    notebook's parameters, the numbers behind it) as ``<figures_dir>/finding_<F>.json``."""
-    for k in ("finding", "verdict", "ours", "published"):
-        if k not in verdict:
-            raise ValueError(f"save_finding: not a findings verdict (missing {k!r}): {sorted(verdict)}")
-    path = resolve_path(figures_dir) / f"finding_{verdict['finding']}.json"
-    atomic_write_json(path, {**dict(verdict), "extra": extra})
-    return path
-
-
-def load_findings(figures_dir: str | os.PathLike = "figures") -> dict[str, dict[str, Any]]:
-    """{finding id: record} for every ``finding_F*.json`` in ``figures_dir``."""
-    out = {}
-    for p in sorted(resolve_path(figures_dir).glob("finding_F*.json")):
-        try:
-            rec = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p}: unreadable findings record ({e})") from None
-        if not isinstance(rec, dict) or "finding" not in rec:
-            raise ValueError(f"{p}: not a findings record")
-        out[rec["finding"]] = rec
-    return out
-
-
-def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_rows: Sequence[dict] = (),
-                      note: str = "") -> Path:
-    """``<figures_dir>/findings.md``: the five findings (submission, ours, verdict), which are
-    missing, and (when given) how each notebook fared."""
-    from gepalib.findings import findings_markdown
-
-    recs = load_findings(figures_dir)
-    lines = ["# The five findings, reproduced", ""]
-    if note:
-        lines += [note, ""]
-    lines.append(findings_markdown([recs[f] for f in FINDINGS if f in recs]).rstrip("\n"))
-    missing = [f"{f} ({FINDINGS[f]})" for f in FINDINGS if f not in recs]
-    if missing:
-        lines += ["", "Not computed: " + ", ".join(missing) + "."]
-    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in FINDINGS if f in recs and recs[f].get("criterion")]
-    if crit:
-        lines += ["", "Verdict criteria (computed by `gepalib.findings`):", *crit]
-    if notebook_rows:
-        lines += ["", "| notebook | status | seconds |", "|---|---|---|"]
-        lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']:.0f} |" for r in notebook_rows]
-    path = resolve_path(figures_dir) / "findings.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""Findings records: what the findings notebooks store, and the ``findings.md`` table.
+
+Each findings notebook computes its verdict with :mod:`gepalib.findings` and stores it
+with :func:`save_finding` as ``<figures>/finding_F<n>.json``; :func:`write_findings_md`
+tabulates them (the submission's number, ours, the verdict) into ``<figures>/findings.md``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from gepalib.config import resolve_path
+from gepalib.findings.analysis import findings_markdown
+from gepalib.fsio import atomic_write_json, atomic_write_text
+
+# Finding id -> the notebook that computes it.
+FINDINGS = {"F1": "10_warmdown", "F2": "11_compressibility", "F3": "12_sgd_vs_adamw", "F4": "13_freezing",
+            "F5": "14_ttt_share"}
+
+
+def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figures", **extra: Any) -> Path:
+    """Store a ``gepalib.findings.verdict_fN`` result (plus JSON-able ``extra``: the
+    notebook's parameters, the numbers behind it) as ``<figures_dir>/finding_<F>.json``."""
+    for k in ("finding", "verdict", "ours", "published"):
+        if k not in verdict:
+            raise ValueError(f"save_finding: not a findings verdict (missing {k!r}): {sorted(verdict)}")
+    path = resolve_path(figures_dir) / f"finding_{verdict['finding']}.json"
+    atomic_write_json(path, {**dict(verdict), "extra": extra})
+    return path
+
+
+def load_findings(figures_dir: str | os.PathLike = "figures") -> dict[str, dict[str, Any]]:
+    """{finding id: record} for every ``finding_F*.json`` in ``figures_dir``."""
+    out = {}
+    for p in sorted(resolve_path(figures_dir).glob("finding_F*.json")):
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: unreadable findings record ({e})") from None
+        if not isinstance(rec, dict) or "finding" not in rec:
+            raise ValueError(f"{p}: not a findings record")
+        out[rec["finding"]] = rec
+    return out
+
+
+def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_rows: Sequence[dict] = (),
+                      note: str = "") -> Path:
+    """``<figures_dir>/findings.md``: the five findings (submission, ours, verdict), which are
+    missing, and (when given) how each notebook fared."""
+    recs = load_findings(figures_dir)
+    lines = ["# The five findings, reproduced", ""]
+    if note:
+        lines += [note, ""]
+    lines.append(findings_markdown([recs[f] for f in FINDINGS if f in recs]).rstrip("\n"))
+    missing = [f"{f} ({FINDINGS[f]})" for f in FINDINGS if f not in recs]
+    if missing:
+        lines += ["", "Not computed: " + ", ".join(missing) + "."]
+    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in FINDINGS if f in recs and recs[f].get("criterion")]
+    if crit:
+        lines += ["", "Verdict criteria (computed by `gepalib.findings`):", *crit]
+    if notebook_rows:
+        lines += ["", "| notebook | status | seconds |", "|---|---|---|"]
+        lines += [f"| {r['notebook']} | {r['status']} | {r['seconds']:.0f} |" for r in notebook_rows]
+    path = resolve_path(figures_dir) / "findings.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
