@@ -356,7 +356,7 @@ def test_quantize_cli_roundtrip_and_artifact_cli(tmp_path, tiny_shards_dir, caps
     assert row["tokens"] == 1024 and row["compressor"] == "rans" and row["artifact_bytes"] == rd.artifact.stat().st_size
     assert math.isclose(row["quant_gap_bpb"], row["val_bpb"] - 9.0)
     assert s["size"]["model_bytes"] == rd.artifact.stat().st_size and s["artifact"]["compressor"] == "rans"
-    assert "gepalib/entropy.py" in s["size"]["code_files"]
+    assert "gepalib/quant/entropy.py" in s["size"]["code_files"]
     # the stored weights equal an in-process quantization of the same EMA weights
     same_model(quantize_state_dict(sd, cfg.quant), A.load_artifact(rd.artifact))
 
