@@ -182,6 +182,24 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
 
+def as_rundir(run: RunDir | str | os.PathLike) -> RunDir:
+    """``run`` as a RunDir (relative paths resolve under the project root); it must hold a config.json."""
+    rd = run if isinstance(run, RunDir) else RunDir(resolve_path(run))
+    if not rd.exists():
+        raise FileNotFoundError(f"{rd.path}: not a run directory (no config.json)")
+    return rd
+
+
+def default_run_dir(cfg: RunConfig, runs_root: str | os.PathLike = "runs") -> Path:
+    """``<runs_root>/<preset>-<identity_hash>`` (relative roots resolve under the project root)."""
+    return resolve_path(runs_root) / f"{cfg.preset}-{identity_hash(cfg)}"
+
+
+def is_finished(rd: RunDir) -> bool:
+    """Training completed: summary.json says so and the EMA weights exist."""
+    return rd.read_summary().get("train", {}).get("status") == "complete" and rd.ema_weights.exists()
+
+
 def format_ledger(stages: dict[str, dict[str, Any]]) -> str:
     """The stage ledger as an aligned text table (known stages first, in order)."""
     names = [s for s in STAGES if s in stages] + sorted(s for s in stages if s not in STAGES)

@@ -505,7 +505,7 @@ def test_presets_keep_every_feature_on_with_scaled_indices():
 
 
 def _run_info(argv):
-    from gepalib import info
+    from gepalib.cli import info
     p = argparse.ArgumentParser()
     info.add_cli(p.add_subparsers(dest="command"))
     args = p.parse_args(["info", *argv])

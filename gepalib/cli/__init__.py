@@ -1,19 +1,27 @@
 """The ``gepa`` command line.
 
-Each concern module registers its own subcommands through ``add_cli(subparsers)``;
-this file only assembles them. Config fields are exposed as flat flags
-(``--steps 100 --model-dim 128``), the same names as in Python and papermill.
+Each subcommand family lives in ``gepalib/cli/<name>.py`` and registers itself through
+``add_cli(subparsers)``; this file assembles them and holds the one error handler.
+Config fields are exposed as flat flags (``--steps 100 --model-dim 128``), the same
+names as in Python and papermill.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from gepalib import dist
 from gepalib.cli.common import add_override_args, collect_overrides  # noqa: F401
+from gepalib.download import DownloadError
+from gepalib.train import NonFiniteLoss, TrainInterrupted
 
 # Modules that contribute subcommands, in help order.
-CLI_MODULES = ["gepalib.data_cli", "gepalib.train", "gepalib.quant_cli", "gepalib.eval_cli", "gepalib.reproduce", "gepalib.info"]
+CLI_MODULES = ["gepalib.cli.data", "gepalib.cli.train", "gepalib.cli.quant", "gepalib.cli.eval", "gepalib.cli.reproduce",
+               "gepalib.cli.info"]
+# Expected failures: one clear line on stderr and an exit code, no traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,16 +33,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        rc = args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:  # user errors: one clear line
+def report_error(args: argparse.Namespace, e: BaseException) -> int | None:
+    """Print an expected failure as one line and return its exit code; None for anything else.
+
+    User errors exit 2, a non-finite training loss or an unreachable hub 1, a training run
+    stopped by a signal 128 + the signal number (it left a checkpoint to resume from)."""
+    command = " ".join(v for v in (args.command, getattr(args, "data_command", None)) if v)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    if isinstance(e, TrainInterrupted):
+        if rank0:
+            print(f"gepa {command}: {e}", file=sys.stderr, flush=True)
+        return 128 + int(e.signum)
+    if isinstance(e, NonFiniteLoss):
+        if rank0:
+            print(f"gepa {command}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    if isinstance(e, (DownloadError, *USER_ERRORS)):
         msg = e.args[0] if (isinstance(e, KeyError) and e.args) else str(e)
-        print(f"gepa {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    return int(rc or 0)
+        print(f"gepa {command}: error: {msg}", file=sys.stderr, flush=True)
+        return 1 if isinstance(e, DownloadError) else 2
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the subcommand, leave the process group (under torchrun) at the end."""
+    args = build_parser().parse_args(argv)
+    rc = None
+    try:
+        rc = int(args.func(args) or 0)
+    except Exception as e:  # noqa: BLE001 -- expected failures become one line; the rest propagate
+        rc = report_error(args, e)
+        if rc is None:
+            raise
+    finally:
+        dist.shutdown(barrier=rc == 0)  # no barrier after a failure: peers may never arrive
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`gepa data ...`: prepare, download and check datasets (SPEC §1).
+"""`gepa data ...`: prepare, download and check datasets (see docs/data.md).
 
     gepa data prepare                                 # embedded State of the Union corpus -> data/sotu_sp1024
     gepa data prepare --source jsonl docs.jsonl      # your documents -> data/docs_sp1024 (or --out DIR)
@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+
+from gepalib.config import resolve_path
+from gepalib.data import validate_data_dir
+from gepalib.download import download_fineweb
+from gepalib.prepare import prepare_jsonl, prepare_sotu, summary_lines
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from gepalib.prepare import prepare_jsonl, prepare_sotu, summary_lines
-
     common = {"shard_tokens": args.shard_tokens, "vocab_size": args.vocab_size, "force": args.force}
     if args.source == "sotu":
         if args.file:
@@ -30,8 +33,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def jsonl_dataset_name(file: str, vocab_size: int) -> str:
     """Default dataset directory name for a JSONL file: ``docs.jsonl`` -> ``docs_sp1024``."""
-    from pathlib import Path
-
     stem = Path(file).name
     for suffix in (".gz", ".jsonl", ".json"):
         stem = stem.removesuffix(suffix)
@@ -39,22 +40,13 @@ def jsonl_dataset_name(file: str, vocab_size: int) -> str:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from gepalib.download import DownloadError, download_fineweb
-
     out = args.out or f"data/fineweb10B_{args.variant}"
-    try:
-        download_fineweb(out, variant=args.variant, train_shards=args.train_shards, repo_id=args.repo_id,
-                         revision=args.revision)
-    except DownloadError as e:
-        print(f"gepa data download: error: {e}", file=sys.stderr)
-        return 1
+    download_fineweb(out, variant=args.variant, train_shards=args.train_shards, repo_id=args.repo_id,
+                     revision=args.revision)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gepalib.config import resolve_path
-    from gepalib.data import validate_data_dir
-
     m = validate_data_dir(resolve_path(args.dir), args.vocab_size, deep=args.deep)
     for k, v in m["check"].items():
         print(f"{k}: {v}")

@@ -1,4 +1,4 @@
-"""`gepa info`: show a resolved preset and its parameter count (SPEC §2 table).
+"""`gepa info`: show a resolved preset and its parameter count (see docs/model.md).
 
     gepa info gepa11                      # config, derived layout, param breakdown
     gepa info tiny --mlp-act relu2        # check an ablation before running it
@@ -13,6 +13,9 @@ import dataclasses
 from typing import Any
 
 from gepalib import config as C
+from gepalib.cli.common import add_override_args, collect_overrides
+from gepalib.model import GPT, param_breakdown
+from gepalib.rundir import identity_hash
 
 
 def field_table() -> list[tuple[str, str, str, Any]]:
@@ -40,9 +43,7 @@ def model_layout(m: C.ModelConfig) -> dict[str, Any]:
 
 
 def info_lines(cfg: C.RunConfig) -> list[str]:
-    from gepalib.model import GPT, param_breakdown  # torch import only when needed
-
-    lines = [f"preset: {cfg.preset}", f"fingerprint: {cfg.fingerprint()}"]
+    lines = [f"preset: {cfg.preset}", f"identity: {identity_hash(cfg)}"]
     for sec in C.SECTIONS:
         for f in dataclasses.fields(C.SECTIONS[sec]):
             lines.append(f"{sec}.{f.name}: {getattr(getattr(cfg, sec), f.name)}")
@@ -57,8 +58,6 @@ def info_lines(cfg: C.RunConfig) -> list[str]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from gepalib.cli import collect_overrides
-
     if args.fields:
         for name, sec, tname, default in field_table():
             print(f"{name}: section={sec} type={tname} default={default!r}")
@@ -71,8 +70,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from gepalib.cli import add_override_args
-
     p = subparsers.add_parser("info", help="show a preset's resolved config and parameter breakdown",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("preset", nargs="?", default=None, help=f"one of {sorted(C.PRESETS)}")

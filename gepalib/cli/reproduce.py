@@ -1,0 +1,67 @@
+"""``gepa reproduce``: run every notebook headlessly and tabulate the five findings.
+
+    gepa reproduce                          # all notebooks, CPU defaults (< 30 min on 2 cores)
+    gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
+    gepa reproduce --notebooks 10_warmdown 11_compressibility
+    gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown
+
+Steps: prepare the embedded dataset if needed; execute each notebook with papermill
+(kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the sources
+in ``notebooks/`` stay output-free; each findings notebook stores its verdict as
+``<figures>/finding_F<n>.json``; finally ``<figures>/findings.md`` tabulates them (the
+submission's number, ours, the verdict). A failing notebook is reported and the others
+still run; the exit code is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gepalib.run.notebooks import NOTEBOOKS, load_parameters_file, reproduce
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``-p name=value`` items as {name: YAML value}."""
+    import yaml  # the notebooks extra
+
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"-p {item!r} is not of the form name=value")
+        k, v = item.split("=", 1)
+        params[k.strip()] = yaml.safe_load(v)
+    return params
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    params = load_parameters_file(args.parameters) if args.parameters else {}
+    params.update(parse_params(args.param or []))
+    res = reproduce(args.notebooks, quick=args.quick, out=args.out, figures=args.figures, runs_root=args.runs_root,
+                    data_dir=args.data_dir, parameters=params, log_output=args.verbose)
+    failed = [r for r in res["notebooks"] if r["status"] != "ok"]
+    print(Path(res["findings_md"]).read_text(encoding="utf-8"))
+    if failed:
+        print(f"gepa reproduce: {len(failed)} notebook(s) failed: "
+              + ", ".join(f"{r['notebook']} ({r['error']}; see {r['output']})" for r in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="execute every notebook headlessly and tabulate the findings",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--notebooks", nargs="+", metavar="NAME", default=None,
+                   help=f"a subset of: {' '.join(NOTEBOOKS)}")
+    p.add_argument("--quick", action="store_true", help="smallest parameters (smoke run)")
+    p.add_argument("--out", default="runs/notebooks", help="where executed notebooks go (default runs/notebooks)")
+    p.add_argument("--figures", default="figures", help="figures and findings.md (default figures)")
+    p.add_argument("--runs-root", default="runs", help="content-addressed run directories (default runs)")
+    p.add_argument("--data-dir", default="data/sotu_sp1024", help="dataset (default: the embedded one)")
+    p.add_argument("--parameters", default=None, metavar="YAML",
+                   help="notebook parameters for every notebook, e.g. notebooks/10_warmdown.gpu.yaml")
+    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help="one notebook parameter (YAML value), e.g. -p nproc=2")
+    p.add_argument("--verbose", action="store_true", help="echo the notebooks' cell output")
+    p.set_defaults(func=cmd_reproduce)

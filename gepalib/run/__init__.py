@@ -1,0 +1,48 @@
+"""Runs from Python: launch under torchrun, reuse what exists, load results into pandas.
+
+    from gepalib import run
+    rd = run.launch(run.base_config("tiny", "cpu", overrides={"steps": 200}), nproc=2)  # or reuse
+    run.ensure_artifact(rd)                      # int6 artifact (reused if present)
+    rows = run.ensure_stages(rd, ttt=True)       # stage rows (reused if recorded)
+    df = run.load_runs("runs/*")                 # one row per run
+
+Modules: :mod:`~gepalib.run.stages` (the stage ledger), :mod:`~gepalib.run.pipeline`
+(quantize and evaluate a run in-process), :mod:`~gepalib.run.launch` (torchrun),
+:mod:`~gepalib.run.results` (tables), :mod:`~gepalib.run.configs` (the notebooks'
+experiment plans), :mod:`~gepalib.run.notebooks` (``gepa reproduce``). A run's identity
+is :func:`gepalib.rundir.identity` (see docs/runs.md).
+
+The notebooks' names stay: ``run.quantize`` is :func:`ensure_artifact`, ``run.evaluate``
+is :func:`ensure_stages`, ``run.run_key`` is :func:`~gepalib.rundir.identity_hash`.
+Note that ``gepalib.run.launch`` is the function; the module is ``sys.modules["gepalib.run.launch"]``
+(``from gepalib.run.launch import run_streamed`` works as usual).
+"""
+from gepalib.rundir import (BOOKKEEPING_FIELDS, IDENTITY_SECTIONS, PATH_FIELDS, RESUMABLE_FIELDS, default_run_dir,
+                            identity, identity_diff, identity_hash, is_finished)
+from gepalib.run.configs import (BASELINE_SWITCHES, SCALES, base_config, baseline_config, ensure_data, ladder_configs,
+                                 longest_rung_configs, scale_overrides, with_length)
+from gepalib.run.launch import (KILL_GRACE_S, TAIL_LINES, RunFailed, ensure_artifact, ensure_stages, launch,
+                                launch_many, run_streamed, torchrun_command)
+from gepalib.run.notebooks import NOTEBOOKS, execute_notebook, load_parameters_file, reproduce
+from gepalib.run.pipeline import describe_artifact, evaluate_run, quantize_run
+from gepalib.run.results import (artifact_bytes, load_metrics, load_runs, mean_trajectory, run_record,
+                                 stage_table)
+from gepalib.run.stages import (STAGES, find_stage, format_ledger, stage_bpb, stage_config, stage_kinds,
+                                stage_settings, ttt_gain)
+
+# The names the notebooks have always used.
+KEY_SECTIONS = IDENTITY_SECTIONS
+run_key = identity_hash
+quantize = ensure_artifact
+evaluate = ensure_stages
+
+__all__ = [
+    "BASELINE_SWITCHES", "BOOKKEEPING_FIELDS", "IDENTITY_SECTIONS", "KEY_SECTIONS", "KILL_GRACE_S", "NOTEBOOKS",
+    "PATH_FIELDS", "RESUMABLE_FIELDS", "SCALES", "STAGES", "TAIL_LINES", "RunFailed", "artifact_bytes",
+    "base_config", "baseline_config", "default_run_dir", "describe_artifact", "ensure_artifact", "ensure_data",
+    "ensure_stages", "evaluate", "evaluate_run", "execute_notebook", "find_stage", "format_ledger", "identity",
+    "identity_diff", "identity_hash", "is_finished", "ladder_configs", "launch", "launch_many", "load_metrics",
+    "load_parameters_file", "load_runs", "longest_rung_configs", "mean_trajectory", "quantize", "quantize_run",
+    "reproduce", "run_key", "run_record", "run_streamed", "scale_overrides", "stage_bpb", "stage_config",
+    "stage_kinds", "stage_settings", "stage_table", "torchrun_command", "ttt_gain", "with_length",
+]

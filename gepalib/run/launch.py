@@ -1,0 +1,357 @@
+"""Launch runs under torchrun from Python (the notebooks' launcher) and reuse what exists.
+
+    from gepalib import run
+    rd = run.launch(run.base_config("tiny", "cpu"), nproc=2)   # trains, or reuses a finished run
+    run.ensure_artifact(rd)                                    # int6 artifact (reused if present)
+    run.ensure_stages(rd, sliding=True, ttt=True)              # stage rows (reused if recorded)
+
+**Launching.** :func:`launch` runs ``python -m torch.distributed.run --standalone
+--nproc-per-node N -m gepalib train --run-dir DIR --config CONFIG.json`` with the
+caller's own interpreter, in its own session (process group). Rank 0's output is
+streamed live, line by line; torchrun keeps every rank's stdout/stderr under
+``DIR/logs/torchrun/`` and the streamed console under ``DIR/logs/console.log``; the
+trainer writes ``DIR/train.log`` itself. A non-zero exit raises :class:`RunFailed`
+carrying the tail of the log; interrupting (KeyboardInterrupt) sends SIGTERM to the
+whole group (the trainer checkpoints on SIGTERM, so relaunching resumes), SIGKILL
+after a grace period, and re-raises.
+
+**Reuse.** The default directory is ``<runs_root>/<preset>-<identity_hash>``
+(:func:`gepalib.rundir.identity_hash`); a finished run (summary.json ``train.status ==
+"complete"`` and the EMA weights on disk) of the same identity is reused instead of
+retrained; an unfinished one is resumed by the trainer from its last checkpoint. The
+artifact is reused when it is newer than the EMA weights, a stage row when one with the
+same settings is in the ledger (see docs/runs.md).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import gepalib
+from gepalib.config import FIELD_INDEX, RunConfig, project_root, resolve_path
+from gepalib.fsio import atomic_write_text
+from gepalib.rundir import RunDir, as_rundir, default_run_dir, identity_diff, is_finished
+from gepalib.run.pipeline import evaluate_run, quantize_run
+from gepalib.run.stages import find_stage, stage_config, stage_kinds, stage_settings
+
+TAIL_LINES = 40
+KILL_GRACE_S = 15.0
+
+
+class RunFailed(RuntimeError):
+    """A launched process exited non-zero; ``log_tail`` holds the end of its output."""
+
+    def __init__(self, msg: str, *, returncode: int, run_dir: Path | None, log_tail: str):
+        super().__init__(msg)
+        self.returncode, self.run_dir, self.log_tail = returncode, run_dir, log_tail
+
+
+# ---------------------------------------------------------------------------
+# Subprocess plumbing
+
+
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment, plus: gepalib importable, the same project root, unbuffered
+    output, and (unless set) ``OMP_WAIT_POLICY=PASSIVE``: with the default busy-waiting, torch's
+    OpenMP threads slow a small model down 4-100x as soon as other processes share the cores."""
+    env = dict(os.environ)
+    pkg_root = str(Path(gepalib.__file__).resolve().parents[1])  # the directory holding gepalib/
+    pp = env.get("PYTHONPATH", "")
+    if pkg_root not in pp.split(os.pathsep):
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + pp if pp else "")
+    env.setdefault("GEPA_HOME", str(project_root()))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def torchrun_command(module_args: Sequence[str], nproc: int, log_dir: Path) -> list[str]:
+    """``python -m torch.distributed.run`` for ``-m <module_args...>`` on one node.
+
+    Every rank's stdout+stderr is teed into ``log_dir``; the console shows local rank 0."""
+    if int(nproc) < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc)),
+            "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3", "--local-ranks-filter", "0",
+            "-m", *module_args]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc; empty elsewhere). torchrun starts its
+    workers in sessions of their own, so a process-group signal alone does not reach them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        for kill in (os.killpg, os.kill):  # its group if it leads one, else the process
+            try:
+                kill(pid, sig)
+                break
+            except (ProcessLookupError, PermissionError):
+                continue
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
+    """Stop the launched process tree: SIGTERM to the launcher's process group (torchrun
+    forwards it to its workers, which checkpoint and exit); after ``grace`` seconds SIGKILL
+    whatever is left of the group and of its descendants (workers run in their own sessions)."""
+    tree = _descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not any(_alive(p) for p in tree):
+            break
+        time.sleep(0.1)
+    _signal_all([p for p in (proc.pid, *tree) if _alive(p)], signal.SIGKILL)
+    proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of a dead torchrun is as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _strip_rank_prefix(line: str) -> str:
+    """torchrun's tee prefixes lines with ``[default0]:``; drop it for display."""
+    if line.startswith("[default") and "]:" in line[:20]:
+        return line.split("]:", 1)[1]
+    return line
+
+
+def run_streamed(cmd: Sequence[str], *, console_log: Path | None = None, stream: bool = True,
+                 env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
+                 on_line: Callable[[str], None] | None = None, kill_grace: float = KILL_GRACE_S) -> tuple[int, str]:
+    """Run ``cmd`` in a new session; echo its output line by line (``stream``), append it to
+    ``console_log``; return (exit code, last :data:`TAIL_LINES` lines).
+
+    Any exception while waiting -- KeyboardInterrupt from an interrupted notebook cell
+    included -- kills the whole process group and is re-raised.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    logf = None
+    if console_log is not None:
+        console_log.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(console_log, "a", encoding="utf-8")
+        logf.write(f"$ {' '.join(map(str, cmd))}\n")
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True, text=True,
+                            bufsize=1, errors="replace")
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = _strip_rank_prefix(raw.rstrip("\n"))
+            tail.append(line)
+            if logf is not None:
+                logf.write(line + "\n")
+                logf.flush()
+            if stream:
+                print(line, flush=True)
+            if on_line is not None:
+                on_line(line)
+        rc = proc.wait()
+    except BaseException:
+        _kill_group(proc, kill_grace)
+        raise
+    finally:
+        if logf is not None:
+            logf.close()
+    return rc, "\n".join(tail)
+
+
+def _rank_error_tails(log_dir: Path, since: float, n: int = 15) -> str:
+    """Tails of the per-rank logs written by this launch that contain an error."""
+    parts = []
+    for p in sorted(log_dir.glob("**/*.log")):
+        try:
+            if p.stat().st_mtime < since:
+                continue
+            lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        if any(("Error" in ln or "error:" in ln or "Traceback" in ln) for ln in lines):
+            parts.append(f"--- {p.relative_to(log_dir)} ---\n" + "\n".join(lines[-n:]))
+    return "\n".join(parts)
+
+
+def _run_torchrun(module_args: Sequence[str], *, nproc: int, rd: RunDir, what: str, stream: bool,
+                  env: dict[str, str] | None) -> None:
+    log_dir = rd.path / "logs" / "torchrun"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = torchrun_command(module_args, nproc, log_dir)
+    t0 = time.time()
+    rc, tail = run_streamed(cmd, console_log=rd.path / "logs" / "console.log", stream=stream,
+                            env=_child_env(env), cwd=str(project_root()))
+    if rc != 0:
+        ranks = _rank_error_tails(log_dir, t0 - 1)
+        log_tail = tail + ("\n" + ranks if ranks and ranks not in tail else "")
+        raise RunFailed(f"{what} failed (exit code {rc}) for {rd.path}; last lines of its log:\n{log_tail}",
+                        returncode=rc, run_dir=rd.path, log_tail=log_tail)
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+def launch(cfg: RunConfig, run_dir: str | os.PathLike | None = None, *, nproc: int = 1,
+           runs_root: str | os.PathLike = "runs", reuse: bool = True, stream: bool = True,
+           env: dict[str, str] | None = None) -> RunDir:
+    """Train ``cfg`` under torchrun with ``nproc`` processes, or reuse the finished run.
+
+    ``run_dir`` defaults to :func:`default_run_dir`. An explicit ``run_dir`` that holds a
+    run of a different identity raises ValueError (naming the differing fields).
+    ``reuse=False`` retrains from scratch (``--no-resume``). ``env`` adds environment
+    variables for the trainer (e.g. the test hooks of gepalib.train). Returns the RunDir.
+    """
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"launch expects a RunConfig, got {type(cfg).__name__}")
+    rd = RunDir(resolve_path(run_dir) if run_dir is not None else default_run_dir(cfg, runs_root))
+    if rd.exists():
+        old = rd.load_config()
+        diff = identity_diff(old, cfg)
+        if diff:
+            raise ValueError(f"run dir {rd.path} holds a run with a different config ({'; '.join(diff[:8])}); "
+                             f"leave run_dir unset for a content-addressed directory, or pick a new one")
+        if reuse and is_finished(rd):
+            s = rd.read_summary().get("train", {})
+            if stream:
+                print(f"reusing finished run {rd.path} (steps:{s.get('steps')} "
+                      f"float_live_bpb:{rd.stages().get('float_live', {}).get('val_bpb', float('nan')):.4f})",
+                      flush=True)
+            return rd
+    rd.path.mkdir(parents=True, exist_ok=True)
+    cfg_path = rd.path / "logs" / "launch_config.json"
+    atomic_write_text(cfg_path, cfg.to_json() + "\n")
+    args = ["gepalib", "train", "--run-dir", str(rd.path), "--config", str(cfg_path)]
+    if not reuse:
+        args.append("--no-resume")
+    if stream:
+        print(f"launching {rd.path.name}: nproc:{nproc} steps:{cfg.train.steps} preset:{cfg.preset}", flush=True)
+    _run_torchrun(args, nproc=nproc, rd=rd, what="training", stream=stream, env=env)
+    if not is_finished(rd):
+        raise RunFailed(f"training of {rd.path} exited 0 but the run is not complete "
+                        f"(summary train.status={rd.read_summary().get('train', {}).get('status')!r})",
+                        returncode=0, run_dir=rd.path, log_tail="")
+    return rd
+
+
+def launch_many(cfgs: Iterable[RunConfig], **kw: Any) -> list[RunDir]:
+    """:func:`launch` each config in turn (finished ones are reused)."""
+    return [launch(c, **kw) for c in cfgs]
+
+
+# ---------------------------------------------------------------------------
+# After training: the artifact and the stage rows, reused when they exist
+
+
+def _run_gepa(args: Sequence[str], rd: RunDir, *, nproc: int, what: str, stream: bool) -> None:
+    """``gepa <args>`` under torchrun with ``nproc`` processes."""
+    _run_torchrun(["gepalib", *args], nproc=nproc, rd=rd, what=what, stream=stream, env=None)
+
+
+def _quiet(*_: Any) -> None:
+    pass
+
+
+def ensure_artifact(run: RunDir | str | os.PathLike, *, force: bool = False, report: str = "none",
+                    stream: bool = True) -> RunDir:
+    """Write the run's int6 artifact and its ``int6_roundtrip`` stage in-process
+    (:func:`gepalib.run.pipeline.quantize_run`), unless an artifact newer than the EMA
+    weights exists already (``force`` rewrites it). ``report``: none | fast | full
+    compression report stored in summary.json."""
+    rd = as_rundir(run)
+    if not is_finished(rd):
+        raise ValueError(f"{rd.path}: training has not finished; nothing to quantize")
+    if (not force and rd.artifact.exists()
+            and rd.artifact.stat().st_mtime >= rd.ema_weights.stat().st_mtime):
+        if stream:
+            print(f"reusing artifact {rd.artifact} ({rd.artifact.stat().st_size:,} bytes)", flush=True)
+        return rd
+    quantize_run(rd.path, report=report, evaluate=True, log=(lambda s: print(s, flush=True)) if stream else _quiet)
+    return rd
+
+
+def ensure_stages(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt: bool = False, nproc: int = 1,
+                  stream: bool = True, force: bool = False, **overrides: Any) -> dict[str, dict[str, Any]]:
+    """Score the run's int6 artifact (quantizing first if needed) and return its stage rows
+    ``{"roundtrip": row, "sliding": row, "ttt": row}`` (the ones asked for), each with its
+    ``name`` in the ledger. Rows already recorded with the same settings are reused.
+
+    ``overrides`` are eval/ttt fields (e.g. ``ttt_optimizer="adamw", ttt_freeze_blocks=0``)
+    and ``val_tokens``; a value of None means the run's own setting. One process runs
+    in-process; ``nproc > 1`` runs ``gepa eval`` under torchrun.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    rd = ensure_artifact(run, stream=stream)
+    run_cfg = rd.load_config()
+    cfg = stage_config(rd, **overrides)
+    kinds = stage_kinds(cfg)
+    wanted = ["roundtrip"] + (["sliding"] if sliding else []) + (["ttt"] if ttt else [])
+    settings = {k: stage_settings(cfg, kinds[k][1]) for k in wanted}
+    found = {k: None if force else find_stage(rd, kinds[k][0], settings[k]) for k in wanted}
+    missing = [k for k in wanted if found[k] is None]
+    if missing:
+        need_sliding, need_ttt = "sliding" in missing, "ttt" in missing
+        # everything that differs from the run's own config, so the stage rows carry it
+        diff = {k: v for k, v in _flat(cfg).items() if _flat(run_cfg)[k] != v}
+        if nproc > 1:
+            args = ["eval", str(rd.path)] + (["--sliding"] if need_sliding else []) + (["--ttt"] if need_ttt else [])
+            for k, v in diff.items():
+                args += ["--" + k.replace("_", "-"), _cli_value(v)]
+            _run_gepa(args, rd, nproc=nproc, what="evaluation", stream=stream)
+        else:
+            evaluate_run(rd.path, sliding=need_sliding, ttt=need_ttt, weights="artifact",
+                         log=(lambda s: print(s, flush=True)) if stream else _quiet, **diff)
+        for k in wanted:  # re-read all: the evaluation re-records the round-trip row too
+            found[k] = find_stage(rd, kinds[k][0], settings[k])
+            if found[k] is None:
+                raise RunFailed(f"evaluation of {rd.path} recorded no {kinds[k][0]} row with settings {settings[k]}",
+                                returncode=0, run_dir=rd.path, log_tail="")
+    elif stream:
+        print(f"reusing stage rows of {rd.path.name}: " + ", ".join(
+            f"{found[k]['name']} {found[k]['val_bpb']:.4f}" for k in wanted), flush=True)
+    return {k: found[k] for k in wanted}
+
+
+def _flat(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {k: d[sec][k] for k, (sec, _) in FIELD_INDEX.items() if sec in ("eval", "ttt")} | \
+        {"val_tokens": d["data"]["val_tokens"]}
+
+
+def _cli_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(str, v))
+    return repr(v) if isinstance(v, float) else str(v)
