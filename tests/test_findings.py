@@ -204,9 +204,12 @@ def test_f4_gain_vs_frozen():
     assert r["best_freeze"] == 2 and r["best_gain"] == pytest.approx(-0.019)
     assert r["best_vs_freeze0"] == pytest.approx(-0.019 + 0.011)
     assert r["per_freeze"][3]["n"] == 1 and math.isnan(r["per_freeze"][3]["std"])
-    assert r["comparison"]["diff"] == pytest.approx(-0.008)
+    assert r["comparison"]["diff"] == pytest.approx(-0.008) and r["best_frozen"] == 2
     tie = F.ttt_gain_vs_frozen([0, 1, 2], [-0.01, -0.02, -0.02])
     assert tie["best_freeze"] == 1
+    zero_best = F.ttt_gain_vs_frozen([0, 1, 2], [-0.03, -0.02, -0.01])  # freeze 0 wins: compare the best frozen
+    assert zero_best["best_freeze"] == 0 and zero_best["best_frozen"] == 1
+    assert zero_best["comparison"]["diff"] == pytest.approx(0.01)
     no0 = F.ttt_gain_vs_frozen([1, 2], [-0.01, -0.02])
     assert math.isnan(no0["best_vs_freeze0"]) and no0["comparison"] is None
     with pytest.raises(ValueError, match="non-negative integers"):
@@ -226,56 +229,232 @@ def test_f5_published_shares():
 
 
 # ---------------------------------------------------------------------------
+# Power and intervals
+
+
+def test_welch_interval_against_reference():
+    a, b = [1.0, 1.3, 0.9, 1.2], [0.7, 0.8, 1.1]
+    c = F.compare_settings(a, b)
+    va, vb = np.var(a, ddof=1) / 4, np.var(b, ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    h = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert c["df"] == pytest.approx(df) and c["se"] == pytest.approx(math.sqrt(va + vb))
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((c["diff"] - h, c["diff"] + h))
+    # the interval excludes 0 exactly when p < 0.05
+    assert (c["ci_low"] > 0 or c["ci_high"] < 0) == (c["p_value"] < 0.05)
+    assert c["sd"] == pytest.approx(math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2))
+    const = F.compare_settings([5.0, 5.0, 5.0], [6.0, 6.0, 6.0])
+    assert (const["ci_low"], const["ci_high"], const["mde"]) == (-1.0, -1.0, 0.0)
+    one = F.compare_settings([1.0], [1.0, 2.0])
+    assert math.isnan(one["ci_low"]) and math.isnan(one["mde"])
+
+
+def test_mde_gives_the_stated_power():
+    # large df: the normal approximation (z_0.975 + z_0.8)·se
+    assert F.min_detectable_effect(1.0, 1e7) == pytest.approx(stats.norm.ppf(0.975) + stats.norm.ppf(0.8), rel=1e-4)
+    assert F.min_detectable_effect(2.0, 1e7) == pytest.approx(2 * F.min_detectable_effect(1.0, 1e7))
+    assert F.min_detectable_effect(1.0, 4) > F.min_detectable_effect(1.0, 40)  # fewer seeds, larger MDE
+    assert math.isnan(F.min_detectable_effect(1.0, 0)) and F.min_detectable_effect(0.0, 4) == 0.0
+    # Monte Carlo: 3 vs 3 seeds, sd 1, a true difference equal to the MDE of the pooled t test (df 4)
+    # is detected at alpha 0.05 in 80% of experiments
+    n, sims = 3, 40_000
+    mde = F.min_detectable_effect(math.sqrt(2 / n), 2 * n - 2)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(mde, 1, (sims, n)), rng.normal(0, 1, (sims, n))
+    sp = np.sqrt((a.var(axis=1, ddof=1) + b.var(axis=1, ddof=1)) / 2)
+    t = (a.mean(axis=1) - b.mean(axis=1)) / (sp * math.sqrt(2 / n))
+    assert np.mean(np.abs(t) > stats.t.ppf(0.975, 2 * n - 2)) == pytest.approx(0.8, abs=0.01)
+
+
+def test_slope_effect_and_mean_interval_against_scipy():
+    rng = np.random.default_rng(3)
+    x = np.arange(6.0)
+    y = 2 - 0.3 * x + rng.normal(0, 0.1, 6)
+    se = F.slope_effect(x, y)
+    ref = stats.linregress(x, y)
+    assert se["slope"] == pytest.approx(ref.slope) and se["se"] == pytest.approx(ref.stderr)
+    h = stats.t.ppf(0.975, 4) * ref.stderr
+    assert (se["ci_low"], se["ci_high"]) == pytest.approx((ref.slope - h, ref.slope + h))
+    assert math.isnan(F.slope_effect([1, 2], [3, 4])["ci_low"])  # two points: no noise estimate
+    mi = F.mean_interval([1.0, 2.0, 3.0])
+    lo, hi = stats.t.interval(0.95, 2, loc=2.0, scale=1 / math.sqrt(3))
+    assert (mi["ci_low"], mi["ci_high"]) == pytest.approx((lo, hi)) and mi["sd"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------
+# Plateau detection (calibrates F1 at a new scale)
+
+
+STEPS = np.arange(0, 1001, 10.0)
+
+
+def test_detect_plateau_on_an_exponential_approach():
+    tau = 100.0
+    bpb = 2.0 + np.exp(-STEPS / tau)
+    # the first window (steps 10..50, step 0 dropped) is centred on 30; the rate falls to a third
+    # of it tau·ln 3 later
+    want = 30 + tau * math.log(3)
+    assert F.detect_plateau(STEPS, bpb) == pytest.approx(want, abs=10)  # within one evaluation interval
+    assert F.detect_plateau(STEPS, bpb, ratio=0.1) == pytest.approx(30 + tau * math.log(10), abs=10)
+    assert F.detect_plateau(STEPS[::-1], bpb[::-1]) == F.detect_plateau(STEPS, bpb)  # order does not matter
+    slow = 2.0 + np.exp(-STEPS / 200)
+    assert F.detect_plateau(STEPS, slow) > F.detect_plateau(STEPS, bpb)
+
+
+def test_detect_plateau_none_for_a_line_or_flat_noise():
+    assert F.detect_plateau(STEPS, 3 - 0.001 * STEPS) is None  # constant rate: no plateau
+    assert F.detect_plateau(STEPS, 3 + 0.001 * STEPS) is None  # getting worse: no early improvement
+    flat = [F.detect_plateau(STEPS, 2 + np.random.default_rng(i).normal(0, 0.003, STEPS.size)) for i in range(50)]
+    assert flat.count(None) >= 48, flat
+    assert F.detect_plateau([0, 10, 20, 30], [3, 2, 1.5, 1.4]) is None  # too few evaluations
+    with pytest.raises(ValueError, match="ratio"):
+        F.detect_plateau(STEPS, STEPS, ratio=1.5)
+
+
+def test_detect_plateau_is_robust_to_noise():
+    want = 30 + 100 * math.log(3)
+    found = [F.detect_plateau(STEPS, 2 + np.exp(-STEPS / 100) + np.random.default_rng(i).normal(0, 0.005, STEPS.size))
+             for i in range(20)]
+    assert all(f is not None and abs(f - want) <= 25 for f in found), found
+    # the published trajectory at peak LR (0..12k): the rate drops to a third of its 500..5k value near 4k,
+    # between the early phase and the late plateau
+    s, b = published_trajectory()
+    assert 3000 <= F.detect_plateau(s[s <= 12_000], b[s <= 12_000]) <= 7000
+
+
+# ---------------------------------------------------------------------------
 # Verdicts
 
 
-def test_published_numbers_agree_with_themselves():
+def seed_rates(slopes_per_seed, total=600, warmdown=240):
+    """phase_rates of piecewise-linear trajectories, one per seed: (early, plateau, warmdown) bpb/step."""
+    steps = np.arange(0, total + 1, 30)
+    out = []
+    for e, p, w in slopes_per_seed:
+        slope = np.where(steps <= 210, e, np.where(steps <= 360, p, w))
+        bpb = 3.0 + np.concatenate([[0.0], np.cumsum(slope[1:] * 30)])
+        out.append(F.phase_rates(steps, bpb, total_steps=total, warmdown=warmdown))
+    return out
+
+
+def test_verdict_records_its_statistics():
+    v = F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.030, -0.031, -0.029], "adamw": [-0.010, -0.011, -0.009]}))
+    assert set(v) >= {"finding", "title", "agrees", "verdict", "ours", "published", "criterion", "text",
+                      "interval", "sd", "mde", "n", "effect", "expected", "reason"}
+    assert v["n"] == 3 and v["sd"] == pytest.approx(0.001) and v["effect"] == pytest.approx(-0.02)
+    lo, hi = v["interval"]
+    assert lo < v["effect"] < hi < 0 and 0 < v["mde"] < -v["expected"]
+    assert v["expected"] == pytest.approx((-0.017 + 0.007) / 0.017 * 0.030)  # published, scaled by our gain
+    assert "Welch" in v["criterion"] and "MDE" in v["criterion"] and v["verdict"] in F.VERDICTS
+
+
+def test_published_numbers_through_the_verdicts():
     pub = F.published_results()
-    vs = [F.verdict_f1(pub["F1"]), F.verdict_f2(pub["F2"]), F.verdict_f3(pub["F3"]), F.verdict_f5(pub["F5"])]
-    assert all(v["agrees"] and v["verdict"] == F.AGREES for v in vs)
-    assert "6.2×" in vs[0]["ours"] and "-12.6" in vs[0]["ours"] and "2.43×" in vs[2]["ours"]
-    assert "22% → 18% → 16% → 13%" in vs[3]["ours"]
-    md = F.findings_markdown(vs)
-    assert md.count("\n") == 2 + len(vs) and "| **agrees** |" in md
+    v1, v2, v3, v5 = F.verdict_f1(pub["F1"]), F.verdict_f2(pub["F2"]), F.verdict_f3(pub["F3"]), F.verdict_f5(pub["F5"])
+    # the trends over the four published runs are detected (their scatter about the trend is small)
+    assert v2["agrees"] and v2["verdict"] == F.AGREES and v2["expected"] == pytest.approx(v2["effect"])
+    assert v5["agrees"] and v5["interval"][1] < 0 and "22% → 18% → 16% → 13%" in v5["ours"]
+    # one run per setting has no seed-to-seed spread: the published comparisons alone are underpowered
+    for v in (v1, v3):
+        assert v["verdict"] == F.INCONCLUSIVE and not v["agrees"] and v["n"] == 1 and "n=1 < 3" in v["reason"]
+    assert "6.2×" in v1["ours"] and "-12.6" in v1["ours"] and "2.43×" in v3["ours"]
+    md = F.findings_markdown([v1, v2, v3, v5])
+    assert md.count("\n") == 2 + 4 and md.count("| **agrees** |") == 2
+    assert md.count("| **inconclusive (underpowered)** |") == 2 and "MDE" in md
 
 
-def test_verdicts_follow_the_data():
-    s = np.arange(0, 601, 30)
-    linear = F.phase_rates(s, 3 - 0.001 * s, total_steps=600, warmdown=240)  # same rate everywhere
-    v1 = F.verdict_f1(linear)
-    assert not v1["agrees"] and v1["verdict"] == F.DISAGREES and "(1.0×)" in v1["ours"]
-    assert F.verdict_f1(linear, threshold=0.5)["agrees"]
+def test_f3_three_outcomes():
+    by = F.ttt_gain_by_optimizer
+    clear = F.verdict_f3(by({"sgd": [-0.030, -0.031, -0.029], "adamw": [-0.010, -0.011, -0.009]}))
+    assert clear["verdict"] == F.AGREES and clear["agrees"]
+    opposite = F.verdict_f3(by({"sgd": [-0.010, -0.011, -0.009], "adamw": [-0.030, -0.031, -0.029]}))
+    assert opposite["verdict"] == F.DISAGREES and not opposite["agrees"] and "opposite" in opposite["reason"]
+    # SGD wins on average but the seed-to-seed spread is as large as the effect: underpowered
+    noisy = F.verdict_f3(by({"sgd": [-0.030, -0.020, -0.025], "adamw": [-0.030, -0.010, -0.020]}))
+    assert noisy["verdict"] == F.INCONCLUSIVE and noisy["mde"] >= -noisy["expected"] and "MDE" in noisy["reason"]
+    # a clear effect on two seeds is still too few seeds
+    two = F.verdict_f3(by({"sgd": [-0.030, -0.031], "adamw": [-0.010, -0.011]}))
+    assert two["verdict"] == F.INCONCLUSIVE and "n=2 < 3" in two["reason"]
+    assert F.verdict_f3(by({"sgd": [-0.030, -0.031], "adamw": [-0.010, -0.011]}), min_seeds=2)["agrees"]
+    # the right order but gains of ~0.3 mBPB (what the CPU demo measures): the TTT gain is below noise
+    tiny = F.verdict_f3(by({"sgd": [-0.00031, -0.00030, -0.00032], "adamw": [-0.0003, -0.00028, -0.00029]}))
+    assert tiny["verdict"] == F.INCONCLUSIVE and "too small to rank" in tiny["ours"]
+    # with a smaller floor, a clear ordering of such gains counts
+    assert F.verdict_f3(by({"sgd": [-0.00031, -0.00030, -0.00032], "adamw": [-0.0001, -0.00012, -0.00011]}),
+                        min_gain=1e-4)["agrees"]
+    # gains of 2 mBPB whose interval reaches 0: below noise even though above min_gain
+    wobbly = F.verdict_f3(by({"sgd": [-0.012, 0.004, -0.002], "adamw": [0.001, 0.0, 0.002]}))
+    assert wobbly["verdict"] == F.INCONCLUSIVE and "below noise" in wobbly["reason"]
 
-    grows = F.verdict_f2(F.compressibility([100, 200, 300], [500, 510, 520]))
-    shrinks = F.verdict_f2(F.compressibility([100, 200, 300], [520, 510, 500]))
-    assert not grows["agrees"] and shrinks["agrees"] and grows["text"] != shrinks["text"]
 
-    adam_wins = F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.01, -0.012], "adamw": [-0.03, -0.02]}))
-    assert not adam_wins["agrees"] and "Welch p=" in adam_wins["ours"]
+def test_f1_three_outcomes():
+    rng = np.random.default_rng(0)
 
-    f4_yes = F.verdict_f4(F.ttt_gain_vs_frozen([0, 1, 2], [-0.01, -0.02, -0.015]))
-    f4_no = F.verdict_f4(F.ttt_gain_vs_frozen([0, 1, 2], [-0.03, -0.02, -0.015]))
-    assert f4_yes["agrees"] and "best freeze 1" in f4_yes["ours"]
-    assert not f4_no["agrees"] and "best freeze 0" in f4_no["ours"]
+    def jitter(e, p, w, sd, n=3):
+        return [(e, p + rng.normal(0, sd), w + rng.normal(0, sd)) for _ in range(n)]
+
+    # warmdown 5x the plateau rate, small spread: agrees
+    v = F.verdict_f1(seed_rates(jitter(-4e-3, -1e-4, -5e-4, 1e-5)))
+    assert v["verdict"] == F.AGREES and v["n"] == 3 and v["interval"][1] < 0
+    # the same rate everywhere after the early phase, powered: does not agree
+    same = F.verdict_f1(seed_rates(jitter(-4e-3, -5e-4, -5e-4, 1e-5)))
+    assert same["verdict"] == F.DISAGREES and "(1.0×)" in same["ours"] and same["mde"] < -same["expected"]
+    assert F.verdict_f1(seed_rates(jitter(-4e-3, -5e-4, -5e-4, 1e-5)), threshold=0.5)["agrees"]
+    # seed-to-seed spread as large as the rates themselves: underpowered
+    noisy = F.verdict_f1(seed_rates(jitter(-4e-3, -3e-4, -5e-4, 2e-3)))
+    assert noisy["verdict"] == F.INCONCLUSIVE and "MDE" in noisy["reason"]
+    # one seed (a single dict): no spread
+    one = F.verdict_f1(seed_rates([(-4e-3, -1e-4, -5e-4)])[0])
+    assert one["verdict"] == F.INCONCLUSIVE and one["n"] == 1 and "(5.0×)" in one["ours"]
+
+
+def test_f2_three_outcomes():
+    steps = [100, 200, 300, 400]
+    wiggle = np.array([1.0, 1.001, 0.999, 1.0])
+    shrink = F.verdict_f2(F.compressibility(steps, 500e3 * (np.array(steps) / 100) ** -0.05 * wiggle))
+    grow = F.verdict_f2(F.compressibility(steps, 500e3 * (np.array(steps) / 100) ** 0.03 * wiggle))
+    assert shrink["verdict"] == F.AGREES and grow["verdict"] == F.DISAGREES
+    assert shrink["text"] != grow["text"] and shrink["n"] == 4 and "opposite" in grow["reason"]
+    noisy = F.verdict_f2(F.compressibility(steps, [500e3, 560e3, 470e3, 530e3]))
+    assert noisy["verdict"] == F.INCONCLUSIVE
+    two = F.verdict_f2(F.compressibility([100, 200], [520e3, 500e3]))
+    assert two["verdict"] == F.INCONCLUSIVE and "n=2 < 3 runs" in two["reason"]
+
+
+def test_f4_three_outcomes():
+    k = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    yes = F.verdict_f4(F.ttt_gain_vs_frozen(k, [-0.010, -0.011, -0.009, -0.020, -0.021, -0.019,
+                                                -0.015, -0.016, -0.014]))
+    assert yes["verdict"] == F.AGREES and "best freeze 1" in yes["ours"] and "α/2" in yes["criterion"]
+    no = F.verdict_f4(F.ttt_gain_vs_frozen(k, [-0.030, -0.031, -0.029, -0.020, -0.021, -0.019,
+                                               -0.015, -0.016, -0.014]))
+    assert no["verdict"] == F.DISAGREES and "best freeze 0" in no["ours"]
+    tiny = F.verdict_f4(F.ttt_gain_vs_frozen([0, 0, 0, 1, 1, 1], [-2e-4, -3e-4, -2e-4, -3e-4, -4e-4, -3e-4]))
+    assert tiny["verdict"] == F.INCONCLUSIVE and "too small to rank" in tiny["ours"] and "best freeze 1" in tiny["ours"]
     with pytest.raises(ValueError, match="freeze-0"):
         F.verdict_f4(F.ttt_gain_vs_frozen([1, 2], [-0.01, -0.02]))
 
-    # the right order but gains of ~0.3 mBPB (what the CPU demo measures): noise, not agreement
-    tiny_gains = F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.00031, -0.00030], "adamw": [-0.0003, -0.00028]}))
-    assert not tiny_gains["agrees"] and "too small to rank" in tiny_gains["ours"]
-    assert F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.00031], "adamw": [-0.0003]}), min_gain=1e-4)["agrees"]
-    f4_tiny = F.verdict_f4(F.ttt_gain_vs_frozen([0, 1], [-0.0002, -0.0003]))
-    assert not f4_tiny["agrees"] and "too small to rank" in f4_tiny["ours"] and "best freeze 1" in f4_tiny["ours"]
 
-    rising = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.19, 2.05, 1.9], baseline_bpb=2.5))
-    assert not rising["agrees"] and "baseline 2.500" in rising["ours"]
+def test_f5_three_outcomes():
+    base = [2.3, 2.2, 2.1, 2.0]
+    falls = F.verdict_f5(F.ttt_share(base, [2.2, 2.12, 2.045, 1.98], baseline_bpb=2.5))  # gains 100, 80, 55, 20 mBPB
+    assert falls["verdict"] == F.AGREES and "too small" not in falls["ours"]
+    rises = F.verdict_f5(F.ttt_share(base, [2.29, 2.17, 2.04, 1.9], baseline_bpb=2.5))  # gains 10, 30, 60, 100
+    assert rises["verdict"] == F.DISAGREES and "baseline 2.500" in rises["ours"]
+    # shares fall as the base improves, but every TTT gain is ~0.2 mBPB: noise, not a finding
+    tiny = F.verdict_f5(F.ttt_share(base, [2.2997, 2.1998, 2.0999, 1.9999], baseline_bpb=2.5))
+    assert tiny["verdict"] == F.INCONCLUSIVE and "too small to rank" in tiny["ours"]
+    assert F.verdict_f5(F.ttt_share(base, [2.2, 2.12, 2.045, 1.98], baseline_bpb=2.5), min_gain=0.2)["verdict"] \
+        == F.INCONCLUSIVE
+    three_runs_needed = F.verdict_f5(F.ttt_share(base[:2], [2.2, 2.12], baseline_bpb=2.5))
+    assert three_runs_needed["verdict"] == F.INCONCLUSIVE
 
 
-def test_f5_needs_a_ttt_gain_above_noise():
-    # Shares fall as the base improves, but every TTT gain is ~0.2 mBPB: noise, not a finding.
-    tiny = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.1997, 2.0998, 1.9999], baseline_bpb=2.5))
-    assert not tiny["agrees"] and "too small to rank" in tiny["ours"]
-    # The same trend with real gains (100, 50, 10 mBPB) agrees.
-    real = F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.1, 2.05, 1.99], baseline_bpb=2.5))
-    assert real["agrees"] and "too small" not in real["ours"]
-    assert not F.verdict_f5(F.ttt_share([2.2, 2.1, 2.0], [2.1, 2.05, 1.99], baseline_bpb=2.5), min_gain=0.2)["agrees"]
+def test_judge_rule():
+    assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0)[0] == F.AGREES
+    assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0, direction_ok=False)[0] != F.AGREES
+    assert F.judge(0.1, (-0.2, 0.4), 0.5, -1.0)[0] == F.DISAGREES  # powered, the interval excludes -1
+    assert F.judge(0.1, (-0.2, 0.4), 1.0, -1.0)[0] == F.INCONCLUSIVE  # MDE = |expected|: not powered
+    assert F.judge(-0.6, (-1.3, 0.1), 0.9, -1.0)[0] == F.INCONCLUSIVE  # holds both 0 and -1
+    assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0, ["n=2 < 3 seeds"]) == (F.INCONCLUSIVE, "n=2 < 3 seeds")
+    assert F.judge(-1.0, (math.nan, math.nan), math.nan, -1.0)[0] == F.INCONCLUSIVE

@@ -1,4 +1,4 @@
-"""The published numbers (SPEC §6) are stored exactly and are consistent with each other."""
+"""The published numbers are stored exactly and are consistent with each other."""
 import math
 
 import pytest
@@ -8,7 +8,7 @@ from gepalib.findings import reference as R
 MIB = 2**20
 
 
-def test_headline_exact_values_from_spec():
+def test_headline_exact_values():
     h = R.HEADLINE
     assert h["val_bpb"] == 1.09826483 and h["val_loss"] == 1.854369
     assert h["float_bpb"] == 1.1153 and h["params"] == 27_030_107
@@ -21,22 +21,22 @@ def test_headline_internal_consistency():
     h = R.HEADLINE
     assert h["model_bytes"] + h["code_bytes"] == h["artifact_bytes"] <= h["artifact_limit_bytes"]
     assert h["trainable_ttt_params"] + h["frozen_ttt_params"] == h["params"]
-    # "MB" is MiB: 14.29 total, 14.22 model only (SPEC §4)
+    # "MB" is MiB: 14.29 total, 14.22 model only (docs/quantization.md)
     assert round(h["artifact_bytes"] / MIB, 2) == 14.29 and round(h["model_bytes"] / MIB, 2) == 14.22
     assert h["ttt_chunks"] == math.ceil(h["val_targets"] / 32768)
     assert h["ttt_steps"] == (h["ttt_chunks"] - 1) * 10
-    # slow reference: count the legal-TTT sliding windows one by one (SPEC §5)
+    # slow reference: count the legal-TTT sliding windows one by one (docs/evaluation.md)
     n = h["val_targets"]
     windows = sum(1 for ws in range(0, n, 64) if ws == 0 or min(ws + 2048, n) - ws >= 64)
     assert windows == h["sliding_windows"]
-    # val_loss / (ln2 * val_bpb) is bytes per token, "about 2.436" (SPEC §1)
+    # val_loss / (ln2 * val_bpb) is bytes per token, "about 2.436" (docs/data.md)
     assert round(h["val_loss"] / (math.log(2) * h["val_bpb"]), 3) == 2.436
     # TTT gains: float 1.1153 -> 1.0983 and the ~1.142 estimate -> 1.0983
     assert round(h["val_bpb"] - h["float_bpb"], 3) == h["ttt_gain_float_to_final"]
     assert round(h["val_bpb"] - h["int6_pre_ttt_bpb_estimate"], 3) == h["ttt_gain_quant_to_final"]
 
 
-def test_trajectory_matches_spec_and_headline():
+def test_trajectory_matches_log_and_headline():
     steps = [s for s, _ in R.TRAJECTORY]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) == 20
     d = dict(R.TRAJECTORY)

@@ -1,8 +1,35 @@
-"""The submission's five findings: pure analysis functions, verdicts, reference numbers, plots.
+"""The submission's five findings: analysis functions, statistics, verdicts, reference numbers, plots.
 
 ``from gepalib import findings as F`` gives the analysis API (``F.phase_rates``,
-``F.verdict_f1``, ...); figures live in :mod:`gepalib.findings.plots`, the published
-numbers in :mod:`gepalib.findings.reference`.
+``F.compare_settings``, ``F.verdict_f1``, ...). The modules, one job each:
+
+* :mod:`gepalib.findings.analysis`: trajectories, phase rates, plateau detection,
+  compressibility, TTT gains and shares;
+* :mod:`gepalib.findings.stats`: multi-seed comparisons (Welch), intervals, minimum
+  detectable effects, trends and rank correlations;
+* :mod:`gepalib.findings.verdicts`: the verdict on each finding, the findings table and
+  the published numbers run through the same functions;
+* :mod:`gepalib.findings.reference`: the published numbers; :mod:`gepalib.findings.plots`: figures.
 """
-from gepalib.findings.analysis import *  # noqa: F401,F403
-from gepalib.findings.analysis import __all__  # noqa: F401
+from gepalib.findings.analysis import (EARLY_START_FRAC, PLATEAU_START_FRAC, compressibility, detect_plateau,
+                                       infer_phases, phase_boundaries, phase_rates, phase_table, trajectory,
+                                       trajectory_from_metrics, ttt_gain, ttt_gain_by_optimizer, ttt_gain_vs_frozen,
+                                       ttt_share)
+from gepalib.findings.stats import (ALPHA, POWER, compare_settings, mean_interval, min_detectable_effect,
+                                    rank_correlation, significance_text, slope_effect)
+from gepalib.findings.verdicts import (AGREES, DISAGREES, F4_EXPECTED_REL, INCONCLUSIVE, MIN_GAIN, MIN_SEEDS,
+                                       VERDICTS, findings_markdown, judge, published_results, verdict_f1, verdict_f2,
+                                       verdict_f3, verdict_f4, verdict_f5)
+
+__all__ = [
+    # analysis
+    "EARLY_START_FRAC", "PLATEAU_START_FRAC", "trajectory", "trajectory_from_metrics", "detect_plateau",
+    "phase_boundaries", "infer_phases", "phase_rates", "phase_table", "compressibility", "ttt_gain",
+    "ttt_gain_by_optimizer", "ttt_gain_vs_frozen", "ttt_share",
+    # stats
+    "ALPHA", "POWER", "compare_settings", "mean_interval", "min_detectable_effect", "slope_effect",
+    "significance_text", "rank_correlation",
+    # verdicts
+    "AGREES", "DISAGREES", "INCONCLUSIVE", "VERDICTS", "MIN_SEEDS", "MIN_GAIN", "F4_EXPECTED_REL", "judge",
+    "verdict_f1", "verdict_f2", "verdict_f3", "verdict_f4", "verdict_f5", "findings_markdown", "published_results",
+]

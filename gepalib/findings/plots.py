@@ -3,11 +3,13 @@
 One style (:func:`set_style`), one colour per source (:data:`COLORS`: ours,
 published), one figure helper per finding, each returning a matplotlib Figure
 whose panels read "ours" / "submission (PR #628)". The numbers come from
-:mod:`gepalib.findings` results and :mod:`gepalib.findings.reference` (SPEC §6); this
+:mod:`gepalib.findings` results and :mod:`gepalib.findings.reference`; this
 module computes nothing it has to be trusted on.
 
-:func:`save_figure` writes PNG and PDF atomically with no timestamps or
-version strings in the metadata, so re-running a notebook gives identical bytes.
+:func:`save_figure` lays every figure out so that no tick or axis label is cut
+(constrained layout, then a tight bounding box) and writes PNG and PDF atomically
+with no timestamps or version strings in the metadata, so re-running a notebook
+gives identical bytes.
 Headless processes (no display, no Jupyter) use the Agg backend.
 """
 from __future__ import annotations
@@ -28,8 +30,11 @@ if ("MPLBACKEND" not in os.environ and not os.environ.get("DISPLAY")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gepalib.findings import analysis as F  # noqa: E402
+from gepalib.config import resolve_path  # noqa: E402
 from gepalib.findings import reference as R  # noqa: E402
+from gepalib.findings.analysis import trajectory, trajectory_from_metrics  # noqa: E402
+from gepalib.findings.verdicts import published_results  # noqa: E402
+from gepalib.fsio import atomic_write_bytes  # noqa: E402
 
 # Colour-blind-safe (seaborn "colorblind" palette entries), fixed so every figure agrees.
 COLORS = {"ours": "#0173b2", "published": "#de8f05", "fit": "#555555"}
@@ -85,7 +90,7 @@ def shade_phases(ax, phases: Mapping[str, tuple[float, float]]) -> None:
 def plot_trajectory(ax, steps: Any, bpb: Any, *, phases: Mapping[str, tuple[float, float]] | None = None,
                     color: str = COLORS["ours"], label: str | None = None, zoom_from: float | None = None) -> None:
     """val_bpb vs step; ``zoom_from`` sets the y-range from that step on (hides the step-0 value)."""
-    s, b = F.trajectory(steps, bpb)
+    s, b = trajectory(steps, bpb)
     if phases:
         shade_phases(ax, phases)
     ax.plot(s, b, marker="o", ms=3, color=color, label=label)
@@ -112,7 +117,7 @@ def warmdown_figure(steps: Any, bpb: Any, rates: Mapping[str, Any], *, label: st
 
     ``rates`` is :func:`gepalib.findings.phase_rates` of (steps, bpb).
     """
-    pub = F.published_results()["F1"]
+    pub = published_results()["F1"]
     ps, pb = zip(*R.TRAJECTORY)
     fig, (a, b, c) = new_figure(3, title="F1 — warmdown is a first-class variable")
     plot_trajectory(a, steps, bpb, phases=_phase_spans(rates), color=COLORS["ours"],
@@ -156,11 +161,11 @@ def compressibility_figure(steps: Any, artifact_bytes: Any, comp: Mapping[str, A
 
     ``comp`` (:func:`gepalib.findings.compressibility`) adds ρ to the title.
     """
-    s, a = F.trajectory(steps, artifact_bytes)
+    s, a = trajectory(steps, artifact_bytes)
     fig, (left, right) = new_figure(2, title="F2 — better-trained models compress smaller")
     t = label if comp is None else f"{label}: ρ={comp['spearman_steps']:+.2f}, {comp['relative_change']:+.1%}"
     _size_panel(left, s, a / 1000.0, unit="KB", color=COLORS["ours"], title=t)
-    pub = F.published_results()["F2"]
+    pub = published_results()["F2"]
     ps = np.array([r["steps"] for r in R.F2_ROWS], float)
     pm = np.array([r["artifact_mib"] for r in R.F2_ROWS], float)
     _size_panel(right, ps, pm, unit="MiB", color=COLORS["published"],
@@ -174,7 +179,7 @@ def compressibility_figure(steps: Any, artifact_bytes: Any, comp: Mapping[str, A
 
 def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.Figure:
     """F3: mean TTT gain per optimizer (bars, ±1 std, one dot per seed) next to the published gains."""
-    pub = F.published_results()["F3"]
+    pub = published_results()["F3"]
     names = [by_opt["numerator"], by_opt["denominator"]]
     names += [k for k in by_opt["per_optimizer"] if k not in names]
     fig, (ax,) = new_figure(1, title="F3 — TTT gain by optimizer", width=5.6)
@@ -246,7 +251,7 @@ def _share_panel(ax, float_bpb: np.ndarray, share: np.ndarray, *, color: str, ti
 def ttt_share_figure(share: Mapping[str, Any], *, label: str = "ours",
                      point_labels: Sequence[str] | None = None) -> plt.Figure:
     """F5: TTT share vs base bpb, ours (own baseline) next to the published (baseline 1.224)."""
-    pub = F.published_results()["F5"]
+    pub = published_results()["F5"]
     fig, (left, right) = new_figure(2, title="F5 — TTT's share of the total gain")
     _share_panel(left, np.asarray(share["float_bpb"]), np.asarray(share["share"]), color=COLORS["ours"],
                  title=f"{label} (baseline {share['baseline_bpb']:.3f})", labels=point_labels)
@@ -263,15 +268,15 @@ def ttt_share_figure(share: Mapping[str, Any], *, label: str = "ours",
 def training_curves_figure(metrics: Any, *, title: str = "training") -> plt.Figure:
     """train_loss and val_bpb (live, and EMA when logged) vs step from metrics.jsonl rows."""
     fig, (a, b) = new_figure(2, title=title)
-    s, loss = F.trajectory_from_metrics(metrics, "train_loss")
+    s, loss = trajectory_from_metrics(metrics, "train_loss")
     a.plot(s, loss, color=COLORS["ours"], lw=1)
     a.set_xlabel("step")
     a.set_ylabel("train loss (nats/token)")
     _kfmt(a)
-    s, v = F.trajectory_from_metrics(metrics, "val_bpb")
+    s, v = trajectory_from_metrics(metrics, "val_bpb")
     b.plot(s, v, marker="o", ms=3, color=COLORS["ours"], label="live")
     try:
-        se, ve = F.trajectory_from_metrics(metrics, "val_bpb_ema")
+        se, ve = trajectory_from_metrics(metrics, "val_bpb_ema")
         b.plot(se, ve, marker="s", ms=3, color=COLORS["published"], label="EMA")
     except ValueError:
         pass  # the EMA was not evaluated in this run
@@ -283,31 +288,63 @@ def training_curves_figure(metrics: Any, *, title: str = "training") -> plt.Figu
 
 
 # ---------------------------------------------------------------------------
+# Stage ledger (02_artifact_and_eval)
+
+
+def stage_ledger_figure(table: Any, *, title: str = "stage ledger: val_bpb per stage") -> plt.Figure:
+    """Horizontal bars of val_bpb per stage (a :func:`gepalib.run.stage_table` DataFrame or a
+    list of ``{"stage", "val_bpb"}`` rows), each labelled with its value; the first stage on top."""
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+    rows = [r for r in rows if r.get("val_bpb") is not None and np.isfinite(r["val_bpb"])]
+    if not rows:
+        raise ValueError("stage_ledger_figure: no stage with a val_bpb")
+    names = [str(r["stage"]) for r in rows]
+    vals = np.array([float(r["val_bpb"]) for r in rows])
+    fig, (ax,) = new_figure(1, title=title, width=6.4, height=0.45 * len(rows) + 1.4)
+    y = np.arange(len(rows))[::-1]
+    bars = ax.barh(y, vals, color=COLORS["ours"], height=0.6)
+    ax.bar_label(bars, labels=[f"{v:.4f}" for v in vals], padding=3, fontsize=8)
+    ax.set_yticks(y, names)
+    span = float(vals.max() - vals.min()) or 0.01 * float(vals.max()) or 1.0
+    ax.set_xlim(vals.min() - 0.5 * span, vals.max() + 0.35 * span)  # room for the value labels
+    ax.set_xlabel("val_bpb (lower is better)")
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+# ---------------------------------------------------------------------------
 # Saving
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def fit_layout(fig: plt.Figure) -> None:
+    """Give a figure without a layout engine a constrained layout (so its axes make room for
+    tick and axis labels) and draw it once so the layout is computed."""
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")
+    fig.canvas.draw()
 
 
 def save_figure(fig: plt.Figure, name: str, out_dir: str | os.PathLike = "figures",
                 formats: Sequence[str] = ("png", "pdf"), *, dpi: float | None = None, close: bool = False) -> list[Path]:
     """Write ``<out_dir>/<name>.<fmt>`` for each format, atomically, with stable metadata.
 
-    Relative ``out_dir`` resolves under the project root (``$GEPA_HOME`` or the
+    The figure is laid out first (:func:`fit_layout`) and saved with a tight bounding
+    box, so labels that stick out of the canvas are kept, not clipped. Relative ``out_dir`` resolves under the project root (``$GEPA_HOME`` or the
     checkout, see :func:`gepalib.config.resolve_path`). Returns the paths written.
     """
-    from gepalib.config import resolve_path
-    from gepalib.fsio import atomic_write_bytes
-
     if not _NAME_RE.match(name) or name.lower().endswith(tuple(f".{f}" for f in _METADATA)):
         raise ValueError(f"save_figure: bad figure name {name!r} (letters, digits, _ . -; no extension, no '/')")
     unknown = [f for f in formats if f not in _METADATA]
     if unknown:
         raise ValueError(f"save_figure: unsupported format(s) {unknown}; choose from {sorted(_METADATA)}")
     out = resolve_path(out_dir)
+    fit_layout(fig)
     paths = []
     for fmt in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt], bbox_inches="tight", pad_inches=0.05)
         path = out / f"{name}.{fmt}"
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)

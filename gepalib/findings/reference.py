@@ -1,8 +1,8 @@
-"""The submission's published numbers as data (SPEC §6), with their sources.
+"""The submission's published numbers as data, with their sources.
 
 Everything a notebook compares against lives here, once: the PR #628 headline,
 the scaling table, the live-weight training trajectory, the tables behind the
-five findings and the naive baseline. Values are copied exactly as SPEC §6 gives
+five findings and the naive baseline. Values are copied exactly as the PRs give
 them. Where a table shows a rounded value and a more precise one exists (the
 "(1.1268)" style entries), both are kept: ``*_precise`` fields hold the precise
 value or ``None``. Rounded-ness is recorded per column in :data:`ROUNDING`.
@@ -12,7 +12,7 @@ Plain Python structures are module constants (tuples of dicts, dicts); the
 
 Sources are given as "PR #N <document>" (the PRs are in openai/parameter-golf;
 the #628 folder is records/track_non_record_16mb/2026-03-24_11L_GEPA_20kSteps_
-PureInt6_LegalTTT/). "MB" in the PRs means MiB (2**20 bytes), see SPEC §4.
+PureInt6_LegalTTT/). "MB" in the PRs means MiB (2**20 bytes), see docs/quantization.md.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ SRC_628_LOG = "PR #628 train.log"
 SRC_628_SUBMISSION = "PR #628 submission.json / README Key Numbers"
 
 # ---------------------------------------------------------------------------
-# Headline (SPEC §6 "Headline (PR #628)", checked against SPEC §4/§5)
+# Headline (PR #628), checked against the artifact and evaluation rules
+# (docs/quantization.md, docs/evaluation.md)
 
 HEADLINE: dict[str, Any] = {
     "val_bpb": 1.09826483,  # final legal-TTT score (sliding window, stride 64)
@@ -35,7 +36,7 @@ HEADLINE: dict[str, Any] = {
     "ttt_gain_quant_to_final": -0.044,  # uses the unmeasured 1.142 estimate
     "ttt_gain_float_to_final": -0.017,  # 1.1153 -> 1.0983, rounded to 3 decimals
     "params": 27_030_107,
-    "trainable_ttt_params": 22_301_259,  # freeze blocks 0-1 (SPEC §5)
+    "trainable_ttt_params": 22_301_259,  # freeze blocks 0-1 (docs/evaluation.md)
     "frozen_ttt_params": 4_728_848,
     "model_bytes": 14_907_461,  # zstd-22 compressed torch.save payload
     "code_bytes": 78_281,  # UTF-8 bytes of train_gpt.py
@@ -55,34 +56,34 @@ HEADLINE: dict[str, Any] = {
     "seed": 42,
 }
 
-_LOG_S6 = SRC_628_LOG + ", SPEC §6"
-_LOG_S4 = SRC_628_LOG + ", SPEC §4"
-_LOG_S5 = SRC_628_LOG + ", SPEC §5"
+_LOG_S6 = SRC_628_LOG
+_LOG_S4 = SRC_628_LOG + ", docs/quantization.md"
+_LOG_S5 = SRC_628_LOG + ", docs/evaluation.md"
 HEADLINE_SOURCES: dict[str, str] = {
     "val_bpb": _LOG_S6 + " (final legal-TTT eval; the PR title rounds it to 1.0983)",
     "val_loss": _LOG_S6 + " (final legal-TTT eval)",
     "float_bpb": _LOG_S6 + " (periodic val at step 20000, live weights)",
-    "int6_pre_ttt_bpb_estimate": SRC_628_README + ", SPEC §6 (\"~1.142\": an estimate, not measured)",
+    "int6_pre_ttt_bpb_estimate": SRC_628_README + " (\"~1.142\": an estimate, not measured)",
     "ttt_gain_quant_to_final": "PR #628 description (\"-0.044 BPP gain\"; relative to the ~1.142 estimate)",
-    "ttt_gain_float_to_final": SRC_628_README + ", SPEC §6",
-    "params": _LOG_S6 + " (as run; SPEC §7.1 explains the one-parameter difference)",
-    "trainable_ttt_params": "SPEC §5 (PR #628 code: params not in blocks.0./blocks.1.)",
-    "frozen_ttt_params": "SPEC §5 (PR #628 code: params in blocks.0./blocks.1.)",
+    "ttt_gain_float_to_final": SRC_628_README,
+    "params": _LOG_S6 + " (as run; docs/choices.md explains the one-parameter difference)",
+    "trainable_ttt_params": "PR #628 code: params not in blocks.0./blocks.1. (docs/evaluation.md)",
+    "frozen_ttt_params": "PR #628 code: params in blocks.0./blocks.1. (docs/evaluation.md)",
     "model_bytes": _LOG_S4 + " (compressed int6+zstd-22 model)",
     "code_bytes": _LOG_S4 + " (UTF-8 bytes of train_gpt.py)",
     "artifact_bytes": SRC_628_SUBMISSION + " (14,985,742 bytes = 14.29 MB)",
-    "artifact_limit_bytes": "openai/parameter-golf README (16,000,000-byte rule), SPEC §4",
+    "artifact_limit_bytes": "openai/parameter-golf README (16,000,000-byte rule), docs/quantization.md",
     "raw_payload_bytes": _LOG_S4,
     "torch_save_bytes": _LOG_S4,
     "steps": SRC_628_README + " (12000 peak-LR + 8000 warmdown)",
     "peak_steps": SRC_628_README,
-    "warmdown": SRC_628_README + " (WARMDOWN_ITERS=8000, matches the trajectory), SPEC §7.12",
+    "warmdown": SRC_628_README + " (WARMDOWN_ITERS=8000, matches the trajectory), docs/choices.md",
     "train_seconds": _LOG_S6,
     "eval_seconds": _LOG_S5 + " (whole TTT eval on 4xA100)",
     "ttt_chunks": _LOG_S5,
-    "ttt_steps": "derived, SPEC §5: (1893 - 1) trained chunks x 10 epochs",
+    "ttt_steps": "derived (docs/evaluation.md): (1893 - 1) trained chunks x 10 epochs",
     "sliding_windows": _LOG_S5,
-    "val_targets": "derived, SPEC §1: floor((N-1)/2048)*2048",
+    "val_targets": "derived (docs/data.md): floor((N-1)/2048)*2048",
     "seed": _LOG_S6,
 }
 
@@ -92,7 +93,7 @@ NAIVE_BASELINE_BPB = 1.224
 NAIVE_BASELINE_SOURCE = SRC_628_README + " (Finding 5: 'total gain over naive baseline', 1.224)"
 
 # ---------------------------------------------------------------------------
-# Scaling table (SPEC §6 "Scaling"; PRs #628/#644/#668, #612 for 12k)
+# Scaling table (PRs #628/#644/#668, #612 for 12k)
 #
 # `artifact_mib` is the table's "MB" (MiB, 2 decimals). `artifact_bytes` is the
 # exact total where published. ⚠ For 25k and 30k the MiB figure matches the
@@ -144,7 +145,7 @@ TRAJECTORY: tuple[tuple[int, float], ...] = (
 TRAJECTORY_SOURCE = SRC_628_LOG + " (periodic val lines, live weights, 2048-token windows)"
 
 # ---------------------------------------------------------------------------
-# The five findings (SPEC §6; PR #628 README "Research Contributions")
+# The five findings (PR #628 README "Research Contributions")
 
 # F1: phase boundaries in steps; delta to 3 decimals, rate to 1 decimal, in
 # mBPB per 1,000 steps (the README writes "BPB/kstep"; the unit is really mBPB).

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gepalib.config import resolve_path
-from gepalib.findings.analysis import findings_markdown
+from gepalib.findings.verdicts import findings_markdown
 from gepalib.fsio import atomic_write_json, atomic_write_text
 
 # Finding id -> the notebook that computes it.
