@@ -1,6 +1,6 @@
-"""The GEPA GPT (SPEC §2), every feature behind a ModelConfig switch.
+"""The GEPA GPT (see docs/model.md), every feature behind a ModelConfig switch.
 
-Forward pass (identical for training, evaluation and TTT):
+Forward pass (the one forward of training, evaluation, streaming and TTT):
 
     e  = RMSNorm(E_tok[ids] + Bigram(ids));  x0 = x = Smear(e)
     encoder blocks 0 .. L//2-1 push their outputs; decoder block L//2+i pops one
@@ -11,6 +11,8 @@ Block l:  x_in = m0*x + m1*x0
           x = x_in + a * Attn(RMSNorm(x_in) * 1/sqrt(l+1))
           x = x    + c * MLP(RMSNorm(x) * 1/sqrt(l+1))
 
+Attention is causal; given a KVCache (gepalib.attention), the forward instead continues a stream
+fed in consecutive pieces, each token attending to the last W tokens at every layer (streaming).
 Parameter names (state-dict keys) are a fixed interface: the optimizer
 grouping, the quantizer and TTT freezing select tensors by them.
 The module never moves itself to a device; autocast is the caller's choice.
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gepalib.attention import KVCache, sdpa
 from gepalib.config import ModelConfig
 
 # Name substrings that mark small "control" tensors (quantizer keeps them fp32).
@@ -35,7 +38,7 @@ SKIP_MODES = ("gated", "add", "none")
 BIGRAM_HASHES = ("add", "xor")
 EMBED_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
-# BigramHash constants (SPEC §2).
+# BigramHash constants.
 ADD_HASH_MULT = 1009
 XOR_HASH_CUR, XOR_HASH_PREV = 36313, 27191
 XOR_SCALE_INIT = 0.05
@@ -117,12 +120,15 @@ def rope_base_for(cfg: ModelConfig, seq_len: int) -> float:
     return cfg.rope_base * (seq_len / cfg.rope_train_seq_len) ** (r / (r - 2))
 
 
-def rope_cos_sin(cfg: ModelConfig, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos, sin of angle t*theta_j, theta_j = base^(-2j/r), shapes [T, r/2] (fp32)."""
+def rope_cos_sin(cfg: ModelConfig, seq_len: int, device: torch.device,
+                 n_pos: int | None = None) -> tuple[Tensor, Tensor]:
+    """cos, sin of angle t*theta_j, theta_j = base^(-2j/r) with the base for windows of
+    ``seq_len``, for positions t < n_pos (default seq_len); shapes [n_pos, r/2] (fp32)."""
     r = cfg.rope_dims
     base = rope_base_for(cfg, seq_len)
     theta = base ** (-torch.arange(0, r, 2, dtype=torch.float64, device=device) / r)
-    ang = torch.arange(seq_len, dtype=torch.float64, device=device)[:, None] * theta[None, :]
+    n = seq_len if n_pos is None else n_pos
+    ang = torch.arange(n, dtype=torch.float64, device=device)[:, None] * theta[None, :]
     return ang.cos().float(), ang.sin().float()
 
 
@@ -139,7 +145,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def bigram_hash(idx: Tensor, buckets: int, variant: str) -> Tensor:
-    """Bucket of each (previous, current) token pair; hashing restarts at position 0 (SPEC §2)."""
+    """Bucket of each (previous, current) token pair; hashing restarts at position 0."""
     ids = idx.to(torch.int32)
     prev = F.pad(ids[:, :-1], (1, 0))  # id_{-1} = 0
     if variant == "add":
@@ -216,7 +222,7 @@ def xsa(y: Tensor, v: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, use_xsa: bool):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         d, self.H, self.Hkv, self.hd = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kv_dim = self.Hkv * self.hd
@@ -225,11 +231,13 @@ class Attention(nn.Module):
         self.v = CastedLinear(d, kv_dim)
         self.out = CastedLinear(d, d, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((self.H,), cfg.qk_gain_init))
-        self.qk_norm, self.use_xsa = cfg.qk_norm, use_xsa
+        self.layer, self.qk_norm = layer, cfg.qk_norm
+        self.use_xsa = layer >= cfg.num_layers - cfg.xsa_last_n
 
-    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None,
-                ve: tuple[Tensor, Tensor] | None) -> Tensor:
-        """h [B,T,d] (normalised, LN-scaled); ve = (ve [B,T,kv_dim], layer scale) or None."""
+    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None, ve: tuple[Tensor, Tensor] | None,
+                cache: KVCache | None = None) -> Tensor:
+        """h [B,T,d] (normalised, LN-scaled); rope = (cos, sin) for every key position (the
+        queries are the last T); ve = (ve [B,T,kv_dim], layer scale) or None."""
         B, T, _ = h.shape
         q = self.q(h).view(B, T, self.H, self.hd).transpose(1, 2)
         k = self.k(h).view(B, T, self.Hkv, self.hd).transpose(1, 2)
@@ -244,13 +252,14 @@ class Attention(nn.Module):
             q, k = rms_norm(q, gain), rms_norm(k)
         else:
             q = q * gain
+        if cache is not None:
+            k, v = cache.extend(self.layer, k, v)  # cached + new keys/values
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        rep = self.H // self.Hkv
-        kr, vr = (k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)) if rep > 1 else (k, v)
-        y = F.scaled_dot_product_attention(q, kr, vr, is_causal=True)
+            cos, sin = rope
+            q, k = apply_rope(q, cos[-T:], sin[-T:]), apply_rope(k, cos, sin)
+        y = sdpa(q, k, v) if cache is None else cache.attend(q, k, v)
         if self.use_xsa:
-            y = xsa(y, v)
+            y = xsa(y, v[:, :, -T:])
         return self.out(y.transpose(1, 2).reshape(B, T, self.H * self.hd))
 
 
@@ -284,15 +293,15 @@ class Block(nn.Module):
             self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
         self.attn_scale = nn.Parameter(torch.ones(d))
         self.mlp_scale = nn.Parameter(torch.ones(d))
-        self.attn = Attention(cfg, use_xsa=layer >= cfg.num_layers - cfg.xsa_last_n)
+        self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, x0: Tensor, rope, ve) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, rope, ve, cache: KVCache | None = None) -> Tensor:
         if hasattr(self, "resid_mix"):
             m = self.resid_mix.to(x.dtype)
             x = torch.addcmul(m[0] * x, m[1], x0)
         s = self.ln_scale if self.ln_scale != 1.0 else None
-        x = torch.addcmul(x, self.attn_scale.to(x.dtype), self.attn(rms_norm(x, s), rope, ve))
+        x = torch.addcmul(x, self.attn_scale.to(x.dtype), self.attn(rms_norm(x, s), rope, ve, cache))
         x = torch.addcmul(x, self.mlp_scale.to(x.dtype), self.mlp(rms_norm(x, s)))
         return x
 
@@ -326,7 +335,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """SPEC §2 init: orthogonal linears, zero-init output projections, *.proj scaled by
+        """Init (docs/model.md): orthogonal linears, zero-init output projections, *.proj scaled by
         1/sqrt(2L), E_tok ~ N(0, tok_emb_std^2) stored in embed_dtype. Vectors keep their
         constructor values. (The submission's 'both dims >= 64' orthogonal rule covers all
         its linears; smaller presets use orthogonal init for every linear too.)"""
@@ -355,23 +364,31 @@ class GPT(nn.Module):
         w = torch.empty_like(self.tok_emb.weight, dtype=torch.float32).normal_(std=cfg.tok_emb_std)
         self.tok_emb.weight.data = w.to(EMBED_DTYPES[cfg.embed_dtype])
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    def embed(self, idx: Tensor) -> Tensor:
+        """The input side: SmearGate(RMSNorm(E_tok[ids] + Bigram(ids))), [B,T,d]."""
+        e = self.tok_emb(idx)
+        if not torch.is_autocast_enabled(idx.device.type):
+            e = e.float()  # bf16 table; compute in fp32 unless the caller autocasts
+        if self.cfg.bigram:
+            e = e + self.bigram(idx)
+        e = rms_norm(e)
+        return self.smear(e, idx) if self.cfg.smear else e
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
+                cache: KVCache | None = None) -> Tensor:
         """idx int64 [B,T] -> soft-capped fp32 logits [B,T,V]; with targets: fp32 token-mean
-        cross-entropy (reduction='mean') or per-token nll [B,T] (reduction='none')."""
+        cross-entropy (reduction='mean') or per-token nll [B,T] (reduction='none').
+        With ``cache``, idx continues the streams the cache holds (see KVCache)."""
         cfg = self.cfg
         if idx.dim() != 2:
             raise ValueError(f"GPT expects idx of shape [B, T], got {tuple(idx.shape)}")
         T = idx.size(1)
-        e = self.tok_emb(idx)
-        if not torch.is_autocast_enabled(idx.device.type):
-            e = e.float()  # bf16 table; compute in fp32 unless the caller autocasts
-        if cfg.bigram:
-            e = e + self.bigram(idx)
-        e = rms_norm(e)
-        if cfg.smear:
-            e = self.smear(e, idx)
-        x = x0 = e
-        rope = rope_cos_sin(cfg, T, idx.device) if cfg.rope_dims else None
+        if cache is None:
+            x = x0 = self.embed(idx)
+            rope = rope_cos_sin(cfg, T, idx.device) if cfg.rope_dims else None
+        else:  # the bigram hash and smear see earlier tokens; keys span cached + new positions
+            x = x0 = self.embed(cache.with_past_ids(idx))[:, -T:]
+            rope = rope_cos_sin(cfg, cache.window, idx.device, cache.past() + T) if cfg.rope_dims else None
         ve = self.ve(idx) if cfg.ve_layers else None
 
         skips: list[Tensor] = []
@@ -386,7 +403,7 @@ class GPT(nn.Module):
                     x = torch.addcmul(x, w, skips.pop())
             slot = self.ve_slot.get(i)
             ve_i = None if slot is None else (ve, self.ve.layer_scales[slot])
-            x = block(x, x0, rope, ve_i)
+            x = block(x, x0, rope, ve_i, cache)
             if i < self.n_enc and cfg.skip_mode != "none":
                 skips.append(x)
 
@@ -427,7 +444,7 @@ def component_of(name: str) -> str:
 
 
 def param_breakdown(model: nn.Module) -> dict[str, int]:
-    """Parameter count per component (SPEC §2 table), plus 'blocks' and 'total'."""
+    """Parameter count per component (docs/model.md), plus 'blocks' and 'total'."""
     out = OrderedDict((k, 0) for k in BREAKDOWN_KEYS)
     for name, p in model.named_parameters():
         out[component_of(name)] += p.numel()

@@ -1,4 +1,4 @@
-"""Non-overlapping and sliding-window evaluation (SPEC §1 BPB, §5 sliding window).
+"""Non-overlapping and sliding-window evaluation (bits per byte, the submission's sliding window).
 
 Everything is checked against slow obvious references written here: one model call per
 target on exactly the context that target gets, and per-token byte counts read straight
@@ -49,7 +49,7 @@ def stream(n_targets: int, seed: int = 1) -> torch.Tensor:
 
 
 def ref_bytes(sp, prev: int, tgt: int) -> int:
-    """SPEC §1 byte count read from the tokenizer directly (no LUT)."""
+    """The byte count read from the tokenizer directly (no LUT)."""
     def boundary(t):
         return t >= sp.get_piece_size() or sp.is_control(t) or sp.is_unknown(t) or sp.is_unused(t)
     if boundary(tgt):
@@ -69,7 +69,7 @@ def ref_nll(model, ctx: torch.Tensor, tgt: int) -> float:
 
 
 def ref_sliding(model, sp, val: torch.Tensor, T: int, stride: int, tail_rescore: bool):
-    """Slow SPEC §5 reference: enumerate windows with plain loops, score each target on the
+    """Slow reference of the sliding window: enumerate windows with plain loops, score each target on the
     exact context its window gives it."""
     N = val.numel() - 1
     nll, nbytes, count, first = 0.0, 0, 0, {}
@@ -94,7 +94,7 @@ def ref_sliding(model, sp, val: torch.Tensor, T: int, stride: int, tail_rescore:
 
 
 def test_full_size_window_plan_counts():
-    """SPEC §5: N = 62,021,632, window 2048, stride 64 -> 969,088 windows, N + 1,984 scored."""
+    """The full-size plan: N = 62,021,632, window 2048, stride 64 -> 969,088 windows, N + 1,984 scored."""
     N = 62_021_632
     p = plan_sliding_windows(N, 2048, 64, tail_rescore=True)
     assert p.n_windows == 969_088
@@ -192,6 +192,18 @@ def test_stride_equal_window_is_nonoverlapping(luts):
     assert (a.tokens, a.bytes) == (b.tokens, b.bytes)
     assert torch.equal(a.token_losses, b.token_losses)
     assert a.val_bpb == pytest.approx(b.val_bpb, rel=1e-12)
+
+
+def test_bf16_autocast_agrees_with_fp32(luts):
+    """CPU bf16 autocast (the CUDA default) against fp32, with grouped KV heads and a bf16 table."""
+    model = tiny_model(seed=6, embed_dtype="bfloat16")  # 2 query heads per KV head
+    val = stream(200, seed=7)
+    for run in (lambda ac: eval_sliding(model, val, luts, 32, 8, 4, autocast=ac, return_token_losses=True),
+                lambda ac: eval_nonoverlapping(model, val[:193], luts, 32, 4, autocast=ac, return_token_losses=True)):
+        a, b = run("none"), run("bf16")
+        assert (a.tokens, a.bytes) == (b.tokens, b.bytes)
+        assert b.val_bpb == pytest.approx(a.val_bpb, rel=5e-3)
+        assert (a.token_losses - b.token_losses).abs().mean().item() < 0.02 * a.token_losses.mean().item()
 
 
 def test_eval_restores_mode_and_is_deterministic(luts):

@@ -1,4 +1,4 @@
-"""The GEPA model (SPEC §2): exact parameter counts, fixed names, each component against a slow
+"""The GEPA model (docs/model.md): exact parameter counts, fixed names, each component against a slow
 obvious reference written here, causality, init statistics, determinism, overfitting, `gepa info`."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gepalib import config as C
+from gepalib.attention import NATIVE_GQA, sdpa
 from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, component_of, param_breakdown,
                            rope_base_for, rope_cos_sin, validate_config, xsa)
 
@@ -37,7 +38,7 @@ def perturbed(cfg: C.ModelConfig, seed: int = 0) -> GPT:
 
 
 # ---------------------------------------------------------------------------
-# Slow references (SPEC §2, written from the formulas)
+# Slow references (written from the formulas of docs/model.md)
 
 
 def ref_rms(x):
@@ -215,7 +216,7 @@ def test_state_dict_names_and_shapes(gepa11):
 
 
 def test_control_patterns_leave_only_gamma_beta_as_small_fp16(gepa11):
-    """SPEC §4: among tensors of <= 65,536 elements, only γ and β miss the control list."""
+    """Among tensors of <= 65,536 elements, only γ and β miss the control list."""
     small = [n for n, p in gepa11.named_parameters() if p.numel() <= 65536]
     non_control = {n for n in small if not any(s in n for s in CONTROL_PATTERNS)}
     assert non_control == {f"blocks.{i}.mlp.{w}" for i in range(11) for w in ("gamma", "beta")}
@@ -223,7 +224,7 @@ def test_control_patterns_leave_only_gamma_beta_as_small_fp16(gepa11):
 
 
 def test_ttt_freeze_split_counts(gepa11):
-    """SPEC §5: freezing blocks 0 and 1 leaves 22,301,259 trainable and 4,728,848 frozen."""
+    """Freezing blocks 0 and 1 leaves 22,301,259 trainable and 4,728,848 frozen."""
     frozen = sum(p.numel() for n, p in gepa11.named_parameters() if "blocks.0." in n or "blocks.1." in n)
     assert (27_030_107 - frozen, frozen) == (22_301_259, 4_728_848)
 
@@ -403,6 +404,18 @@ def test_bf16_autocast_forward_on_cpu():
     assert m.tok_emb.weight.grad.dtype == torch.bfloat16
     with torch.no_grad():
         torch.testing.assert_close(logits, m(idx), atol=0.3, rtol=0.05)
+
+
+@pytest.mark.skipif(not NATIVE_GQA, reason="SDPA has no enable_gqa before torch 2.5")
+def test_native_gqa_matches_repeated_kv_heads():
+    """The enable_gqa path (taken for flash attention on CUDA) serves query head h from KV head
+    h // (H/Hkv), exactly as the repeat_interleave path that every other case takes."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 9, 8, generator=g) for h in (6, 2, 2))
+    native = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(sdpa(q, k, v), native, atol=1e-6, rtol=1e-5)
+    want = torch.cat([sdpa(q[:, h:h + 1], k[:, h // 3:h // 3 + 1], v[:, h // 3:h // 3 + 1]) for h in range(6)], 1)
+    torch.testing.assert_close(native, want, atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------

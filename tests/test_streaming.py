@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gepalib.model as model_mod
+import gepalib.attention as attention_mod
 from gepalib.bpb import stream_bytes
 from gepalib.config import get_preset, override
+from gepalib.attention import KVCache
 from gepalib.model import GPT
 from gepalib.eval.streaming import eval_streaming, exact_prefix
 
@@ -54,12 +55,12 @@ def banded_reference(model, val: torch.Tensor, window: int) -> torch.Tensor:
 
     shim = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
     shim.scaled_dot_product_attention = sdpa
-    saved = model_mod.F
-    model_mod.F = shim
+    saved = attention_mod.F
+    attention_mod.F = shim
     try:
         return model(val[:-1][None], val[1:][None], reduction="none")[0]
     finally:
-        model_mod.F = saved
+        attention_mod.F = saved
 
 
 @pytest.mark.parametrize("variant", [{}, {"bigram_hash": "xor", "skip_mode": "add", "smear_bos_reset": True}])
@@ -107,3 +108,51 @@ def test_streaming_is_causal_and_restores_mode(luts):
     b = eval_streaming(model, alt, luts, W, lanes=3, block=8, return_token_losses=True)
     assert torch.equal(a.token_losses[:p - 1], b.token_losses[:p - 1])
     assert not torch.equal(a.token_losses[p - 1:], b.token_losses[p - 1:])
+
+
+@pytest.mark.parametrize("embed_dtype", ["float32", "bfloat16"])
+def test_streaming_logits_equal_plain_forward_over_each_window(luts, embed_dtype):
+    """With one layer and no bigram/smear, a token's banded context is exactly its own last W
+    tokens: the KV-cache forward must give every token the logits of the plain (causal, no
+    cache) forward over that window, whatever the block size, lane and RoPE offsets. (A bf16
+    table with no bigram would leave a bf16 residual stream if streaming skipped the model's
+    own embedding path.)"""
+    cfg = override(get_preset("tiny"), num_layers=1, model_dim=64, num_heads=4, num_kv_heads=2, mlp_hidden=128,
+                   rope_dims=8, bigram=False, smear=False, ve_dim=16, ve_layers=(0,), xsa_last_n=1,
+                   embed_dtype=embed_dtype, rope_train_seq_len=4096)
+    torch.manual_seed(7)
+    model = GPT(cfg.model).eval()
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn_like(p, dtype=torch.float32).mul_(2.0 / math.sqrt(p.size(1))))
+            else:
+                p.add_(0.3 * torch.randn_like(p))
+    N, W = 75, 16
+    lanes = torch.stack([stream(N, seed=8), stream(N, seed=9)])  # two independent streams
+    with torch.no_grad():
+        ref = torch.stack([torch.stack([model(s[max(0, t - W + 1):t + 1][None])[0, -1] for t in range(N)])
+                           for s in lanes])  # [2, N, V]: slow and obvious
+        for block in (1, 7, 16, 40):
+            cache = KVCache(1, W)
+            got = torch.cat([model(lanes[:, j:min(j + block, N)], cache=cache) for j in range(0, N, block)], 1)
+            assert cache.past() == W - 1
+            err = (got - ref).abs().max().item()
+            assert err < 2e-4, (block, err)
+        # the evaluator on top of it: every target's loss is the plain window forward's
+        val = lanes[0]
+        want = F.cross_entropy(ref[0], val[1:N + 1], reduction="none")
+    r = eval_streaming(model, torch.cat((val, val[-1:])), luts, W, lanes=3, block=5, return_token_losses=True)
+    assert (r.token_losses[:N] - want).abs().max().item() < 1e-4
+
+
+def test_streaming_under_bf16_autocast_agrees_with_fp32(luts):
+    model = tiny_model(seed=5)
+    for p in model.parameters():  # milder weights: bf16 noise well below the scale of the losses
+        p.data.mul_(0.5)
+    val = stream(160, seed=11)
+    a = eval_streaming(model, val, luts, 16, lanes=2, block=12, autocast="none", return_token_losses=True)
+    b = eval_streaming(model, val, luts, 16, lanes=2, block=12, autocast="bf16", return_token_losses=True)
+    assert (a.tokens, a.bytes) == (b.tokens, b.bytes)
+    assert b.val_bpb == pytest.approx(a.val_bpb, rel=5e-3)
+    assert (a.token_losses - b.token_losses).abs().mean().item() < 0.02 * a.token_losses.mean().item()

@@ -1,4 +1,4 @@
-"""Validation scoring in bits per byte (SPEC §1 BPB, §5 sliding window).
+"""Validation scoring in bits per byte (see docs/data.md for the byte rule, docs/evaluation.md).
 
 Conventions used throughout (and by gepalib.eval.ttt / gepalib.eval.streaming):
 
@@ -14,7 +14,7 @@ Two evaluators live here:
 
 * :func:`eval_nonoverlapping` -- consecutive windows of ``seq_len`` (the periodic
   validation of training and the "int6 roundtrip" stage).
-* :func:`eval_sliding` -- SPEC §5 windows of ``seq_len`` every ``stride`` tokens, each
+* :func:`eval_sliding` -- windows of ``seq_len`` every ``stride`` tokens, each
   scoring only its last ``stride`` targets (the first window scores all of its targets),
   planned by :func:`plan_sliding_windows`.
 """
@@ -71,11 +71,17 @@ class Sums:
     def __init__(self, device: torch.device):
         self.t = torch.zeros(3, dtype=torch.float64, device=device)
 
-    def add(self, nll: Tensor, nbytes: Tensor) -> None:
-        """nll: fp32 per-token losses of the scored targets; nbytes: their int64 byte counts."""
-        self.t[0] += nll.double().sum()
-        self.t[1] += nll.numel()
-        self.t[2] += nbytes.double().sum()
+    def add(self, nll: Tensor, nbytes: Tensor, mask: Tensor | None = None) -> None:
+        """nll: fp32 per-token losses; nbytes: their int64 byte counts; only the entries where
+        the bool ``mask`` holds count (selected arithmetically: no host sync on an accelerator)."""
+        if mask is None:
+            self.t[0] += nll.double().sum()
+            self.t[1] += nll.numel()
+            self.t[2] += nbytes.double().sum()
+        else:
+            self.t[0] += torch.where(mask, nll.double(), 0.0).sum()
+            self.t[1] += mask.sum()
+            self.t[2] += torch.where(mask, nbytes.double(), 0.0).sum()
 
     def reduced(self) -> tuple[float, int, int]:
         t = dist.all_reduce_sum(self.t.clone())
@@ -83,7 +89,7 @@ class Sums:
 
 
 def make_result(nll_sum: float, tokens: int, nbytes: int, seconds: float, **kw: Any) -> EvalResult:
-    """SPEC §1: val_loss = sum nll / tokens, val_bpb = sum nll / (ln 2 * sum bytes)."""
+    """val_loss = sum nll / tokens, val_bpb = sum nll / (ln 2 * sum bytes)."""
     if tokens <= 0:
         raise ValueError("evaluation scored no tokens (empty validation set?)")
     if nbytes <= 0:
@@ -117,7 +123,7 @@ def check_val_tokens(val_tokens: Tensor, vocab_size: int | None = None) -> None:
 
 
 def target_byte_counts(prev: Tensor, tgt: Tensor, luts) -> Tensor:
-    """int64 bytes per target (SPEC §1), via gepalib.bpb."""
+    """int64 bytes per target (the byte rule of docs/data.md), via gepalib.bpb."""
     from gepalib.bpb import target_bytes
 
     return target_bytes(prev, tgt, luts).long()
@@ -197,7 +203,7 @@ def eval_nonoverlapping(model: nn.Module, val_tokens: Tensor, luts, seq_len: int
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """SPEC §5 windows over N targets. Arrays are int64 numpy, one entry per window.
+    """Sliding windows over N targets. Arrays are int64 numpy, one entry per window.
 
     Window w feeds ``val[start : start+length]`` (positions 0..length-1) and scores targets
     ``[score_lo, score_hi)`` (absolute target indices), i.e. window positions
@@ -227,7 +233,7 @@ class WindowPlan:
 
 
 def plan_sliding_windows(n_targets: int, seq_len: int, stride: int = 64, tail_rescore: bool = True) -> WindowPlan:
-    """SPEC §5 window plan.
+    """The submission's sliding-window plan.
 
     Starts ws = 0, stride, 2*stride, ... < N; a start is kept when ``min(ws+T, N) - ws >= stride``
     or ws = 0. A kept window has length ``wlen = min(ws+T, N) - ws`` and scores window positions
@@ -292,7 +298,7 @@ def score_windows(model: nn.Module, val_tokens: Tensor, luts_d, plan: WindowPlan
         s_hi = torch.as_tensor(lens, device=device)[:, None]
         mask = (pos >= s_lo) & (pos < s_hi)
         nb = target_byte_counts(x, y, luts_d)
-        sums.add(nll[mask], nb[mask])
+        sums.add(nll, nb, mask)
         if token_losses is not None:
             f_lo = torch.as_tensor(plan.fresh_lo[idx] - starts, device=device)[:, None]
             fmask = (pos >= f_lo) & (pos < s_hi)
@@ -310,7 +316,7 @@ def my_windows(n_windows: int) -> np.ndarray:
 def eval_sliding(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, stride: int = 64, batch_seqs: int = 32,
                  *, tail_rescore: bool = True, autocast: str = "auto",
                  return_token_losses: bool = False) -> EvalResult:
-    """SPEC §5 sliding-window evaluation (see :func:`plan_sliding_windows`).
+    """Sliding-window evaluation (see :func:`plan_sliding_windows`).
 
     Windows are split contiguously across ranks, batched ``batch_seqs`` at a time, under eval
     mode + inference mode (bf16 autocast on CUDA by default); fp64 sums are all-reduced."""
