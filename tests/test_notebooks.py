@@ -1,26 +1,28 @@
-"""The notebooks: output-free sources, full-scale YAMLs that name real parameters, and every
-notebook executed headlessly under papermill with its smallest (``--quick``) parameters.
+"""The notebooks: py:percent sources paired with output-free .ipynb files (jupytext),
+full-scale YAMLs that name real parameters, and every notebook executed headlessly under
+papermill with its smallest (``--quick``) parameters.
 
 The executions share one runs root, so the ladder of quick runs is trained once and
-reused by the notebooks after the first (content addressing in gepalib.runs).
+reused by the notebooks after the first (content addressing in gepalib.run).
 """
 from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 import yaml
 
-from gepalib import reproduce as RP
+from gepalib import findings as F
+from gepalib.findings import report
+from gepalib.run import notebooks as NB
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
-VERDICTS = {"agrees", "does not agree at this scale"}
+VERDICTS = set(F.VERDICTS)
 
 
 def parameters_cell(nb) -> nbformat.NotebookNode:
@@ -35,7 +37,35 @@ def parameter_names(nb) -> set[str]:
             if isinstance(t, ast.Name)}
 
 
-@pytest.mark.parametrize("name", RP.NOTEBOOKS)
+def cells_of(nb) -> list[tuple[str, str, tuple[str, ...]]]:
+    """What a pair must agree on: each cell's type, source and tags (ids, execution metadata and
+    jupytext's layout hints are noise)."""
+    return [(c.cell_type, c.source.strip("\n"), tuple(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
+
+
+def test_every_notebook_is_a_jupytext_pair():
+    assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == sorted(NB.NOTEBOOKS)
+    assert sorted(p.stem for p in NB_DIR.glob("*.py")) == sorted(NB.NOTEBOOKS)
+    assert sorted(p.name.removesuffix(".gpu.yaml") for p in NB_DIR.glob("*.gpu.yaml")) == sorted(NB.NOTEBOOKS)
+    config = (NB_DIR / "jupytext.toml").read_text()
+    assert 'formats = "ipynb,py:percent"' in config
+    assert not (REPO / "scripts" / "make_notebooks.py").exists()
+
+
+@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+def test_pair_in_sync(name):
+    """The .ipynb holds exactly the cells jupytext makes from the .py (run `jupytext --sync
+    notebooks/*.py` after editing a source outside JupyterLab)."""
+    py = NB_DIR / f"{name}.py"
+    assert py.read_text(encoding="utf-8").startswith("# ---\n# jupyter:\n#   kernelspec:")
+    from_py = jupytext.read(py, fmt="py:percent")
+    ipynb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    assert cells_of(ipynb) == cells_of(from_py), f"{name}: .py and .ipynb differ; run jupytext --sync"
+    assert ipynb.metadata["kernelspec"] == from_py.metadata["kernelspec"]
+    assert "# %% tags=[\"parameters\"]" in py.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", NB.NOTEBOOKS)
 def test_committed_notebook_is_output_free_with_parameters(name):
     path = NB_DIR / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
@@ -45,38 +75,43 @@ def test_committed_notebook_is_output_free_with_parameters(name):
             assert c.outputs == [] and c.execution_count is None, f"{path.name}: a code cell carries output"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     names = parameter_names(nb)
+    assert names == parameter_names(jupytext.read(NB_DIR / f"{name}.py"))
     assert {"preset", "scale", "nproc", "data_dir", "runs_root", "figures_dir"} <= names
     gpu = yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text())
     assert set(gpu) <= names, f"{name}.gpu.yaml sets unknown parameters {set(gpu) - names}"
     assert gpu["scale"] == "full" and gpu["preset"] == "gepa11"
-    assert set(RP.QUICK_PARAMETERS[name]) | set(RP.QUICK_COMMON) <= names
+    assert set(NB.QUICK_PARAMETERS[name]) | set(NB.QUICK_COMMON) <= names
 
 
-def test_notebooks_match_their_generator():
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "make_notebooks.py"), "--check"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+def test_sources_use_the_current_api(name):
+    text = (NB_DIR / f"{name}.py").read_text(encoding="utf-8")
+    for old in ("from gepalib import runs", "gepalib.reproduce", "-m gepalib.train", "SPEC", "(issue"):
+        assert old not in text, f"{name}.py still mentions {old!r}"
+    for c in jupytext.read(NB_DIR / f"{name}.py").cells:  # every code cell parses
+        if c.cell_type == "code":
+            ast.parse(c.source)
 
 
 def test_findings_records_and_table(tmp_path):
-    from gepalib import findings as F
-
     pub = F.published_results()
     with pytest.raises(ValueError, match="not a findings verdict"):
-        RP.save_finding({"finding": "F1"}, tmp_path)
-    RP.save_finding(F.verdict_f1(pub["F1"]), tmp_path, steps=20000)
-    RP.save_finding(F.verdict_f5(pub["F5"]), tmp_path)
-    recs = RP.load_findings(tmp_path)
-    assert set(recs) == {"F1", "F5"} and recs["F1"]["extra"] == {"steps": 20000}
-    assert recs["F1"]["agrees"] and recs["F5"]["agrees"]  # the submission agrees with itself
-    md = RP.write_findings_md(tmp_path, notebook_rows=[{"notebook": "10_warmdown", "status": "ok", "seconds": 3.0}])
+        report.save_finding({"finding": "F1"}, tmp_path)
+    report.save_finding(F.verdict_f2(pub["F2"]), tmp_path, steps=[9000, 12000, 15000, 20000])
+    report.save_finding(F.verdict_f5(pub["F5"]), tmp_path)
+    recs = report.load_findings(tmp_path)
+    assert set(recs) == {"F2", "F5"} and recs["F2"]["extra"] == {"steps": [9000, 12000, 15000, 20000]}
+    assert recs["F2"]["agrees"] and recs["F5"]["agrees"]  # the published trends agree with themselves
+    assert len(recs["F2"]["interval"]) == 2 and recs["F2"]["n"] == 4 and recs["F2"]["mde"] > 0
+    md = report.write_findings_md(tmp_path, notebook_rows=[{"notebook": "14_ttt_share", "status": "ok",
+                                                            "seconds": 3.0}])
     text = md.read_text()
     assert text.count("| **agrees** |") == 2
-    assert "Not computed: F2 (11_compressibility), F3 (12_sgd_vs_adamw), F4 (13_freezing)." in text
-    assert "| 10_warmdown | ok | 3 |" in text
+    assert "Not computed: F1 (10_warmdown), F3 (12_sgd_vs_adamw), F4 (13_freezing)." in text
+    assert "| 14_ttt_share | ok | 3 |" in text
     (tmp_path / "finding_F2.json").write_text("{not json")
     with pytest.raises(ValueError, match="finding_F2.json"):
-        RP.load_findings(tmp_path)
+        report.load_findings(tmp_path)
 
 
 # ---------------------------------------------------------------------------
@@ -91,7 +126,7 @@ def nb_env(tmp_path_factory, sotu_data_dir):
 
 
 def quick_params(name: str, env: dict) -> dict:
-    return {**RP.QUICK_COMMON, **RP.QUICK_PARAMETERS[name], "runs_root": env["runs_root"],
+    return {**NB.QUICK_COMMON, **NB.QUICK_PARAMETERS[name], "runs_root": env["runs_root"],
             "figures_dir": env["figures_dir"], "data_dir": env["data_dir"]}
 
 
@@ -101,9 +136,9 @@ FIGURES = {"01_train": "01_training_curves", "02_artifact_and_eval": "02_stage_l
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", RP.NOTEBOOKS)
+@pytest.mark.parametrize("name", NB.NOTEBOOKS)
 def test_notebook_executes(name, nb_env):
-    out = RP.execute_notebook(name, nb_env["out"], quick_params(name, nb_env))
+    out = NB.execute_notebook(name, nb_env["out"], quick_params(name, nb_env))
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
@@ -114,10 +149,11 @@ def test_notebook_executes(name, nb_env):
     if name in FIGURES:
         for ext in ("png", "pdf"):
             assert (fig_dir / f"{FIGURES[name]}.{ext}").stat().st_size > 1000
-    finding = {nb: f for f, nb in RP.FINDINGS.items()}.get(name)
+    finding = {nb: f for f, nb in report.FINDINGS.items()}.get(name)
     if finding:
         rec = json.loads((fig_dir / f"finding_{finding}.json").read_text())
         assert rec["verdict"] in VERDICTS and rec["finding"] == finding
+        assert {"interval", "sd", "mde", "n", "criterion"} <= set(rec) and len(rec["interval"]) == 2
         # the printed verdict is the computed one
         printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
         assert rec["text"] in printed
@@ -129,7 +165,7 @@ def test_failing_cell_fails_the_execution(nb_env, tmp_path):
 
     params = {**quick_params("00_quickstart", nb_env), "preset": "no_such_preset"}
     with pytest.raises(pm.PapermillExecutionError, match="no_such_preset"):
-        RP.execute_notebook("00_quickstart", tmp_path, params)
+        NB.execute_notebook("00_quickstart", tmp_path, params)
 
 
 @pytest.mark.timeout(300)

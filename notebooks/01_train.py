@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Train with torchrun
+#
+# `gepalib.run.launch` starts `python -m torch.distributed.run --nproc-per-node {nproc} -m gepalib train`
+# with this notebook's interpreter. Rank 0 streams into the cell; all ranks' logs land in
+# `<run>/logs/torchrun/`; interrupting the cell stops the whole process group (the trainer
+# checkpoints, so launching again resumes). A finished run with the same config is reused.
+
+# %% tags=["parameters"]
+preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
+scale = "cpu"                  # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
+overrides = {}                 # any other config field, e.g. {"model_dim": 192}
+nproc = 1                      # processes per run (torchrun --nproc-per-node)
+data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
+runs_root = "runs"             # content-addressed run directories: finished runs are reused
+figures_dir = "figures"
+steps = 400                    # training steps: the ladder's last rung
+warmdown_frac = 0.4
+val_every = 20
+seed = 42
+
+# %%
+from gepalib import run
+from gepalib.findings import plots as P
+
+P.set_style()
+run.ensure_data(data_dir)
+base = run.base_config(preset, scale, data_dir, overrides)
+
+# %%
+cfg = run.with_length(base, steps, warmdown_frac, val_every, seed=seed)
+print(f"run_key:{run.run_key(cfg)} steps:{cfg.train.steps} warmdown:{cfg.train.warmdown} "
+      f"batch_tokens:{cfg.train.batch_tokens} seq_len:{cfg.train.seq_len}")
+rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)
+
+# %% [markdown]
+# ## Loss curve
+
+# %%
+metrics = run.load_metrics(rd)
+fig = P.training_curves_figure(metrics, title=f"{rd.path.name}: {cfg.train.steps} steps")
+P.save_figure(fig, "01_training_curves", figures_dir)
+metrics.dropna(subset=["val_bpb"])[["step", "train_loss", "val_bpb", "val_bpb_ema"]].tail(5)
+
+# %% [markdown]
+# ## All runs so far
+
+# %%
+df = run.load_runs(runs_root)
+cols = [c for c in ("name", "preset", "steps", "warmdown", "seed", "train_status", "float_live_bpb",
+                    "float_ema_bpb", "int6_sliding_bpb", "artifact_bytes") if c in df.columns]
+df[cols]
