@@ -15,7 +15,7 @@ import sys
 from gepalib import dist
 from gepalib.cli.common import add_override_args, collect_overrides  # noqa: F401
 from gepalib.download import DownloadError
-from gepalib.train import NonFiniteLoss, TrainInterrupted
+from gepalib.faults import NonFiniteLoss, TrainInterrupted
 
 # Modules that contribute subcommands, in help order.
 CLI_MODULES = ["gepalib.cli.data", "gepalib.cli.train", "gepalib.cli.quant", "gepalib.cli.eval", "gepalib.cli.reproduce",

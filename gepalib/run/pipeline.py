@@ -32,6 +32,7 @@ from gepalib.eval.windows import EvalResult, eval_nonoverlapping, eval_sliding
 from gepalib.model import GPT
 from gepalib.quant import artifact as A
 from gepalib.quant.gptq import quantize_state_dict
+from gepalib.quant.report import code_bytes, compression_report, kv_lines, size_ledger
 from gepalib.rundir import RunDir, identity_hash
 from gepalib.run.stages import (COMMON_FIELDS, ROUNDTRIP_STAGE, SLIDING_FIELDS, STAGE_BASE, STREAM_FIELDS, TTT_FIELDS,
                                 WEIGHTS, format_ledger, roundtrip_stage_name, settings_of, stage_name)
@@ -110,13 +111,13 @@ def quantize_run(run_dir: str | os.PathLike, *, report: str = "fast", evaluate: 
     mses = [e.mse for e in qm.quantized().values() if e.mse is not None]
     art = {**info.to_dict(), "quant_mode": qcfg.quant_mode, "quant_embed": qcfg.quant_embed,
            "quantize_seconds": t_quant, "mean_tensor_mse": sum(mses) / max(len(mses), 1)}
-    code = A.code_bytes(qcfg.compressor)
-    ledger = A.size_ledger(info.file_bytes, code)
+    code = code_bytes(qcfg.compressor)
+    ledger = size_ledger(info.file_bytes, code)
     out = {"artifact": art, "size": {**ledger, "code_files": code["files"]}}
-    for line in A.kv_lines(art, "artifact_") + A.kv_lines(ledger, "size_"):
+    for line in kv_lines(art, "artifact_") + kv_lines(ledger, "size_"):
         log(line)
     if report != "none":
-        rep = A.compression_report(qm, methods=report, zstd_level=qcfg.zstd_level)
+        rep = compression_report(qm, methods=report, zstd_level=qcfg.zstd_level)
         out["compression"] = rep
         _log_compression(rep, log, bounds_first=False)
     rd.update_summary(**out)
@@ -177,19 +178,19 @@ def describe_artifact(path: str | os.PathLike, report: str = "fast", log: Log = 
              "params": qm.num_params(), "raw_bytes": h["raw_len"], "payload_bytes": h["payload_len"],
              "file_bytes": len(data), "content_sha256": h["content_sha256"]}
     mq = h["meta"].get("quant")
-    for line in A.kv_lines(facts, "artifact_") + (A.kv_lines(mq, "meta_quant_") if isinstance(mq, dict) else []):
+    for line in kv_lines(facts, "artifact_") + (kv_lines(mq, "meta_quant_") if isinstance(mq, dict) else []):
         log(line)
     if isinstance(h["meta"].get("preset"), str):
         log(f"meta_preset:{h['meta']['preset']}")
     for k, v in h["library"].items():
         if isinstance(v, str):
             log(f"library_{k}:{v}")
-    ledger = A.size_ledger(len(data), A.code_bytes(h["compressor"]))
-    for line in A.kv_lines(ledger, "size_"):
+    ledger = size_ledger(len(data), code_bytes(h["compressor"]))
+    for line in kv_lines(ledger, "size_"):
         log(line)
     out = {"artifact": facts, "size": ledger, "header": h}
     if report != "none":
-        rep = A.compression_report(qm, methods=report)
+        rep = compression_report(qm, methods=report)
         out["compression"] = rep
         _log_compression(rep, log, bounds_first=True)
     return out

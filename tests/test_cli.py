@@ -1,0 +1,218 @@
+"""The ``gepa`` command line (assembly, the one error handler) and the package's import structure."""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gepalib
+from gepalib import cli
+from gepalib.download import DownloadError
+from gepalib.faults import NonFiniteLoss, TrainInterrupted
+
+PKG = Path(gepalib.__file__).resolve().parent
+
+# ---------------------------------------------------------------------------
+# Import structure: data flows down only
+
+# Layers, lowest first. Top-level modules are the bottom layer unless named here; a
+# package's modules share its layer.
+LAYERS = {
+    "bottom": 0,
+    "gepalib.eval": 1, "gepalib.quant": 1, "gepalib.findings": 1,
+    "gepalib.train": 2,
+    "gepalib.run": 3,
+    "gepalib.cli": 4, "gepalib.__main__": 4,
+    "gepalib.runs": 4, "gepalib.reproduce": 4,  # old names of gepalib.run, while the notebooks move
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(mod: str) -> int:
+    parts = mod.split(".")
+    if len(parts) >= 2 and ".".join(parts[:2]) in LAYERS:
+        return LAYERS[".".join(parts[:2])]
+    return LAYERS["bottom"]
+
+
+def _resolve(name: str, modules: set[str]) -> str | None:
+    """The gepalib module ``name`` refers to (a module, or failing that its package)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _imported(node: ast.stmt, mod: str, is_pkg: bool, modules: set[str]) -> list[str]:
+    names: list[str] = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # relative import
+            pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+            pkg = pkg[:len(pkg) - node.level + 1]
+            base = ".".join(pkg + ([base] if base else []))
+        # `from gepalib import dist` imports the module gepalib.dist, not the package
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    return [r for r in (_resolve(n, modules) for n in names if n.split(".")[0] == "gepalib") if r]
+
+
+def _module_level(body: list[ast.stmt]):
+    """Statements executed at import time (not function bodies, not ``if TYPE_CHECKING``)."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            sub = getattr(node, field, None)
+            if isinstance(sub, list):
+                yield from _module_level(sub)
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(module-level imports, all imports incl. inside functions) between gepalib modules."""
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    modules = set(files)
+    top: dict[str, set[str]] = {}
+    every: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        is_pkg = path.name == "__init__.py"
+        top[mod] = {t for n in _module_level(tree.body) for t in _imported(n, mod, is_pkg, modules)} - {mod}
+        every[mod] = {t for n in ast.walk(tree) for t in _imported(n, mod, is_pkg, modules)} - {mod}
+    return top, every
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [t]
+            if t not in state and (c := visit(t)):
+                return c
+        state[m] = 2
+        stack.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)):
+            return c
+    return None
+
+
+def test_import_graph_helpers_see_cycles_and_relative_imports():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    mods = {"gepalib", "gepalib.run", "gepalib.run.stages", "gepalib.rundir", "gepalib.dist"}
+    tree = ast.parse("from . import stages\nfrom ..rundir import RunDir\nfrom gepalib import dist\n"
+                     "import gepalib.run.stages as S\nfrom gepalib.run import launch\nimport numpy\n")
+    got = [t for n in tree.body for t in _imported(n, "gepalib.run.results", False, mods)]
+    assert got == ["gepalib.run.stages", "gepalib.rundir", "gepalib.dist", "gepalib.run.stages", "gepalib.run"]
+    tree = ast.parse("def f():\n    import gepalib.dist\nif TYPE_CHECKING:\n    import gepalib.run\n"
+                     "try:\n    import gepalib.rundir\nexcept ImportError:\n    pass\n")
+    assert [t for n in _module_level(tree.body) for t in _imported(n, "gepalib.x", False, mods)] == ["gepalib.rundir"]
+
+
+def test_no_import_cycle_among_gepalib_modules():
+    top, _ = import_graph()
+    assert len(top) > 30, "the walk found too few modules"
+    cycle = find_cycle(top)
+    assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
+
+
+def test_no_module_imports_a_higher_layer():
+    _, every = import_graph()  # imports inside functions count too: a lazy import is still a dependency
+    bad = sorted(f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+                 for m, ts in every.items() for t in ts if layer_of(t) > layer_of(m))
+    assert not bad, "\n".join(bad)
+
+
+def test_argparse_only_in_cli():
+    offenders = [module_name(p) for p in PKG.rglob("*.py")
+                 if "argparse" in {a.name for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                                   if isinstance(n, ast.Import) for a in n.names}
+                 and not module_name(p).startswith("gepalib.cli")]
+    assert not offenders, offenders
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def test_every_subcommand_is_registered_from_cli_modules():
+    assert all(m.startswith("gepalib.cli.") for m in cli.CLI_MODULES)
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"data", "train", "quantize", "artifact", "eval", "reproduce", "info"}
+    data = next(a for a in sub.choices["data"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(data.choices) == {"prepare", "download", "check"}
+    flags = {o for a in sub.choices["eval"]._actions for o in a.option_strings}
+    assert {"--sliding", "--ttt", "--streaming", "--weights", "--no-record", "--ttt-lr", "--set"} <= flags
+    assert "--quick" in {o for a in sub.choices["reproduce"]._actions for o in a.option_strings}
+    for m in cli.CLI_MODULES:
+        assert callable(importlib.import_module(m).add_cli), m
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (ValueError("bad value"), 2, "gepa info: error: bad value"),
+    (FileNotFoundError("no such file"), 2, "gepa info: error: no such file"),
+    (KeyError("nope"), 2, "gepa info: error: nope"),
+    (NonFiniteLoss("non-finite train loss at step 3"), 1, "gepa info: error: non-finite train loss at step 3"),
+    (TrainInterrupted("SIGTERM after step 7/20", 15, 7), 128 + 15, "gepa info: SIGTERM after step 7/20"),
+    (DownloadError("hub unreachable"), 1, "gepa info: error: hub unreachable"),
+])
+def test_one_error_handler_maps_failures_to_exit_codes(monkeypatch, capsys, exc, code, line):
+    import gepalib.cli.info as info_cli
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(info_cli, "cmd_info", boom)
+    assert cli.main(["info", "tiny"]) == code
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    import gepalib.cli.info as info_cli
+
+    def boom(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(info_cli, "cmd_info", boom)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info", "tiny"])
+
+
+def test_data_subcommand_errors_name_the_action(capsys, tmp_path):
+    assert cli.main(["data", "check", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("gepa data check: error: ")
+
+
+def test_python_dash_m_gepalib_is_the_cli():
+    r = subprocess.run([sys.executable, "-m", "gepalib", "info", "tiny", "--model-dim", "64"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = dict(line.split(": ", 1) for line in r.stdout.splitlines())
+    assert out["model.model_dim"] == "64" and "identity" in out
+    r = subprocess.run([sys.executable, "-m", "gepalib", "train", "--run-dir", "x"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "gepa train: error: pass --preset" in r.stderr
