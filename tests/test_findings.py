@@ -448,6 +448,8 @@ def test_f5_three_outcomes():
         == F.INCONCLUSIVE
     three_runs_needed = F.verdict_f5(F.ttt_share(base[:2], [2.2, 2.12], baseline_bpb=2.5))
     assert three_runs_needed["verdict"] == F.INCONCLUSIVE
+    same_final = F.verdict_f5(F.ttt_share(base, [1.9, 1.9, 1.9, 1.9], baseline_bpb=2.5))
+    assert same_final["verdict"] == F.INCONCLUSIVE and "no trend" in same_final["reason"]
 
 
 def test_judge_rule():

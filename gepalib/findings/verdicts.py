@@ -292,9 +292,15 @@ def verdict_f5(share: Mapping[str, Any], *, alpha: float = ALPHA, power: float =
         raise ValueError("verdict_f5 needs at least 2 base models")
     n = int(np.asarray(share["share"]).size)
     gains = as_1d(share["delta"], "delta")
-    mi, noise = _gain_noise(gains, min_gain, alpha, "the mean",
-                            _trend_mean_interval(np.log(share["total_gain"]), gains, alpha))
-    sl = _share_slope(share, alpha, power)
+    if np.ptp(share["total_gain"]) == 0:  # every run ends at the same bpb: no trend to fit
+        sl = {"slope": math.nan, "ci_low": math.nan, "ci_high": math.nan, "sd": math.nan, "mde": math.nan}
+        mi, noise = _gain_noise(gains, min_gain, alpha, "the mean", {"mean": float(gains.mean()),
+                                                                     "ci_high": math.nan, "n": n})
+        noise.append("every run has the same total gain: no trend")
+    else:
+        mi, noise = _gain_noise(gains, min_gain, alpha, "the mean",
+                                _trend_mean_interval(np.log(share["total_gain"]), gains, alpha))
+        sl = _share_slope(share, alpha, power)
     pub = published_results()["F5"]
     pub_rel = _share_slope(pub, alpha, power)["slope"] / float(np.mean(pub["share"]))
     mean_share = float(np.mean(share["share"]))
