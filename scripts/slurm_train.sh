@@ -23,7 +23,7 @@
 #   resumes from the checkpoint with the identical loss curve.
 #   (A run dir refuses to resume with a different config; cadence flags such as
 #   --val-every may change.)
-# * Single node: `torchrun --standalone --nproc-per-node 8 -m gepalib.train ...` is enough.
+# * Single node: `torchrun --standalone --nproc-per-node 8 -m gepalib train ...` is enough.
 #
 #SBATCH --job-name=gepa-train
 #SBATCH --nodes=2
@@ -62,7 +62,7 @@ srun --ntasks-per-node=1 --kill-on-bad-exit=1 \
     --rdzv-backend c10d \
     --rdzv-endpoint "${RDZV_HOST}:${RDZV_PORT}" \
     --rdzv-id "${SLURM_JOB_ID}" \
-    -m gepalib.train --preset "${PRESET}" --run-dir "${RUN_DIR}" "$@"
+    -m gepalib train --preset "${PRESET}" --run-dir "${RUN_DIR}" "$@"
 rc=$?
 set -e
 
