@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.gepalib-installed
 # GPU users: `make TORCH_SPEC=torch venv` after installing their CUDA torch, see README.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test bench clean-runs
+.PHONY: venv demo test bench bench-quick bench-gpu clean-runs
 
 venv: $(STAMP)
 
@@ -27,6 +27,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run_all.py --quick
+
+# On a CUDA machine, with its own Python and CUDA torch (no .venv): ~8 minutes, writes bench/results/gpu.json.
+bench-gpu:
+	PYTHONPATH=. $(PYTHON) bench/gpu_check.py
 
 clean-runs:
 	rm -rf runs/* figures/*; touch runs/.gitkeep figures/.gitkeep

@@ -1,4 +1,4 @@
-"""Data-layer timings (issue 2): prepare, train stream, val load, byte accounting.
+"""Data-layer timings: prepare, train stream, val load, byte accounting.
 
 * ``prepare_sotu`` from scratch into a temp dir (tokenizer training + encoding +
   shards + sha256), then again (the idempotent reuse path).
@@ -67,8 +67,9 @@ def time_batches(loader, T, seq_len, steps):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "data_pipeline.json"))
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     res: dict = {"bench": "data_pipeline", "quick": args.quick, "torch": torch.__version__,
@@ -116,7 +117,7 @@ def main() -> int:
             rows.append(row)
         res["train_loader"] = rows
 
-    out = ROOT / "bench" / "results" / "data_pipeline.json"
+    out = Path(args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"prepare sotu: fresh {res['prepare_fresh_s']:.2f}s (tokenizer {res['prepare_tokenizer_s']:.2f}s), "
@@ -130,7 +131,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['world']:5d} {r['rank']:4d} {r['ours_batch_ms']:9.2f} {r['fromfile_batch_ms']:12.2f} "
               f"{r['speedup_vs_fromfile']:8.2f}")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,17 +1,17 @@
 """Evaluation throughput: non-overlapping vs sliding (stride 64) vs streaming, and TTT cost
-per chunk (issue 6 benchmark).
+per chunk.
 
 Part 1 (always): for the tiny and small presets, with 1 and 2 processes (gloo on CPU, one
 thread each), times on the same val tokens
   * non-overlapping windows of seq_len,
-  * the SPEC §5 sliding window, stride 64 (tail_rescore off: every target once),
+  * the sliding window, stride 64 (tail_rescore off: every target once; see docs/evaluation.md),
   * the streaming (banded-attention) evaluation,
   * legal TTT on a few chunks (score and train seconds per chunk),
 and reports scored tokens/s and each mode's time per scored token relative to the
 non-overlapping evaluation, measured side by side in the same process.
 
 Part 2 (``--run-dir RUN``): the bpb of every mode on that run's weights (``--run-weights``;
-default its int6 artifact when present, else its EMA weights), with the issue's targets checked: streaming time per
+default its int6 artifact when present, else its EMA weights), with two targets checked: streaming time per
 scored token <= 1.5x non-overlapping, streaming bpb <= sliding bpb + 0.005.
 
     .venv/bin/python bench/eval_throughput.py --quick
@@ -59,9 +59,11 @@ def _val_and_luts(cfg, n_targets: int, seq_len: int):
             build_byte_luts(tok, cfg.model.vocab_size), "random"
 
 
-def measure(preset: str, n_targets: int, ttt_chunks: int, ttt_chunk_tokens: int = 0, reps: int = 2) -> dict:
+def measure(preset: str, n_targets: int, ttt_chunks: int, ttt_chunk_tokens: int = 0, reps: int = 2,
+            data: tuple | None = None) -> dict:
     """Timings of every mode in this process (rank 0 returns the row; all ranks take part).
-    The three evaluations are interleaved ``reps`` times and each keeps its fastest run."""
+    The three evaluations are interleaved ``reps`` times and each keeps its fastest run.
+    ``data``: (val tokens, byte LUTs, source name) to use instead of the preset's data dir."""
     from gepalib import dist
     from gepalib.eval.windows import eval_nonoverlapping, eval_sliding
     from gepalib.model import GPT
@@ -72,7 +74,7 @@ def measure(preset: str, n_targets: int, ttt_chunks: int, ttt_chunk_tokens: int 
     if ttt_chunk_tokens:
         cfg = override(cfg, ttt_chunk_tokens=ttt_chunk_tokens)
     T = cfg.train.seq_len
-    val, luts, src = _val_and_luts(cfg, n_targets, T)
+    val, luts, src = data or _val_and_luts(cfg, n_targets, T)
     torch.manual_seed(0)
     model = GPT(cfg.model).eval()
     bs = cfg.eval.eval_batch_seqs
@@ -143,7 +145,7 @@ def launch(preset: str, world: int, targets: int, ttt_chunks: int, ttt_chunk_tok
 
 def run_dir_bpb(run_dir: str, val_targets: int, with_ttt: bool, weights: str = "auto") -> dict:
     """bpb and timing of every mode on a trained run (single process)."""
-    from gepalib.eval_cli import evaluate_run
+    from gepalib.run.pipeline import evaluate_run
 
     rd = resolve_path(run_dir)
     if weights == "auto":

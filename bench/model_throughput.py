@@ -1,4 +1,4 @@
-"""Forward+backward throughput of the GEPA model on CPU (issue 3 benchmark).
+"""Forward+backward throughput of the GEPA model on CPU.
 
 For each preset (tiny, small) it times one fwd+bwd step of the model with every
 GEPA feature on (the preset) and of the same-size plain GPT (every GEPA feature
@@ -10,8 +10,8 @@ utilisation (MFU) against it.
 Model FLOPs per token = 6 * (matmul weights incl. the tied head) + 6 * L * T * d
 (causal attention scores and mixing, forward + backward).
 
-A third row, "ref2x128", is the 2-layer d=128 seq-256 shape whose plain fp32 speed
-the issue quotes (about 32k tokens/s on 2 free cores), for calibration.
+A third row, "ref2x128", is a 2-layer d=128 seq-256 shape whose plain fp32 speed is
+known (about 32k tokens/s on 2 free cores), for calibration.
 
 Clocks: --clock wall (default) times real seconds; --clock cpu times this thread's CPU
 seconds with one torch thread, which is stable on a machine shared with other jobs.
@@ -40,6 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch im
 
 import torch  # noqa: E402
 
+from bench import common  # noqa: E402
 from gepalib.config import ModelConfig, get_preset, override  # noqa: E402
 from gepalib.model import GPT  # noqa: E402
 
@@ -52,12 +53,9 @@ def plain_of(m: ModelConfig) -> dict:
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:
-    """6 * matmul weights (2-D, incl. tied head; embedding tables excluded) + causal attention."""
+    """6 * matmul weights (2-D, incl. tied head; lookup tables excluded) + causal attention."""
     cfg = model.cfg
-    mat = sum(p.numel() for n, p in model.named_parameters()
-              if p.dim() == 2 and n.endswith(".weight") and "embed" not in n and n != "tok_emb.weight")
-    mat += cfg.vocab_size * cfg.model_dim  # tied output head
-    return 6.0 * mat + 6.0 * cfg.num_layers * seq_len * cfg.model_dim
+    return common.flops_per_token(common.matmul_params(model), cfg.num_layers, cfg.model_dim, seq_len)
 
 
 CLOCK = time.perf_counter

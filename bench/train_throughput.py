@@ -1,10 +1,10 @@
-"""Trainer throughput, overhead and a Muon+GEPA vs plain-AdamW race (issue 4 benchmark).
+"""Trainer throughput, overhead and a Muon+GEPA vs plain-AdamW race.
 
 Three measurements, all on the embedded State of the Union data (``data/sotu_sp1024``,
 prepared if missing), one intra-op thread per process (on a shared 2-core box more
 threads only make OpenMP spin):
 
-1. Throughput: tokens/s and MFU of ``python -m gepalib.train`` for the ``tiny`` and
+1. Throughput: tokens/s and MFU of ``python -m gepalib train`` for the ``tiny`` and
    ``small`` shapes with 1 and 2 processes (torchrun, gloo), side by side with a plain
    nanoGPT-style GPT of identical shape (same d, layers, heads, KV heads, MLP width,
    vocab, seq len; LayerNorm, learned positions, GELU, tied head, AdamW) trained by a
@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
+from bench import common  # noqa: E402
+from bench.common import matmul_params, plain_adamw, plain_for  # noqa: E402
 from gepalib import dist  # noqa: E402
-from gepalib.config import get_preset, override  # noqa: E402
+from gepalib.config import get_preset  # noqa: E402
 
 DEFAULT_DATA = ROOT / "data" / "sotu_sp1024"
 
@@ -63,71 +63,13 @@ def matmul_flops_per_s(n: int = 1024, reps: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def matmul_params(model: nn.Module) -> int:
-    """Parameters used as matmul weights: every 2-D weight except lookup-only tables
-    (the tied token embedding counts: it is the output head)."""
-    skip = ("bigram.embed.", "ve.embed.", "wpe.", "resid_mix", "skip_")
-    return sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and not any(s in n for s in skip))
-
-
 def flops_per_token(n_matmul: int, layers: int, d: int, seq_len: int) -> float:
     """6 N (forward + backward matmuls) + 12 L d T (attention scores and values, PaLM convention)."""
-    return 6.0 * n_matmul + 12.0 * layers * d * seq_len
+    return common.flops_per_token(n_matmul, layers, d, seq_len, causal=False)
 
 
 # ---------------------------------------------------------------------------
-# The plain baseline: a nanoGPT-style GPT of the same shape, AdamW
-
-
-class PlainBlock(nn.Module):
-    def __init__(self, d: int, heads: int, kv_heads: int, hidden: int):
-        super().__init__()
-        self.h, self.hkv, self.hd = heads, kv_heads, d // heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.q = nn.Linear(d, d, bias=False)
-        self.kv = nn.Linear(d, 2 * kv_heads * self.hd, bias=False)
-        self.proj = nn.Linear(d, d, bias=False)
-        self.fc = nn.Linear(d, hidden, bias=False)
-        self.fc_out = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x):
-        B, T, d = x.shape
-        h = self.ln1(x)
-        q = self.q(h).view(B, T, self.h, self.hd).transpose(1, 2)
-        k, v = self.kv(h).view(B, T, 2, self.hkv, self.hd).permute(2, 0, 3, 1, 4)
-        rep = self.h // self.hkv
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d)
-        x = x + self.proj(y)
-        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
-
-
-class PlainGPT(nn.Module):
-    def __init__(self, vocab: int, d: int, layers: int, heads: int, kv_heads: int, hidden: int, seq_len: int):
-        super().__init__()
-        self.cfg = type("Cfg", (), {"vocab_size": vocab})()
-        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq_len, d)
-        self.blocks = nn.ModuleList(PlainBlock(d, heads, kv_heads, hidden) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d)
-        for n, p in self.named_parameters():
-            if p.ndim == 2:
-                std = 0.02 / math.sqrt(2 * layers) if n.endswith(("proj.weight", "fc_out.weight")) else 0.02
-                nn.init.normal_(p, std=std)
-
-    def forward(self, idx, targets=None, reduction="mean"):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
-        for b in self.blocks:
-            x = b(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight).float()
-        if targets is None:
-            return logits
-        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
-        return nll if reduction == "mean" else nll.view(targets.shape)
-
-
-def plain_for(cfg) -> PlainGPT:
-    m, t = cfg.model, cfg.train
-    return PlainGPT(m.vocab_size, m.model_dim, m.num_layers, m.num_heads, m.num_kv_heads, m.mlp_hidden, t.seq_len)
+# The plain baseline (bench/common.py's nanoGPT-style GPT of the same shape), AdamW
 
 
 def worker_plain(a: argparse.Namespace) -> None:
@@ -144,10 +86,7 @@ def worker_plain(a: argparse.Namespace) -> None:
     accum = t.batch_tokens // (info.world_size * t.micro_batch_tokens)
     torch.manual_seed(t.seed)
     model = plain_for(cfg)
-    decay = [p for p in model.parameters() if p.ndim == 2]
-    other = [p for p in model.parameters() if p.ndim != 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.95))
+    opt = plain_adamw(model, a.lr)
     loader = TrainLoader(cfg.data.data_dir, info.rank, info.world_size, cfg.model.vocab_size)
     val = load_val_tokens(cfg.data.data_dir, t.seq_len, cfg.model.vocab_size, max_targets=cfg.data.val_tokens)
     luts = build_byte_luts(cfg.data.tokenizer_file(), cfg.model.vocab_size)
@@ -229,7 +168,7 @@ def _flags(cfg_kw: dict) -> list[str]:
 
 def run_gepa(preset: str, nproc: int, kw: dict, tmp: Path, timeout: float = 1800) -> dict:
     rd = tmp / f"gepa_{preset}_{nproc}_{time.monotonic_ns()}"
-    _launch(nproc, ["-m", "gepalib.train", "--preset", preset, "--run-dir", str(rd)] + _flags(kw), timeout)
+    _launch(nproc, ["-m", "gepalib", "train", "--preset", preset, "--run-dir", str(rd)] + _flags(kw), timeout)
     rows = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = [r for r in rows if "ms_per_step" in r][-1]
     curve = [{"step": r["step"], "train_time_s": r.get("train_time_s", 0.0), "val_bpb": r["val_bpb"],
