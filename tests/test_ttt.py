@@ -1,6 +1,8 @@
-"""Legal score-first TTT (SPEC §5): planning numbers, causality, score-before-train, resets."""
+"""Legal score-first TTT (docs/evaluation.md): planning numbers, the step schedule against the
+submission's loop, causality, score-before-train, resets."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -11,7 +13,7 @@ from gepalib.config import get_preset, override
 from gepalib.eval.windows import eval_sliding, plan_sliding_windows
 from gepalib.model import GPT
 from gepalib.eval.ttt import (TTTHooks, chunk_bounds, chunk_train_seqs, n_chunks_for, run_ttt, trainable_named_params,
-                         ttt_lr, windows_by_chunk)
+                              ttt_lr, ttt_warmup_chunks, windows_by_chunk)
 
 T, STRIDE, C = 32, 8, 64  # window, stride, chunk: 64 targets per chunk = 8 windows, 2 training sequences
 
@@ -44,7 +46,7 @@ def stream(n_targets: int, seed: int = 1, vocab: int = 64) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# Pure planning: SPEC's numbers for the full-size geometry
+# Pure planning: the submission's numbers for the full-size geometry
 
 
 def test_full_size_chunk_plan_and_lr():
@@ -71,7 +73,7 @@ def test_full_size_chunk_plan_and_lr():
 
 
 def test_full_size_trainable_count():
-    """SPEC §5: freezing blocks 0 and 1 of the 27,030,107-param model leaves 22,301,259 trainable."""
+    """Freezing blocks 0 and 1 of the 27,030,107-param model leaves 22,301,259 trainable."""
     with torch.device("meta"):
         m = GPT(get_preset("gepa11").model)
     named = trainable_named_params(m, 2)
@@ -98,7 +100,7 @@ class Recorder(TTTHooks):
             self.scored[lo:hi] = True
         self.events.append(("score", chunk))
 
-    def on_train(self, chunk, epoch, ranges):
+    def on_train(self, chunk, epoch, batch, ranges):
         for lo, hi in ranges:
             assert self.scored[lo:hi].all(), f"chunk {chunk} epoch {epoch} trains on unscored targets [{lo},{hi})"
             self.trained_targets += hi - lo
@@ -129,8 +131,8 @@ def test_ttt_scores_before_training_and_adapts(luts):
     rec = Recorder(val.numel() - 1)
     r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=rec)
     assert rec.scored.all()
-    # score(c) precedes train(c); the last chunk is scored, never trained
-    assert rec.events == [e for c in range(4) for e in ([("score", c)] + [("train", c)] * 3 * (c < 3))]
+    # score(c) precedes train(c) (3 epochs x 2 one-sequence batches); the last chunk is scored, never trained
+    assert rec.events == [e for c in range(4) for e in ([("score", c)] + [("train", c)] * 3 * 2 * (c < 3))]
     assert rec.trained_targets == 3 * 3 * C
     s = eval_sliding(model, val, luts, T, STRIDE, 4)
     assert r.val_bpb < s.val_bpb - 1e-3  # TTT on a 60-token vocabulary must help
@@ -217,6 +219,114 @@ def test_reset_per_doc(luts):
     assert not torch.equal(r.token_losses[4 * C:5 * C], plain[4 * C:5 * C])
 
 
+# ---------------------------------------------------------------------------
+# The step schedule and the weights against the submission's loop, written plainly
+
+
+def reference_ttt(model, val, cfg):
+    """One process, SGD: per chunk, score its windows one at a time (each target's first score
+    kept), then (not for the last chunk) ttt_epochs passes with one clipped SGD step per batch of
+    ttt_batch_seqs of the chunk's floor(len/T) aligned sequences -- none for a chunk shorter than
+    T -- at the chunk's LR, warm-up over max(n_chunks // div, 1) chunks. Returns the losses and
+    the steps as (chunk, epoch, batch, lr, target ranges)."""
+    t, C = cfg.ttt, cfg.ttt.ttt_chunk_tokens
+    model = copy.deepcopy(model)
+    N = val.numel() - 1
+    n_chunks = -(-N // C)
+    w = max(n_chunks // t.ttt_warmup_div, 1)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not any(name.startswith(f"blocks.{i}.") for i in range(t.ttt_freeze_blocks)))
+        params += [p] if p.requires_grad else []
+    opt = torch.optim.SGD(params, lr=t.ttt_lr, momentum=t.ttt_momentum)
+    plan = plan_sliding_windows(N, T, cfg.eval.eval_stride, cfg.eval.tail_rescore)
+    losses, steps = torch.full((N,), float("nan")), []
+    for c in range(n_chunks):
+        lo, hi = c * C, min((c + 1) * C, N)
+        model.eval()
+        with torch.no_grad():
+            for i in range(plan.n_windows):
+                a, n, s = int(plan.start[i]), int(plan.length[i]), int(plan.score_lo[i])
+                if s // C == c:
+                    nll = model(val[a:a + n][None], val[a + 1:a + n + 1][None], reduction="none")[0]
+                    for j in range(s, a + n):
+                        if math.isnan(losses[j]):
+                            losses[j] = nll[j - a]
+        n_seqs = (hi - lo) // T
+        if c == n_chunks - 1 or n_seqs == 0:
+            continue
+        lr = t.ttt_lr * (c + 1) / w if c < w else \
+            t.ttt_lr * 0.5 * (1 + math.cos(math.pi * (c - w) / max(n_chunks - 1 - w, 1)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        for ep in range(t.ttt_epochs):
+            for b, k0 in enumerate(range(0, n_seqs, t.ttt_batch_seqs)):
+                k1 = min(k0 + t.ttt_batch_seqs, n_seqs)
+                x = val[lo + k0 * T: lo + k1 * T].view(-1, T)
+                y = val[lo + k0 * T + 1: lo + k1 * T + 1].view(-1, T)
+                opt.zero_grad()
+                model(x, y).backward()
+                if t.ttt_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, t.ttt_grad_clip)
+                opt.step()
+                steps.append((c, ep, b, lr, [(lo + k * T, lo + (k + 1) * T) for k in range(k0, k1)]))
+    return losses, steps
+
+
+class StepLog(TTTHooks):
+    def __init__(self):
+        self.steps = []
+
+    def on_train(self, chunk, epoch, batch, ranges):
+        self.steps.append([chunk, epoch, batch, None, ranges])
+
+    def on_step(self, chunk, epoch, batch, lr, grad_norm):
+        assert self.steps[-1][:3] == [chunk, epoch, batch]
+        self.steps[-1][3] = lr
+
+
+@pytest.mark.parametrize("case", [
+    # 6 chunks (< 20: warm-up over one chunk) of 4 sequences in batches of 3 and 1
+    dict(ttt_chunk_tokens=128, ttt_batch_seqs=3, ttt_warmup_div=20, n=5 * 128 + 40),
+    # warm-up over 3 of 7 chunks; 100-token chunks: 3 sequences, a 4-token remainder not trained on;
+    # no clipping (it would hide a wrongly scaled gradient)
+    dict(ttt_chunk_tokens=100, ttt_batch_seqs=2, ttt_warmup_div=2, ttt_grad_clip=0.0, n=6 * 100 + 50),
+    # chunks shorter than seq_len are scored, never trained on: plain sliding scores
+    dict(ttt_chunk_tokens=24, ttt_batch_seqs=2, ttt_warmup_div=20, n=6 * 24),
+])
+def test_steps_and_weights_match_the_submissions_loop(luts, case):
+    case = dict(case)
+    n = case.pop("n")
+    cfg = tiny_cfg(ttt_epochs=2, ttt_lr=0.03, **case)
+    model = tiny_model(cfg, seed=3)
+    val = stream(n, seed=4)
+    want_losses, want_steps = reference_ttt(model, val, cfg)
+    log = StepLog()
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=log, return_token_losses=True)
+    assert [s[:3] + [s[4]] for s in log.steps] == [list(s[:3]) + [s[4]] for s in want_steps]
+    assert [s[3] for s in log.steps] == pytest.approx([s[3] for s in want_steps], rel=1e-12)
+    lr_of = {s[0]: s[3] for s in want_steps}
+    assert all(row["lr"] == pytest.approx(lr_of[row["chunk"]], rel=1e-12)
+               for row in r.extra["chunks"] if row["chunk"] in lr_of)
+    assert torch.allclose(r.token_losses, want_losses, atol=2e-5, rtol=0)
+    if not want_steps:
+        s = eval_sliding(model, val, luts, T, STRIDE, 4, return_token_losses=True)
+        assert torch.equal(r.token_losses, s.token_losses)
+    else:
+        assert not torch.allclose(r.token_losses, eval_sliding(model, val, luts, T, STRIDE, 4,
+                                                               return_token_losses=True).token_losses, atol=1e-3)
+
+
+def test_lr_schedule_for_few_chunks():
+    """Fewer than warmup_div chunks still warm up over one chunk (the submission's max(., 1))."""
+    assert ttt_warmup_chunks(5, 20) == 1 and ttt_warmup_chunks(1_893, 20) == 94 and ttt_warmup_chunks(5, 0) == 0
+    lrs = [ttt_lr(c, 6, 0.01, 20) for c in range(6)]
+    assert lrs == pytest.approx([0.01, 0.01] + [0.005 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)])
+    assert ttt_lr(0, 1, 0.01, 20) == 0.01
+    assert chunk_train_seqs(0, 100, 24, 32) == [] and chunk_train_seqs(1, 300, 100, 32) == [(100, 32), (132, 32), (164, 32)]
+
+
 def test_streaming_scoring_option(luts):
     from gepalib.eval.streaming import eval_streaming
 
@@ -238,8 +348,8 @@ def test_bad_ttt_settings(luts):
     val = stream(2 * C)
     for kw, msg in ((dict(ttt_optimizer="lion"), "ttt_optimizer"), (dict(ttt_scoring="x"), "ttt_scoring"),
                     (dict(ttt_freeze_blocks=5), "ttt_freeze_blocks"), (dict(ttt_chunk_tokens=0), "ttt_chunk_tokens")):
-        c2 = override(cfg, **kw)
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(ValueError, match=msg):  # from the config itself, or from run_ttt
+            c2 = override(cfg, **kw)
             run_ttt(model, val, luts, T, c2.ttt, c2.eval)
 
 
@@ -259,6 +369,7 @@ from gepalib.eval.ttt import run_ttt
 info = dist.init("cpu")
 luts = build_byte_luts(sys.argv[2], 1024)
 cfg = tiny_cfg(ttt_batch_seqs=1, ttt_epochs=2)
+split = tiny_cfg(ttt_batch_seqs=3, ttt_chunk_tokens=96, ttt_epochs=2, ttt_grad_clip=0.0)
 model = tiny_model(cfg)
 val = stream(3 * C + 32)
 res = {
@@ -266,6 +377,8 @@ res = {
     "sliding": eval_sliding(model, val, luts, T, STRIDE, 3, return_token_losses=True),
     "streaming": eval_streaming(model, val, luts, T, lanes=2, return_token_losses=True),
     "ttt": run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True),
+    # batches of 3 of a chunk's 3 sequences: 2 on rank 0, 1 on rank 1 (unequal shares)
+    "ttt_split": run_ttt(model, val, luts, T, split.ttt, split.eval, return_token_losses=True),
 }
 if info.rank == 0:
     torch.save({k: {"bpb": r.val_bpb, "loss": r.val_loss, "tokens": r.tokens, "bytes": r.bytes,
@@ -303,6 +416,7 @@ def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
     got = torch.load(out, weights_only=True)
 
     cfg = tiny_cfg(ttt_batch_seqs=1, ttt_epochs=2)
+    split = tiny_cfg(ttt_batch_seqs=3, ttt_chunk_tokens=96, ttt_epochs=2, ttt_grad_clip=0.0)
     model = tiny_model(cfg)
     val = stream(3 * C + 32)
     want = {
@@ -310,6 +424,7 @@ def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
         "sliding": eval_sliding(model, val, luts, T, STRIDE, 3, return_token_losses=True),
         "streaming": eval_streaming(model, val, luts, T, lanes=2, return_token_losses=True),
         "ttt": run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True),
+        "ttt_split": run_ttt(model, val, luts, T, split.ttt, split.eval, return_token_losses=True),
     }
     for k, w in want.items():
         g = got[k]

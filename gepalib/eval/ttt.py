@@ -1,4 +1,4 @@
-"""Legal score-first test-time training (SPEC §5 "Legal score-first TTT").
+"""Legal score-first test-time training (see docs/evaluation.md).
 
 The validation targets are cut into chunks of C = ``ttt_chunk_tokens`` targets
 (chunk c = targets [cC, min((c+1)C, N)); target i is val[i+1]). A sliding window
@@ -9,12 +9,13 @@ target. For c = 0, 1, ...:
    split contiguously across ranks) and add to the fp64 loss/token/byte sums.
 2. **Train** (not for the last chunk): ``ttt_epochs`` passes over the chunk's aligned
    sequences -- inputs val[cC+kT : cC+(k+1)T], targets shifted by one, k = 0..floor(len/T)-1
-   (a chunk shorter than T gives one sequence of its own length; a remainder shorter than T
-   is not trained on, as in the submission). Each epoch is one optimizer step on the mean
-   cross-entropy over all of the chunk's sequences: every rank takes a contiguous share,
-   accumulates micro-batches of ``ttt_batch_seqs`` sequences weighted by their share of the
-   chunk's tokens, and the gradients are summed across ranks (= the AVG all-reduce of SPEC
-   when ranks hold equal shares, and the same global mean for any world size). Then a
+   (a remainder shorter than T is not trained on, nor is a chunk shorter than T, as in the
+   submission). Each pass takes one optimizer step per batch of ``ttt_batch_seqs``
+   consecutive sequences, on the batch's mean cross-entropy: every rank takes a contiguous
+   share of the batch, weights its loss by its share of the batch's tokens, and the gradients
+   are summed across ranks (the same global mean for any world size; the submission's ranks
+   each batch their own share, which is the same steps while a chunk has at most
+   ``ttt_batch_seqs`` sequences -- 16 of 32 at full scale -- and on one rank always). Then a
    global-norm clip at ``ttt_grad_clip`` over the trainable parameters and one step of SGD
    (momentum, no dampening/Nesterov/wd) or AdamW, created once so its state carries over.
    The chunk LR is :func:`ttt_lr`. Parameters named ``blocks.{i}.*`` with
@@ -48,8 +49,9 @@ from torch import Tensor, nn
 
 from gepalib import dist
 from gepalib.config import EvalConfig, TTTConfig
+from gepalib.eval import streaming
 from gepalib.eval.windows import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
-                              plan_sliding_windows, score_windows)
+                                  plan_sliding_windows, score_windows)
 
 OPTIMIZERS = ("sgd", "adamw")
 SCORING = ("sliding", "streaming")
@@ -66,7 +68,7 @@ def n_chunks_for(n_targets: int, chunk_tokens: int) -> int:
 
 
 def chunk_of_windows(plan: WindowPlan, chunk_tokens: int) -> np.ndarray:
-    """Chunk index of every window: floor(first scored target / C) (SPEC §5)."""
+    """Chunk index of every window: floor(first scored target / C)."""
     return plan.score_lo // int(chunk_tokens)
 
 
@@ -86,22 +88,19 @@ def chunk_bounds(c: int, n_targets: int, chunk_tokens: int) -> tuple[int, int]:
 
 def chunk_train_seqs(c: int, n_targets: int, chunk_tokens: int, seq_len: int) -> list[tuple[int, int]]:
     """The chunk's training sequences as target ranges [a, a+len): inputs val[a:a+len],
-    targets val[a+1:a+len+1]. Aligned to the chunk start; a remainder < seq_len is dropped."""
+    targets val[a+1:a+len+1]. Aligned to the chunk start; a remainder < seq_len is dropped
+    (so a chunk shorter than seq_len has none)."""
     lo, hi = chunk_bounds(c, n_targets, chunk_tokens)
-    n = hi - lo
-    if n <= 0:
-        return []
-    if n < seq_len:
-        return [(lo, n)]
-    return [(lo + k * seq_len, seq_len) for k in range(n // seq_len)]
+    return [(lo + k * seq_len, seq_len) for k in range(max(hi - lo, 0) // seq_len)]
 
 
 def ttt_warmup_chunks(n_chunks: int, warmup_div: int) -> int:
-    return n_chunks // warmup_div if warmup_div > 0 else 0
+    """Warm-up chunks: max(floor(n_chunks / warmup_div), 1), as the submission (0: no warm-up)."""
+    return max(n_chunks // warmup_div, 1) if warmup_div > 0 else 0
 
 
 def ttt_lr(c: int, n_chunks: int, base_lr: float, warmup_div: int = 20) -> float:
-    """SPEC §5 chunk LR: w = floor(n_chunks/warmup_div); base*(c+1)/w for c < w, else
+    """Chunk LR: with w = :func:`ttt_warmup_chunks`, base*(c+1)/w for c < w, else
     base * 0.5 * (1 + cos(pi * (c - w) / (n_chunks - 1 - w)))."""
     w = ttt_warmup_chunks(n_chunks, warmup_div)
     if c < w:
@@ -113,7 +112,7 @@ def ttt_lr(c: int, n_chunks: int, base_lr: float, warmup_div: int = 20) -> float
 
 
 def is_frozen(name: str, freeze_blocks: int) -> bool:
-    """SPEC §5: a parameter is frozen when its name contains ``blocks.<i>.`` for i < freeze_blocks.
+    """A parameter is frozen when its name contains ``blocks.<i>.`` for i < freeze_blocks.
     Matched on whole name components, so wrapper prefixes (``_orig_mod.`` of torch.compile,
     ``module.`` of DDP) still freeze and ``blocks.1.`` never matches ``blocks.11.``."""
     return any(f".blocks.{i}." in f".{name}" for i in range(freeze_blocks))
@@ -150,10 +149,11 @@ class TTTHooks:
     def on_score(self, chunk: int, ranges: list[tuple[int, int]]) -> None:
         """Targets just scored (added to the sums) for ``chunk``."""
 
-    def on_train(self, chunk: int, epoch: int, ranges: list[tuple[int, int]]) -> None:
-        """Targets whose loss feeds the optimizer step about to be computed."""
+    def on_train(self, chunk: int, epoch: int, batch: int, ranges: list[tuple[int, int]]) -> None:
+        """Targets whose loss feeds the optimizer step about to be computed (this rank's share
+        of the epoch's ``batch``-th batch of the chunk's sequences)."""
 
-    def on_step(self, chunk: int, epoch: int, lr: float, grad_norm: float) -> None:
+    def on_step(self, chunk: int, epoch: int, batch: int, lr: float, grad_norm: float) -> None:
         """After the optimizer step (grad_norm before clipping)."""
 
     def on_reset(self, chunk: int) -> None:
@@ -199,49 +199,50 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int]], params: list[nn.Parameter],
-                 opt: torch.optim.Optimizer, lr: float, tcfg: TTTConfig, epochs: int, device: torch.device,
-                 autocast: str, chunk: int, hooks: TTTHooks | None) -> list[float]:
-    """``epochs`` optimizer steps over the chunk's sequences; returns each epoch's mean loss."""
+                 opt: torch.optim.Optimizer, lr: float, tcfg: TTTConfig, device: torch.device, autocast: str,
+                 chunk: int, hooks: TTTHooks | None) -> list[float]:
+    """``ttt_epochs`` passes over the chunk's sequences, one optimizer step per batch of
+    ``ttt_batch_seqs``; returns each step's mean loss."""
     rank, world = _rank_world()
-    total_tokens = sum(n for _, n in seqs)
-    lo, hi = dist.shard_range(len(seqs), rank, world)
-    mine = seqs[lo:hi]
     for g in opt.param_groups:
         g["lr"] = lr
     losses = []
     model.train()
-    for ep in range(epochs):
-        if hooks is not None:
-            hooks.on_train(chunk, ep, [(a, a + n) for a, n in mine])
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for b0 in range(0, len(mine), tcfg.ttt_batch_seqs):
-            batch = mine[b0: b0 + tcfg.ttt_batch_seqs]
-            x = torch.stack([val_tokens[a: a + n] for a, n in batch]).to(device=device, dtype=torch.int64)
-            y = torch.stack([val_tokens[a + 1: a + n + 1] for a, n in batch]).to(device=device, dtype=torch.int64)
-            with dist.autocast_context(device, autocast):
-                loss = model(x, y)
-            w = x.numel() / total_tokens
-            (loss.float() * w).backward()
-            loss_sum += loss.detach().double() * w
-        if dist.active():
-            flat = torch.cat([p.grad.reshape(-1).float() for p in params])
-            dist.all_reduce_sum(flat)
-            off = 0
+    for ep in range(tcfg.ttt_epochs):
+        for b, b0 in enumerate(range(0, len(seqs), tcfg.ttt_batch_seqs)):
+            batch = seqs[b0: b0 + tcfg.ttt_batch_seqs]
+            lo, hi = dist.shard_range(len(batch), rank, world)
+            mine = batch[lo:hi]
+            if hooks is not None:
+                hooks.on_train(chunk, ep, b, [(a, a + n) for a, n in mine])
             for p in params:
-                n = p.numel()
-                p.grad.copy_(flat[off: off + n].view_as(p.grad))
-                off += n
-            dist.all_reduce_sum(loss_sum)
-        if tcfg.ttt_grad_clip > 0:
-            gn = float(torch.nn.utils.clip_grad_norm_(params, tcfg.ttt_grad_clip))
-        else:
-            gn = float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params])))
-        opt.step()
-        losses.append(float(loss_sum))
-        if hooks is not None:
-            hooks.on_step(chunk, ep, lr, gn)
+                p.grad = torch.zeros_like(p)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            if mine:
+                x = torch.stack([val_tokens[a: a + n] for a, n in mine]).to(device=device, dtype=torch.int64)
+                y = torch.stack([val_tokens[a + 1: a + n + 1] for a, n in mine]).to(device=device, dtype=torch.int64)
+                with dist.autocast_context(device, autocast):
+                    loss = model(x, y)
+                w = x.numel() / sum(n for _, n in batch)  # this rank's share of the batch's tokens
+                (loss.float() * w).backward()
+                loss_sum += loss.detach().double() * w
+            if dist.active():
+                flat = torch.cat([p.grad.reshape(-1).float() for p in params])
+                dist.all_reduce_sum(flat)
+                off = 0
+                for p in params:
+                    n = p.numel()
+                    p.grad.copy_(flat[off: off + n].view_as(p.grad))
+                    off += n
+                dist.all_reduce_sum(loss_sum)
+            if tcfg.ttt_grad_clip > 0:
+                gn = float(torch.nn.utils.clip_grad_norm_(params, tcfg.ttt_grad_clip))
+            else:
+                gn = float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params])))
+            opt.step()
+            losses.append(float(loss_sum))
+            if hooks is not None:
+                hooks.on_step(chunk, ep, b, lr, gn)
     for p in params:
         p.grad = None
     model.eval()
@@ -251,7 +252,7 @@ def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int
 def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTConfig, ecfg: EvalConfig, *,
             hooks: TTTHooks | None = None, autocast: str = "auto", return_token_losses: bool = False,
             restore: bool = True, log: Callable[[str], None] | None = None, log_every: int = 100) -> EvalResult:
-    """Legal score-first TTT evaluation (module docstring; SPEC §5). Returns the EvalResult of
+    """Legal score-first TTT evaluation (module docstring). Returns the EvalResult of
     everything scored, with ``extra["chunks"]`` = per-chunk rows (lr, tokens, bytes, nll, bpb,
     train losses, seconds). ``restore=True`` puts the pre-TTT weights back afterwards."""
     t0 = time.perf_counter()
@@ -269,7 +270,6 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
         plan = plan_sliding_windows(N, seq_len, stride, ecfg.tail_rescore)
         chunk_windows = windows_by_chunk(plan, C)
     else:
-        from gepalib.eval import streaming
         plan, chunk_windows = None, None
     rank, world = _rank_world()
 
@@ -330,8 +330,8 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             if c < n_chunks - 1 and tcfg.ttt_epochs > 0:
                 seqs = chunk_train_seqs(c, N, C, seq_len)
                 if seqs:
-                    train_losses = _train_chunk(model, val_tokens, seqs, params, opt, lr, tcfg, tcfg.ttt_epochs,
-                                                device, autocast, c, hooks)
+                    train_losses = _train_chunk(model, val_tokens, seqs, params, opt, lr, tcfg, device, autocast,
+                                                c, hooks)
                     if adapted_from is None:
                         adapted_from = seqs[0][0]
             train_s = time.perf_counter() - tt
