@@ -1,11 +1,12 @@
-"""Resumable training checkpoints (issue 4).
+"""Resumable training checkpoints.
 
 A checkpoint is one ``torch.save`` file ``checkpoints/step_NNNNNN.pt`` holding only
 tensors and plain Python values, so it loads with ``weights_only=True`` (no pickle
 code execution). It contains the model, the fp32 EMA shadow, every optimizer's
 state, the train-loader position, all RNG states, the step, the elapsed training
-time and the training-config fingerprint. Files are written atomically (temp +
-rename) and the newest ``keep`` are kept.
+time and the training-config fingerprint (``gepalib.rundir.identity_hash(cfg,
+resume=True)``). Files are written atomically (temp + rename) and the newest
+``keep`` are kept. (see docs/runs.md)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gepalib import dist
 from gepalib.fsio import atomic_torch_save
 
 CKPT_RE = re.compile(r"^step_(\d{6,})\.pt$")
@@ -105,3 +107,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not a gepalib training checkpoint ({FORMAT})")
     return ck
+
+
+def check_same_resume_point(latest: Path | None, complete: bool, run_dir: Path, device: torch.device) -> None:
+    """Every rank must resume from the same checkpoint (or agree the run is complete). Ranks on
+    nodes that do not share the run directory's filesystem would otherwise start from different
+    steps and hang in a collective."""
+    if not dist.active():
+        return
+    s = float(CKPT_RE.match(latest.name).group(1)) if latest is not None else -1.0
+    c = float(complete)
+    t = dist.all_reduce_sum(torch.tensor([1.0, s, s * s, c], dtype=torch.float64, device=device)).tolist()
+    # W * sum(s^2) == (sum s)^2 iff every rank has the same s; sum(c) is 0 or W iff all agree
+    if t[0] * t[2] != t[1] * t[1] or t[3] not in (0.0, t[0]):
+        raise ValueError(f"ranks disagree on where to resume in {run_dir} (this rank: checkpoint "
+                         f"{latest.name if latest else 'none'}, complete={complete}); the run directory "
+                         f"must be on a filesystem that every node shares")

@@ -7,16 +7,24 @@ all sections, so flat overrides (``steps=200 model_dim=128``) are unambiguous.
 A run is fully described by a :class:`RunConfig` (data + model + train + quant +
 eval + ttt). Presets are ``RunConfig`` values; change them with
 :func:`override` (which is ``dataclasses.replace`` routed to the right section).
+
+Every value is checked when it is built: each section's ``__post_init__`` (and
+``RunConfig``'s, for checks across sections) runs :mod:`gepalib.validation`, which
+raises a ValueError naming the field, so a bad ``override``/``replace``/``from_dict``/
+CLI flag fails before anything runs or is written. Only the checks that need the
+number of processes (gradient accumulation) are left to the trainer's plan.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from gepalib.validation import (check_data, check_eval, check_model, check_quant, check_run, check_train,
+                                check_ttt)
 
 # ---------------------------------------------------------------------------
 # Paths
@@ -49,12 +57,15 @@ def resolve_path(p: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the tokenized data lives (challenge shard format, SPEC §1)."""
+    """Where the tokenized data lives (the challenge's shard format, see docs/data.md)."""
 
     data_dir: str = "data/sotu_sp1024"  # holds *_train_*.bin, *_val_*.bin, tokenizer.model, manifest.json
     tokenizer_path: str = ""  # "" means <data_dir>/tokenizer.model
     train_shards: int = 0  # use only the first N train shards in sorted order (0 = all; the run used 80)
-    val_tokens: int = 0  # cap on validation targets for quick evals (0 = the whole val set, SPEC truncation)
+    val_tokens: int = 0  # cap on validation targets for quick evals (0 = the whole val set, truncated)
+
+    def __post_init__(self) -> None:
+        check_data(self)
 
     def tokenizer_file(self) -> Path:
         if self.tokenizer_path:
@@ -64,7 +75,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The GEPA GPT (SPEC §2). Every feature has a switch for ablations."""
+    """The GEPA GPT (see docs/model.md). Every feature has a switch for ablations."""
 
     vocab_size: int = 1024
     num_layers: int = 11
@@ -85,7 +96,7 @@ class ModelConfig:
     resid_mix: bool = True  # learned mix with x0 at every block input
     skip_mode: str = "gated"  # gated (convex mix, as run) | add (merged records) | none
     bigram: bool = True
-    bigram_hash: str = "add"  # add (as run, SPEC §7.1) | xor (code default, trained-free scale)
+    bigram_hash: str = "add"  # add (as run, see docs/choices.md) | xor (code default, trained-free scale)
     bigram_buckets: int = 2048
     bigram_dim: int = 128
     smear: bool = True
@@ -99,10 +110,13 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
 
+    def __post_init__(self) -> None:
+        check_model(self)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and run control (SPEC §3)."""
+    """Optimisation and run control (see docs/training.md)."""
 
     steps: int = 20000
     warmdown: int = 8000  # linear decay to zero over the last `warmdown` steps
@@ -135,13 +149,16 @@ class TrainConfig:
     compile_warmup: int = 0  # compile warm-up steps, fully undone afterwards (the run: 20)
     autocast: str = "auto"  # auto (bf16 on cuda, none on cpu) | bf16 | none
     device: str = "auto"  # auto | cpu | cuda
-    progress: str = "auto"  # (issue 4) auto (tqdm bar on a TTY, not under CI) | bar | log
-    keep_checkpoints: int = 2  # (issue 4) newest training checkpoints kept in <run>/checkpoints (0 = all)
+    progress: str = "auto"  # auto (tqdm bar on a TTY, not under CI) | bar | log
+    keep_checkpoints: int = 2  # newest training checkpoints kept in <run>/checkpoints (0 = all)
+
+    def __post_init__(self) -> None:
+        check_train(self)
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """int6 GPTQ-lite export (SPEC §4)."""
+    """int6 GPTQ-lite export (see docs/quantization.md)."""
 
     quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row
     quant_embed: bool = True
@@ -150,23 +167,29 @@ class QuantConfig:
     zstd_level: int = 22
     packing: str = "none"  # none | shuffle | pack6 | shuffle_pack6
 
+    def __post_init__(self) -> None:
+        check_quant(self)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Validation scoring (SPEC §1, §5)."""
+    """Validation scoring (see docs/evaluation.md)."""
 
     eval_seq_len: int = 0  # 0 = train seq_len
     eval_stride: int = 64
     eval_batch_seqs: int = 32
     tail_rescore: bool = True  # replicate the submission's re-scoring of the final targets
-    stream_lanes: int = 0  # (issue 6) streaming eval: parallel stream segments per rank (0 = auto)
-    stream_block: int = 0  # (issue 6) streaming eval: tokens advanced per step (0 = the window)
-    stream_prefix: int = -1  # (issue 6) streaming warm-up tokens per segment (-1 = exact: L*(W-1)+2)
+    stream_lanes: int = 0  # streaming eval: parallel stream segments per rank (0 = auto)
+    stream_block: int = 0  # streaming eval: tokens advanced per step (0 = the window)
+    stream_prefix: int = -1  # streaming warm-up tokens per segment (-1 = exact: L*(W-1)+2)
+
+    def __post_init__(self) -> None:
+        check_eval(self)
 
 
 @dataclass(frozen=True)
 class TTTConfig:
-    """Legal score-first test-time training (SPEC §5)."""
+    """Legal score-first test-time training (see docs/evaluation.md)."""
 
     ttt_optimizer: str = "sgd"  # sgd | adamw
     ttt_lr: float = 0.002
@@ -182,6 +205,9 @@ class TTTConfig:
     ttt_adam_wd: float = 0.0
     ttt_reset_per_doc: bool = False
     ttt_scoring: str = "sliding"  # sliding | streaming
+
+    def __post_init__(self) -> None:
+        check_ttt(self)
 
 
 SECTIONS = {
@@ -204,6 +230,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
 
+    def __post_init__(self) -> None:
+        check_run(self)  # each section checked itself when it was built
+
     # -- serialisation ----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,10 +254,6 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def fingerprint(self) -> str:
-        """Content hash of the resolved config (used to reuse finished runs)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Config contract: unique flat names, overrides, serialisation roundtrip, presets."""
+"""Config contract: unique flat names, overrides, serialisation roundtrip, presets, field checks."""
 import dataclasses
 import json
 
 import pytest
 
 from gepalib import config as C
+from gepalib.rundir import identity_hash
 
 
 def test_field_names_are_unique_across_sections():
@@ -36,8 +37,9 @@ def test_gepa11_matches_the_run():
 
 
 def test_override_routes_flat_names_and_parses_strings():
-    cfg = C.override(C.get_preset("tiny"), steps="50", model_dim=64, smear="false", ve_layers="1,2", ttt_lr="1e-3")
-    assert cfg.train.steps == 50 and cfg.model.model_dim == 64 and cfg.model.smear is False
+    cfg = C.override(C.get_preset("tiny"), steps="50", warmdown="20", model_dim=64, smear="false", ve_layers="1,2",
+                     ttt_lr="1e-3")
+    assert cfg.train.steps == 50 and cfg.train.warmdown == 20 and cfg.model.model_dim == 64 and cfg.model.smear is False
     assert cfg.model.ve_layers == (1, 2) and cfg.ttt.ttt_lr == 1e-3
     assert C.get_preset("tiny").train.steps != 50  # the preset itself is untouched
 
@@ -51,10 +53,62 @@ def test_bad_overrides_fail_clearly():
         C.parse_overrides(["steps"])
 
 
-def test_json_roundtrip_and_fingerprint():
-    cfg = C.override(C.get_preset("small"), steps=7, ve_layers=(5,))
+def test_json_roundtrip():
+    cfg = C.override(C.get_preset("small"), steps=700, ve_layers=(5,))
     back = C.RunConfig.from_dict(json.loads(cfg.to_json()))
-    assert back == cfg and back.fingerprint() == cfg.fingerprint()
-    assert C.override(cfg, steps=8).fingerprint() != cfg.fingerprint()
+    assert back == cfg and identity_hash(back) == identity_hash(cfg)
+    assert identity_hash(C.override(cfg, steps=800)) != identity_hash(cfg)
     with pytest.raises(ValueError, match="unknown field"):
         C.RunConfig.from_dict({"train": {"nope": 1}})
+
+
+BAD_FIELDS = [  # (overrides of the tiny preset, the field the message must name)
+    ({"lr_schedule": "cosinee"}, "lr_schedule"), ({"steps": -1}, "steps"), ({"steps": 0}, "steps"),
+    ({"warmdown": 99999}, "warmdown"), ({"steps": 100}, "warmdown"),  # the preset's 240 > 100
+    ({"warmdown": -1}, "warmdown"), ({"lr_warmup": -1}, "lr_warmup"), ({"grad_clip": -0.1}, "grad_clip"),
+    ({"grad_clip": "nan"}, "grad_clip"), ({"matrix_lr": -1e-3}, "matrix_lr"), ({"ema_decay": 1.0}, "ema_decay"),
+    ({"adam_beta2": 1.5}, "adam_beta2"), ({"adam_eps": 0.0}, "adam_eps"), ({"muon_momentum": 1.0}, "muon_momentum"),
+    ({"muon_ns_steps": 0}, "muon_ns_steps"), ({"seed": -1}, "seed"), ({"micro_batch_tokens": 1000}, "seq_len"),
+    ({"batch_tokens": 0}, "batch_tokens"), ({"progress": "fancy"}, "progress"), ({"autocast": "fp16"}, "autocast"),
+    ({"device": "tpu"}, "device"), ({"keep_checkpoints": -2}, "keep_checkpoints"),
+    ({"val_every": -1}, "val_every"), ({"max_wallclock": -5.0}, "max_wallclock"),
+    ({"mlp_act": "gelu"}, "mlp_act"), ({"skip_mode": "concat"}, "skip_mode"), ({"num_kv_heads": 3}, "num_kv_heads"),
+    ({"rope_dims": 5}, "rope_dims"), ({"ve_layers": (7,)}, "ve_layers"), ({"xsa_last_n": 9}, "xsa_last_n"),
+    ({"embed_dtype": "float16"}, "embed_dtype"), ({"bos_id": 5000}, "bos_id"), ({"logit_softcap": 0.0}, "logit_softcap"),
+    ({"data_dir": ""}, "data_dir"), ({"train_shards": -1}, "train_shards"), ({"val_tokens": -1}, "val_tokens"),
+    ({"quant_mode": "per_column"}, "quant_mode"), ({"compressor": "gzip"}, "compressor"),
+    ({"packing": "bits"}, "packing"), ({"compressor": "rans", "packing": "pack6"}, "packing"),
+    ({"passthrough_numel": -1}, "passthrough_numel"), ({"eval_stride": 0}, "eval_stride"),
+    ({"eval_batch_seqs": 0}, "eval_batch_seqs"), ({"stream_prefix": -2}, "stream_prefix"),
+    ({"ttt_optimizer": "lion"}, "ttt_optimizer"), ({"ttt_scoring": "x"}, "ttt_scoring"),
+    ({"ttt_chunk_tokens": 0}, "ttt_chunk_tokens"), ({"ttt_epochs": -1}, "ttt_epochs"), ({"ttt_lr": -1.0}, "ttt_lr"),
+    ({"ttt_momentum": 1.0}, "ttt_momentum"), ({"ttt_grad_clip": -1.0}, "ttt_grad_clip"),
+    ({"ttt_freeze_blocks": 5}, "ttt_freeze_blocks"),  # tiny has 4 layers
+]
+
+
+@pytest.mark.parametrize("kv,name", BAD_FIELDS, ids=[",".join(kv) for kv, _ in BAD_FIELDS])
+def test_bad_field_values_fail_when_the_config_is_built(kv, name):
+    """Every field is checked in __post_init__: override, dataclasses.replace and a config.json
+    read all refuse a bad value with a ValueError naming the field."""
+    tiny = C.get_preset("tiny")
+    with pytest.raises(ValueError, match=name):
+        C.override(tiny, **kv)
+    d = tiny.to_dict()
+    for k, v in kv.items():
+        d[C.FIELD_INDEX[k][0]][k] = float(v) if v == "nan" else v
+    with pytest.raises(ValueError, match=name):
+        C.RunConfig.from_dict(json.loads(json.dumps(d)))
+
+
+def test_boundary_values_are_accepted():
+    tiny = C.get_preset("tiny")
+    ok = C.override(tiny, steps=240, warmdown=240, grad_clip=0.0, ema_decay=0.0, lr_warmup=0, ttt_freeze_blocks=4,
+                    ttt_epochs=0, compressor="rans", packing="shuffle", stream_prefix=-1, eval_seq_len=0)
+    assert ok.train.warmdown == ok.train.steps == 240
+    with pytest.raises(ValueError, match=r"warmdown=241 is larger than steps=240"):
+        dataclasses.replace(ok.train, warmdown=241)
+    with pytest.raises(ValueError, match="ModelConfig: mlp_act='gelu'"):
+        dataclasses.replace(tiny.model, mlp_act="gelu")
+    for name in C.PRESETS:
+        assert C.RunConfig.from_dict(json.loads(C.get_preset(name).to_json())) == C.get_preset(name)

@@ -1,4 +1,4 @@
-"""torchrun launches of gepalib.train on CPU (gloo): 2 processes, and 2 "nodes" on loopback.
+"""torchrun launches of ``-m gepalib train`` on CPU (gloo): 2 processes, and 2 "nodes" on loopback.
 
 The global batch is fixed in tokens, so 1 process (accumulation 2) and 2 processes
 (accumulation 1) train the same math: the same token slices, gradients averaged
@@ -79,7 +79,7 @@ def one_process_curve(sotu_data_dir, tmp_path_factory):
 def two_process_run(sotu_data_dir, tmp_path_factory):
     rd = RunDir(tmp_path_factory.mktemp("dist") / "two")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "gepalib.train", "--run-dir", str(rd.path)] + cli_flags(sotu_data_dir)
+           "-m", "gepalib", "train", "--run-dir", str(rd.path)] + cli_flags(sotu_data_dir)
     p = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return rd, p
@@ -103,7 +103,7 @@ def two_nodes(run_dirs, data_dir) -> tuple[list[int], list[str]]:
     for run_dir in run_dirs:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"gepa-test-{port}",
-               "-m", "gepalib.train", "--run-dir", str(run_dir)] + cli_flags(data_dir)
+               "-m", "gepalib", "train", "--run-dir", str(run_dir)] + cli_flags(data_dir)
         procs.append(subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outs = []

@@ -13,7 +13,8 @@ import torch
 from gepalib import checkpoint as ckpt
 from gepalib.config import get_preset, override
 from gepalib.rundir import RunDir
-from gepalib.train import NAN_ENV, SIGNAL_ENV, TIMING_KEYS, EMA, NonFiniteLoss, TrainInterrupted, train
+from gepalib.faults import NAN_ENV, SIGNAL_ENV, FaultHooks
+from gepalib.train import TIMING_KEYS, EMA, NonFiniteLoss, Trainer, TrainInterrupted, train
 
 # A GEPA model small enough for ~30 ms steps: every feature on, 2 layers.
 MICRO = dict(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_hidden=128, ve_layers=(1,),
@@ -133,7 +134,7 @@ def test_compile_warmup_steps_are_fully_undone(base_run, sotu_data_dir, tmp_path
 def test_compiled_training_matches_eager(sotu_data_dir, tmp_path):
     """compile=True (the GPU recipe: torch.compile + an undone warm-up) trains the same math:
     inductor reorders float ops, so losses agree to ~1e-4, not bit for bit. ~40 s of compiling."""
-    kw = dict(steps=6, val_every=3, checkpoint_every=0)
+    kw = dict(steps=6, warmdown=6, val_every=3, checkpoint_every=0)
     eager, comp = RunDir(tmp_path / "eager"), RunDir(tmp_path / "compiled")
     train(micro_cfg(sotu_data_dir, **kw), eager.path)
     train(micro_cfg(sotu_data_dir, compile=True, compile_warmup=2, **kw), comp.path)
@@ -160,11 +161,11 @@ def test_sigterm_during_compile_warmup_is_kept(sotu_data_dir, tmp_path, monkeypa
     assert [s for s, _ in ckpt.list_checkpoints(rd.checkpoints)] == [1]
 
 
-def test_ema_is_the_spec_average(sotu_data_dir, tmp_path):
+def test_ema_is_the_exponential_average(sotu_data_dir, tmp_path):
     """One step with decay 0.9: ema = 0.9*init + 0.1*theta_1 (fp32 shadow, cast back to each dtype)."""
     from gepalib.model import GPT
 
-    cfg = micro_cfg(sotu_data_dir, steps=1, ema_decay=0.9, embed_dtype="bfloat16", progress="bar")
+    cfg = micro_cfg(sotu_data_dir, steps=1, warmdown=1, ema_decay=0.9, embed_dtype="bfloat16", progress="bar")
     rd = RunDir(tmp_path / "run")
     train(cfg, rd.path)
     torch.manual_seed(cfg.train.seed)
@@ -239,8 +240,66 @@ def test_refuses_to_resume_a_different_config(base_run, sotu_data_dir, tmp_path)
     s = train(micro_cfg(sotu_data_dir, log_every=7), rd)
     assert s["train"]["status"] == "complete" and s["train"]["steps"] == 20
     # --no-resume starts over
-    s = train(micro_cfg(sotu_data_dir, matrix_lr=0.03, steps=2), rd, resume=False)
+    s = train(micro_cfg(sotu_data_dir, matrix_lr=0.03, steps=2, warmdown=2), rd, resume=False)
     assert s["train"]["steps"] == 2 and [r["step"] for r in RunDir(rd).read_metrics()] == [0, 1, 2]
+
+
+def test_trainer_steps_one_at_a_time(base_run, sotu_data_dir, tmp_path):
+    """A caller can build a Trainer and time/test single steps: two Trainers with the same seed
+    take identical steps (another seed does not), and stepping by hand to the end gives the
+    losses and weights of train()."""
+    base, _ = base_run
+    cfg = micro_cfg(sotu_data_dir)
+    with Trainer(cfg, tmp_path / "a") as a, Trainer(cfg, tmp_path / "b") as b:
+        ra, rb = [a.step() for _ in range(3)], [b.step() for _ in range(3)]
+    assert [r.loss for r in ra] == [r.loss for r in rb] and all(math.isfinite(r.loss) for r in ra)
+    assert [r.lr_mult for r in ra] == [1.0, 1.0, 1.0] and all(r.seconds > 0 and not r.stop_requested for r in ra)
+    with Trainer(override(cfg, seed=7), tmp_path / "c") as c:
+        assert c.step().loss != ra[0].loss
+    logged = {r["step"]: r["train_loss"] for r in base.read_metrics() if "train_loss" in r}
+    with Trainer(cfg, tmp_path / "d") as t:
+        losses = {}
+        while t.steps_done < cfg.train.steps:
+            r = t.step()
+            losses[t.steps_done] = r.loss
+        assert {k: losses[k] for k in logged} == logged
+        live = torch.load(base.live_weights, weights_only=True)
+        ema = torch.load(base.ema_weights, weights_only=True)
+        assert all(torch.equal(v.cpu(), live[k]) for k, v in t.model.state_dict().items())
+        assert all(torch.equal(v, ema[k]) for k, v in t.ema.export().items())
+        assert t.evaluate()["live"].val_bpb == pytest.approx(base.stages()["float_live"]["val_bpb"], abs=0)
+        t.save()
+    assert [s for s, _ in ckpt.list_checkpoints(RunDir(tmp_path / "d").checkpoints)] == [20]
+
+
+def test_fault_hooks_are_read_once_from_the_environment():
+    assert FaultHooks.from_env({}) is None and FaultHooks.from_env({NAN_ENV: " ", SIGNAL_ENV: "0"}) is None
+    h = FaultHooks.from_env({NAN_ENV: "3"})
+    assert h == FaultHooks(nan_at_step=3, signal_at_step=-1)
+    one = torch.ones(())
+    assert h.on_loss(1, one) is one and torch.isnan(h.on_loss(2, one))
+    h.after_backward(2)  # no signal configured: nothing happens
+
+
+@pytest.mark.parametrize("flags,field", [
+    (["--lr-schedule", "cosinee"], "lr_schedule"), (["--warmdown", "99999"], "warmdown"),
+    (["--grad-clip", "-1"], "grad_clip"), (["--mlp-act", "gelu"], "mlp_act"),
+    (["--batch-tokens", "12288"], "batch_tokens"),  # not a whole number of 8192-token micro-steps
+])
+def test_cli_bad_field_leaves_the_run_dir_untouched(sotu_data_dir, tmp_path, capsys, flags, field):
+    """A bad field fails with a message naming it before the run dir exists, so the corrected
+    command then trains into that directory."""
+    from gepalib.cli import main as cli_main
+
+    rd = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--run-dir", str(rd), "--data-dir", str(sotu_data_dir), "--val-tokens",
+            "4096", "--progress", "log"]
+    assert cli_main(args + flags) == 2
+    assert field in capsys.readouterr().err
+    assert not rd.exists()
+    if field == "lr_schedule":
+        assert cli_main(args + ["--steps", "2", "--warmdown", "1", "--lr-schedule", "cosine"]) == 0
+        assert RunDir(rd).read_summary()["train"]["status"] == "complete"
 
 
 def test_wallclock_cap_stops_early(sotu_data_dir, tmp_path):
@@ -275,7 +334,7 @@ def test_bad_inputs_fail_before_training(sotu_data_dir, tiny_shards_dir, tmp_pat
 def test_cli_registered():
     from gepalib.cli import CLI_MODULES, build_parser
 
-    assert "gepalib.train" in CLI_MODULES
+    assert "gepalib.cli.train" in CLI_MODULES
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["train", "--help"])
     assert e.value.code == 0
