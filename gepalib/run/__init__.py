@@ -12,9 +12,8 @@ Modules: :mod:`~gepalib.run.stages` (the stage ledger), :mod:`~gepalib.run.pipel
 experiment plans), :mod:`~gepalib.run.notebooks` (``gepa reproduce``). A run's identity
 is :func:`gepalib.rundir.identity` (see docs/runs.md).
 
-The notebooks' names stay: ``run.quantize`` is :func:`ensure_artifact`, ``run.evaluate``
-is :func:`ensure_stages`, ``run.run_key`` is :func:`~gepalib.rundir.identity_hash`.
-Note that ``gepalib.run.launch`` is the function; the module is ``sys.modules["gepalib.run.launch"]``
+``run.run_key`` (the notebooks' name) is :func:`~gepalib.rundir.identity_hash`. Note that
+``gepalib.run.launch`` is the function; the module is ``sys.modules["gepalib.run.launch"]``
 (``from gepalib.run.launch import run_streamed`` works as usual).
 """
 from gepalib.rundir import (BOOKKEEPING_FIELDS, IDENTITY_SECTIONS, PATH_FIELDS, RESUMABLE_FIELDS, default_run_dir,
@@ -30,19 +29,15 @@ from gepalib.run.results import (artifact_bytes, load_metrics, load_runs, mean_t
 from gepalib.run.stages import (STAGES, find_stage, format_ledger, stage_bpb, stage_config, stage_kinds,
                                 stage_settings, ttt_gain)
 
-# The names the notebooks have always used.
-KEY_SECTIONS = IDENTITY_SECTIONS
-run_key = identity_hash
-quantize = ensure_artifact
-evaluate = ensure_stages
+run_key = identity_hash  # the notebooks' name for a run's identity hash
 
 __all__ = [
-    "BASELINE_SWITCHES", "BOOKKEEPING_FIELDS", "IDENTITY_SECTIONS", "KEY_SECTIONS", "KILL_GRACE_S", "NOTEBOOKS",
+    "BASELINE_SWITCHES", "BOOKKEEPING_FIELDS", "IDENTITY_SECTIONS", "KILL_GRACE_S", "NOTEBOOKS",
     "PATH_FIELDS", "RESUMABLE_FIELDS", "SCALES", "STAGES", "TAIL_LINES", "RunFailed", "artifact_bytes",
     "base_config", "baseline_config", "default_run_dir", "describe_artifact", "ensure_artifact", "ensure_data",
-    "ensure_stages", "evaluate", "evaluate_run", "execute_notebook", "find_stage", "format_ledger", "identity",
+    "ensure_stages", "evaluate_run", "execute_notebook", "find_stage", "format_ledger", "identity",
     "identity_diff", "identity_hash", "is_finished", "ladder_configs", "launch", "launch_many", "load_metrics",
-    "load_parameters_file", "load_runs", "longest_rung_configs", "mean_trajectory", "quantize", "quantize_run",
+    "load_parameters_file", "load_runs", "longest_rung_configs", "mean_trajectory", "quantize_run",
     "reproduce", "run_key", "run_record", "run_streamed", "scale_overrides", "stage_bpb", "stage_config",
     "stage_kinds", "stage_settings", "stage_table", "torchrun_command", "ttt_gain", "with_length",
 ]

@@ -156,7 +156,7 @@ def stage_bpb(run: RunDir | str | os.PathLike, stage: str, rows: dict[str, dict[
 def ttt_gain(rows: dict[str, dict[str, Any]]) -> float:
     """TTT gain of an :func:`gepalib.run.ensure_stages` result: ttt bpb - sliding bpb (negative = TTT helped)."""
     if "ttt" not in rows or "sliding" not in rows:
-        raise ValueError("ttt_gain needs an evaluate(..., sliding=True, ttt=True) result")
+        raise ValueError("ttt_gain needs an ensure_stages(..., sliding=True, ttt=True) result")
     return float(rows["ttt"]["val_bpb"]) - float(rows["sliding"]["val_bpb"])
 
 
