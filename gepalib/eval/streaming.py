@@ -52,7 +52,8 @@ def auto_lanes(n_targets: int, prefix: int, max_lanes: int) -> int:
 def score_range(model: nn.Module, val_tokens: Tensor, luts_d, lo: int, hi: int, window: int, sums: Sums, *,
                 lanes: int = 0, block: int = 0, prefix: int = -1, max_lanes: int = 32, autocast: str = "auto",
                 token_losses: Tensor | None = None) -> None:
-    """Score targets [lo, hi) with the banded model; add to ``sums`` (caller: eval/inference mode).
+    """Score targets [lo, hi) with the banded model; add to ``sums`` (caller: eval/inference mode,
+    ``val_tokens`` on the model's device, so that the loop never waits for an accelerator).
 
     The range is cut into ``lanes`` contiguous segments run side by side as a batch; each is
     warmed up over ``prefix`` earlier tokens (-1: :func:`exact_prefix`)."""
@@ -71,18 +72,17 @@ def score_range(model: nn.Module, val_tokens: Tensor, luts_d, lo: int, hi: int, 
     seg_hi = [s + base + (1 if i < rem else 0) for i, s in enumerate(seg_lo)]
     start = [max(0, s - prefix) for s in seg_lo]
     length = max(h - s for s, h in zip(start, seg_hi))
-    start_t = torch.tensor(start, dtype=torch.int64)[:, None]
-    lo_t = torch.tensor(seg_lo, device=device)[:, None]
-    hi_t = torch.tensor(seg_hi, device=device)[:, None]
+    val = val_tokens.to(device)  # a no-op for the callers here
+    start_t, lo_t, hi_t = (torch.tensor(v, device=device)[:, None] for v in (start, seg_lo, seg_hi))
     cache = KVCache(len(model.blocks), window)
     for j0 in range(0, length, block):
         j1 = min(j0 + block, length)
-        pos = start_t + torch.arange(j0, j1 + 1)[None, :]  # token positions incl. the last target
-        seg = val_tokens[pos.clamp(max=N)].to(device=device, dtype=torch.int64)
+        pos = start_t + torch.arange(j0, j1 + 1, device=device)[None, :]  # token positions incl. the last target
+        seg = val[pos.clamp(max=N)].to(torch.int64)
         ids, tgt = seg[:, :-1], seg[:, 1:]
         with dist.autocast_context(device, autocast):
             nll = model(ids, tgt, reduction="none", cache=cache).float()
-        t_idx = (start_t + torch.arange(j0, j1)[None, :]).to(device)  # target indices
+        t_idx = pos[:, :-1]  # target indices
         mask = (t_idx >= lo_t) & (t_idx < hi_t)
         sums.add(nll, target_byte_counts(ids, tgt, luts_d), mask)
         if token_losses is not None:
@@ -96,7 +96,6 @@ def eval_streaming(model: nn.Module, val_tokens: Tensor, luts, window: int, *, l
     contiguously across ranks, then into lanes; fp64 sums all-reduced."""
     t0 = time.perf_counter()
     check_val_tokens(val_tokens, getattr(model.cfg, "vocab_size", None))
-    val_tokens = val_tokens.cpu()
     N = val_tokens.numel() - 1
     device = model_device(model)
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist.active() else (0, 1)
@@ -104,7 +103,7 @@ def eval_streaming(model: nn.Module, val_tokens: Tensor, luts, window: int, *, l
     sums = Sums(device)
     losses = torch.zeros(N, dtype=torch.float32, device=device) if return_token_losses else None
     with eval_mode(model):
-        score_range(model, val_tokens, luts.to(device), lo, hi, window, sums, lanes=lanes, block=block,
+        score_range(model, val_tokens.to(device), luts.to(device), lo, hi, window, sums, lanes=lanes, block=block,
                     prefix=prefix, max_lanes=max_lanes, autocast=autocast, token_losses=losses)
     nll_sum, tokens, nbytes = sums.reduced()
     if losses is not None:

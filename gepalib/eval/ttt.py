@@ -264,6 +264,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
     n_chunks = n_chunks_for(N, C)
     device = model_device(model)
     luts_d = luts.to(device)
+    val_d = val_tokens.to(device)  # once: copies per batch would wait for the device every time
     stride = ecfg.eval_stride
     batch_seqs = ecfg.eval_batch_seqs
     if tcfg.ttt_scoring == "sliding":
@@ -308,14 +309,14 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
                     cw = chunk_windows[c]
                     a, b = dist.shard_range(len(cw), rank, world)
                     mine = cw[a:b]
-                    score_windows(model, val_tokens, luts_d, plan, mine, batch_seqs, sums, autocast=autocast,
+                    score_windows(model, val_d, luts_d, plan, mine, batch_seqs, sums, autocast=autocast,
                                   token_losses=losses)
                     ranges = list(zip(plan.score_lo[mine].tolist(), plan.score_hi[mine].tolist()))
                 else:
                     a, b = dist.shard_range(hi_c - lo_c, rank, world)
                     ranges = [(lo_c + a, lo_c + b)] if b > a else []
                     if b > a:
-                        streaming.score_range(model, val_tokens, luts_d, lo_c + a, lo_c + b, seq_len, sums,
+                        streaming.score_range(model, val_d, luts_d, lo_c + a, lo_c + b, seq_len, sums,
                                               lanes=ecfg.stream_lanes, block=ecfg.stream_block,
                                               prefix=ecfg.stream_prefix, max_lanes=max(1, batch_seqs),
                                               autocast=autocast, token_losses=losses)
@@ -330,7 +331,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             if c < n_chunks - 1 and tcfg.ttt_epochs > 0:
                 seqs = chunk_train_seqs(c, N, C, seq_len)
                 if seqs:
-                    train_losses = _train_chunk(model, val_tokens, seqs, params, opt, lr, tcfg, device, autocast,
+                    train_losses = _train_chunk(model, val_d, seqs, params, opt, lr, tcfg, device, autocast,
                                                 c, hooks)
                     if adapted_from is None:
                         adapted_from = seqs[0][0]

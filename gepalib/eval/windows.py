@@ -180,10 +180,11 @@ def eval_nonoverlapping(model: nn.Module, val_tokens: Tensor, luts, seq_len: int
     lo, hi = dist.shard_range(n_seqs, rank, world)
     sums = Sums(device)
     losses = torch.zeros(n, dtype=torch.float32, device=device) if return_token_losses else None
+    val = val_tokens.to(device)  # once: a copy per batch would wait for the device every time
     with eval_mode(model):
         for b0 in range(lo, hi, batch_seqs):
             b1 = min(b0 + batch_seqs, hi)
-            chunk = val_tokens[b0 * seq_len: b1 * seq_len + 1].to(device=device, dtype=torch.int64)
+            chunk = val[b0 * seq_len: b1 * seq_len + 1].to(torch.int64)
             x = chunk[:-1].view(b1 - b0, seq_len)
             y = chunk[1:].view(b1 - b0, seq_len)
             with dist.autocast_context(device, autocast):
@@ -280,30 +281,33 @@ def score_windows(model: nn.Module, val_tokens: Tensor, luts_d, plan: WindowPlan
     """Score the given window indices of ``plan`` in batches; add to ``sums``.
 
     Short windows are right-padded (repeating the stream's last token) to the batch's longest;
-    causality makes the padding invisible to the scored positions. The caller provides eval/inference mode.
-    ``token_losses`` (float32 [N] on the model's device) receives fresh targets' nll."""
+    causality makes the padding invisible to the scored positions. The caller provides
+    eval/inference mode and ``val_tokens`` on the model's device (moved once, so the loop never
+    waits for an accelerator). ``token_losses`` (float32 [N], same device) receives fresh
+    targets' nll."""
     device = sums.t.device
+    val = val_tokens.to(device)  # a no-op for the callers here
+    lens_np = plan.length[windows]
+
+    def on_device(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(a, device=device)[:, None]
+
+    starts, lens = on_device(plan.start[windows]), on_device(lens_np)
+    s_lo, f_lo = on_device(plan.score_lo[windows]) - starts, on_device(plan.fresh_lo[windows]) - starts
     for b0 in range(0, len(windows), batch_seqs):
-        idx = windows[b0: b0 + batch_seqs]
-        starts, lens = plan.start[idx], plan.length[idx]
-        L = int(lens.max())
-        gather = torch.from_numpy(np.minimum(starts[:, None] + np.arange(L + 1)[None, :], plan.n_targets))
-        seg = val_tokens[gather].to(device=device, dtype=torch.int64)
-        x, y = seg[:, :-1], seg[:, 1:]
+        b1 = min(b0 + batch_seqs, len(windows))
+        L = int(lens_np[b0:b1].max())
+        pos = torch.arange(L + 1, device=device)[None, :]
+        seg = val[(starts[b0:b1] + pos).clamp_(max=plan.n_targets)].to(torch.int64)
+        x, y, pos = seg[:, :-1], seg[:, 1:], pos[:, :-1]
         with dist.autocast_context(device, autocast):
             nll = model(x, y, reduction="none").float()
-        # mask of scored positions: [score_lo - start, length)
-        pos = torch.arange(L, device=device)[None, :]
-        s_lo = torch.as_tensor(plan.score_lo[idx] - starts, device=device)[:, None]
-        s_hi = torch.as_tensor(lens, device=device)[:, None]
-        mask = (pos >= s_lo) & (pos < s_hi)
-        nb = target_byte_counts(x, y, luts_d)
-        sums.add(nll, nb, mask)
+        # scored positions: [score_lo - start, length)
+        mask = (pos >= s_lo[b0:b1]) & (pos < lens[b0:b1])
+        sums.add(nll, target_byte_counts(x, y, luts_d), mask)
         if token_losses is not None:
-            f_lo = torch.as_tensor(plan.fresh_lo[idx] - starts, device=device)[:, None]
-            fmask = (pos >= f_lo) & (pos < s_hi)
-            abs_pos = (torch.as_tensor(starts, device=device)[:, None] + pos)
-            token_losses[abs_pos[fmask]] = nll[fmask]
+            fmask = (pos >= f_lo[b0:b1]) & (pos < lens[b0:b1])
+            token_losses[(starts[b0:b1] + pos)[fmask]] = nll[fmask]
 
 
 def my_windows(n_windows: int) -> np.ndarray:
@@ -329,8 +333,8 @@ def eval_sliding(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, strid
     sums = Sums(device)
     losses = torch.zeros(plan.n_targets, dtype=torch.float32, device=device) if return_token_losses else None
     with eval_mode(model):
-        score_windows(model, val_tokens, luts.to(device), plan, my_windows(plan.n_windows), batch_seqs, sums,
-                      autocast=autocast, token_losses=losses)
+        score_windows(model, val_tokens.to(device), luts.to(device), plan, my_windows(plan.n_windows), batch_seqs,
+                      sums, autocast=autocast, token_losses=losses)
     nll_sum, tokens, nbytes = sums.reduced()
     if losses is not None:
         losses = dist.all_reduce_sum(losses).cpu()
