@@ -1,6 +1,7 @@
 """gepalib.findings: the published tables give the published derived numbers,
 synthetic data give known answers, and verdicts follow the data."""
 import itertools
+import json
 import math
 
 import numpy as np
@@ -357,6 +358,8 @@ def test_published_numbers_through_the_verdicts():
     # one run per setting has no seed-to-seed spread: the published comparisons alone are underpowered
     for v in (v1, v3):
         assert v["verdict"] == F.INCONCLUSIVE and not v["agrees"] and v["n"] == 1 and "n=1 < 3" in v["reason"]
+        assert v["interval"] == [None, None] and v["sd"] is None and v["mde"] is None  # strict JSON, no NaN
+        json.dumps(v, allow_nan=False)
     assert "6.2×" in v1["ours"] and "-12.6" in v1["ours"] and "2.43×" in v3["ours"]
     md = F.findings_markdown([v1, v2, v3, v5])
     assert md.count("\n") == 2 + 4 and md.count("| **agrees** |") == 2

@@ -137,11 +137,13 @@ def _stats_text(effect: float, interval: tuple[float, float], sd: float, mde: fl
 def _verdict(finding: str, title: str, verdict: str, reason: str, ours: str, published: str, criterion: str,
              *, effect: float, expected: float, interval: tuple[float, float], sd: float, mde: float, n: int,
              unit: str) -> dict[str, Any]:
-    iv = [float(interval[0]), float(interval[1])]
+    def num(x: float) -> float | None:  # None where undefined: the record stays strict JSON
+        return float(x) if math.isfinite(x) else None
+
     return {"finding": finding, "title": title, "agrees": verdict == AGREES, "verdict": verdict, "ours": ours,
-            "published": published, "criterion": criterion, "reason": reason, "effect": float(effect),
-            "expected": float(expected), "interval": iv, "sd": float(sd), "mde": float(mde), "n": int(n),
-            "unit": unit,
+            "published": published, "criterion": criterion, "reason": reason, "effect": num(effect),
+            "expected": num(expected), "interval": [num(interval[0]), num(interval[1])], "sd": num(sd),
+            "mde": num(mde), "n": int(n), "unit": unit,
             "text": f"{finding} ({title}): {verdict} ({reason}). Ours: {ours}. Submission: {published}. "
                     f"Criterion: {criterion}."}
 
@@ -336,11 +338,13 @@ def verdict_f5(share: Mapping[str, Any], *, alpha: float = ALPHA, power: float =
 def _fmt_stats(v: Mapping[str, Any]) -> str:
     if "interval" not in v:
         return ""
+    def f(x: Any, fmt: str = "+.3g") -> str:
+        return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
+
     lo, hi = v["interval"]
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{v['effect']:+.3g}, no interval, n={v['n']}"
-    mde = f"{v['mde']:.3g}" if math.isfinite(v["mde"]) else "n/a"
-    return f"{v['effect']:+.3g} [{lo:+.3g}, {hi:+.3g}], MDE {mde} vs expected {v['expected']:+.3g}, n={v['n']}"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{f(v['effect'])}, no interval, n={v['n']}"
+    return f"{f(v['effect'])} [{f(lo)}, {f(hi)}], MDE {f(v['mde'], '.3g')} vs expected {f(v['expected'])}, n={v['n']}"
 
 
 def findings_markdown(verdicts: Iterable[Mapping[str, Any]]) -> str:
