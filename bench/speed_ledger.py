@@ -1,13 +1,15 @@
 """Speed ledger on this CPU: gepalib's training step against a plain GPT, and its eval modes.
 
 1. Training step, side by side in one process (one torch thread, interleaved repeats,
-   median): gepalib's full step -- GEPA model forward + backward, global-norm clip, the
-   Muon and AdamW groups with the LR/momentum schedule, EMA update -- against a plain
+   median): gepalib.train.Trainer's step -- data, GEPA model forward + backward, global-norm
+   clip, the Muon and AdamW groups with the LR/momentum schedule, EMA update -- against a plain
    nanoGPT-style GPT of the same shape (same d_model, layers, heads, KV heads, MLP width,
    vocab, seq len; pre-LN attention + GELU MLP, learned positions, tied head) trained by
    AdamW with clipping. Both read the same synthetic shards through gepalib's TrainLoader.
    Reported: time per token (wall and this thread's CPU time) and gepalib / plain
-   (target: within 1.25x), for the tiny and small presets.
+   (target: within 1.25x), for the tiny and small presets, with the trainer's Muon and AdamW
+   time (each optimizer's step timed) and the bf16/fp32 matmul speed of this CPU: Muon's
+   Newton-Schulz runs in bf16, which CPUs without AVX512-BF16/AMX emulate slowly.
 2. Eval modes on a tiny model (bench/eval_throughput.py's measurement, in this process):
    non-overlapping, sliding (stride 64), streaming and legal TTT, time per scored token.
 
@@ -37,59 +39,51 @@ from bench.common import (RESULTS, machine_info, markdown_table, plain_adamw, pl
                           synthetic_data_dir, write_result)
 from gepalib.config import get_preset  # noqa: E402
 from gepalib.data import TrainLoader  # noqa: E402
-from gepalib.model import GPT  # noqa: E402
-from gepalib.optim import build_optimizers, set_lr  # noqa: E402
 
 TARGET_RATIO = 1.25
-PHASES = ("data_forward_backward", "clip", "adamw", "muon", "zero_grad_ema")
+PHASES = ("data_forward_backward_clip_ema", "adamw", "muon")
 
 
-def gepa_step(cfg, loader: TrainLoader):
-    """gepalib's training step for one micro-batch (accumulation 1); each call appends its
-    phase times (seconds) to ``phases``."""
+def gepa_step(cfg, run_dir: Path):
+    """gepalib.train.Trainer's step (accumulation 1). Each optimizer's ``step`` is wrapped in a
+    timer, so every call also appends its Muon, AdamW and remaining seconds to ``phases``."""
     from gepalib.optim import Muon
-    from gepalib.train import EMA
+    from gepalib.train import Trainer
 
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
-    model = GPT(cfg.model)
-    opts, _ = build_optimizers(model, tc)
-    adamw = [o for o in opts if not isinstance(o, Muon)]  # disjoint parameters: the order is free
-    muon = [o for o in opts if isinstance(o, Muon)]
-    ema = EMA(model, tc.ema_decay)
-    params = list(model.parameters())
-    state = {"step": 0}
+    t = Trainer(cfg, run_dir, resume=False)
     phases: dict[str, list[float]] = {k: [] for k in PHASES}
+    spent = {"muon": 0.0, "adamw": 0.0}
+
+    def timed(opt):
+        inner, kind = opt.step, "muon" if isinstance(opt, Muon) else "adamw"
+
+        def step(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                spent[kind] += time.perf_counter() - t0
+        return step
+
+    for o in t.optimizers:
+        o.step = timed(o)
 
     def step() -> float:
-        t = [time.perf_counter()]
-        set_lr(opts, state["step"], tc)
-        x, y = loader.next_batch(tc.micro_batch_tokens, tc.seq_len)
-        loss = model(x, y)
-        loss.backward()
-        t.append(time.perf_counter())
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        t.append(time.perf_counter())
-        for o in adamw:
-            o.step()
-        t.append(time.perf_counter())
-        for o in muon:
-            o.step()
-        t.append(time.perf_counter())
-        model.zero_grad(set_to_none=True)
-        ema.update()
-        t.append(time.perf_counter())
-        for k, a, b in zip(PHASES, t, t[1:]):
-            phases[k].append(b - a)
-        state["step"] += 1
-        return loss.item()
+        spent.update(muon=0.0, adamw=0.0)
+        r = t.step()
+        phases["muon"].append(spent["muon"])
+        phases["adamw"].append(spent["adamw"])
+        phases["data_forward_backward_clip_ema"].append(r.seconds - spent["muon"] - spent["adamw"])
+        return r.loss
     step.phases = phases
-    return step, sum(p.numel() for p in params)
+    step.close = t.close
+    return step, t.n_params
 
 
-def plain_step(cfg, loader: TrainLoader):
-    """The plain GPT's AdamW step for the same micro-batch (clip 1.0)."""
+def plain_step(cfg, run_dir: Path):
+    """The plain GPT's AdamW step for the same micro-batch (clip 1.0), read by gepalib's TrainLoader."""
     tc = cfg.train
+    loader = TrainLoader(cfg.data.data_dir, 0, 1, cfg.model.vocab_size)
     torch.manual_seed(tc.seed)
     model = plain_for(cfg)
     opt = plain_adamw(model)
@@ -103,6 +97,7 @@ def plain_step(cfg, loader: TrainLoader):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
+    step.close = lambda: None
     return step, sum(p.numel() for p in params)
 
 
@@ -123,10 +118,12 @@ def bf16_matmul_slowdown(n: int = 512, reps: int = 3) -> float:
 
 
 def race(preset: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1) -> dict:
-    cfg = get_preset(preset, data_dir=str(data_dir), batch_tokens=tokens, micro_batch_tokens=tokens, device="cpu")
+    seq = get_preset(preset).train.seq_len
+    cfg = get_preset(preset, data_dir=str(data_dir), batch_tokens=tokens, micro_batch_tokens=tokens, device="cpu",
+                     val_tokens=4 * seq, progress="log", checkpoint_every=0)
     steps, params = {}, {}
     for kind, make in (("gepalib", gepa_step), ("plain", plain_step)):
-        steps[kind], params[kind] = make(cfg, TrainLoader(data_dir, 0, 1, cfg.model.vocab_size))
+        steps[kind], params[kind] = make(cfg, data_dir.parent / f"run_{preset}_{kind}")
     wall = {k: [] for k in steps}
     cpu = {k: [] for k in steps}
     for i in range(warmup + reps):  # interleaved: both see the same load
@@ -136,6 +133,8 @@ def race(preset: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1) -
             if i >= warmup:
                 wall[kind].append(time.perf_counter() - w0)
                 cpu[kind].append(time.thread_time() - c0)
+    for fn in steps.values():
+        fn.close()
     row = {"preset": preset, "tokens_per_step": tokens, "seq_len": cfg.train.seq_len, "reps": reps,
            "shape": {k: getattr(cfg.model, k) for k in ("num_layers", "model_dim", "num_heads", "num_kv_heads",
                                                          "mlp_hidden", "vocab_size")}}
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     res["bf16_matmul_slowdown"] = bf16_matmul_slowdown()
     with tempfile.TemporaryDirectory(prefix="gepa_ledger_") as td:
-        data_dir = synthetic_data_dir(Path(td), train_tokens=1 << 18, val_tokens=1 << 15)
+        data_dir = synthetic_data_dir(Path(td) / "data", train_tokens=1 << 18, val_tokens=1 << 15)
         for preset in [p for p in args.presets.split(",") if p]:
             res["train"].append(race(preset, data_dir, tokens, reps))
             print(f"{preset}: gepalib/plain {res['train'][-1]['ratio']:.2f}x", flush=True)

@@ -26,7 +26,7 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path, capsys):
     assert set(r["parts"]) == {"train", "resume", "quant", "eval"}
     assert "compile" in r["skipped"]  # off on CPU by default
     assert r["checks"] and all(r["checks"].values()), r["checks"]
-    for name in ("resume_next_loss_matches", "resume_final_weights_match", "resume_stopped_at_signal",
+    for name in ("resume_next_loss_matches", "resume_final_weights_match", "resume_starts_at_checkpoint",
                  "artifact_reload_equals_dequantized", "roundtrip_bpb_finite", "eval_bpb_finite"):
         assert r["checks"][name] is True
 
@@ -36,7 +36,7 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path, capsys):
     assert tr["losses"][-1] < tr["losses"][0]  # the synthetic phrases are learnable
 
     rs = r["parts"]["resume"]
-    assert rs["stopped_after"] == gpu_check.TINY.resume_stop_at
+    assert rs["resumed_at"] == rs["checkpoint_step"] == gpu_check.TINY.resume_stop_at
     assert rs["bitwise_equal_losses"] and rs["final_weights_max_abs_diff"] == 0.0  # fp32 on CPU: exact
 
     q = r["parts"]["quant"]
@@ -44,7 +44,7 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path, capsys):
     assert 0 < q["int6_bpb"] < 10 and abs(q["int6_gap_bpb"]) < 0.5
 
     ev = r["parts"]["eval"]
-    assert set(ev["modes"]) == {"nonoverlapping", "sliding", "streaming", "ttt"}
+    assert set(ev["modes"]) == {"nonoverlapping", "sliding", "streaming", "streaming_lanes", "ttt"}
     for m in ev["modes"].values():
         assert m["tokens"] >= ev["targets"] and m["tokens_per_s"] > 0 and math.isfinite(m["bpb"])
     assert ev["modes"]["ttt"]["chunks"] == gpu_check.TINY.eval_chunks
