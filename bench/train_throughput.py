@@ -199,10 +199,11 @@ def trainer_overhead(data_dir: Path, steps: int, tmp: Path) -> dict:
     from gepalib.model import GPT
     from gepalib.optim import Muon, build_optimizers, set_lr
     from gepalib.rundir import RunDir
-    from gepalib.train import EMA, train
+    from gepalib.ema import EMA
+    from gepalib.train import train
 
-    cfg = get_preset("tiny", data_dir=str(data_dir), steps=steps, log_every=max(1, steps // 2), val_every=0,
-                     checkpoint_every=0, val_tokens=4096, progress="log")
+    cfg = get_preset("tiny", data_dir=str(data_dir), steps=steps, warmdown=0, log_every=max(1, steps // 2),
+                     val_every=0, checkpoint_every=0, val_tokens=4096, progress="log")
     torch.manual_seed(0)
     model = GPT(cfg.model)
     opts, _ = build_optimizers(model, cfg.train)
@@ -305,8 +306,8 @@ def main() -> int:
                 cfg = get_preset(preset, data_dir=str(data_dir), **shape)
                 n_mm = {"gepa": matmul_params(GPT(cfg.model)), "plain": matmul_params(plain_for(cfg))}
                 for nproc in (1, 2):
-                    kw = dict(data_dir=str(data_dir), steps=steps, log_every=max(1, steps // 2), val_every=0,
-                              checkpoint_every=0, val_tokens=4096, progress="log", **shape)
+                    kw = dict(data_dir=str(data_dir), steps=steps, warmdown=0, log_every=max(1, steps // 2),
+                              val_every=0, checkpoint_every=0, val_tokens=4096, progress="log", **shape)
                     for kind in ("gepa", "plain"):
                         r = (run_gepa(preset, nproc, kw, tmp) if kind == "gepa"
                              else run_plain(preset, nproc, kw, tmp, lr=a.plain_lr))
