@@ -31,9 +31,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
 
-# On a CUDA machine, with its own Python and CUDA torch (no .venv): ~8 minutes, writes bench/results/gpu.json.
+# On a CUDA machine, with its own Python and CUDA torch (no .venv): at most ~8 minutes, writes
+# bench/results/gpu.json (elsewhere: make bench-gpu GPU_CHECK_ARGS="--out /path/gpu.json").
 bench-gpu:
-	PYTHONPATH=. $(PYTHON) bench/gpu_check.py
+	PYTHONPATH=. $(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-runs:
 	rm -rf runs/* figures/*; touch runs/.gitkeep figures/.gitkeep

@@ -343,6 +343,10 @@ def projections(parts: dict, global_batch: int = 786_432, micro: int = 98_304) -
     if run:
         ms = run["ms_per_step_median"]
         out["train_source"] = "compiled" if "compiled" in train else "eager"
+        per_gpu = micro / (ms / 1e3)
+        out["per_gpu_tokens_per_s"] = per_gpu
+        for g, ref in ((4, "4xA100"), (8, "8xH100")):  # this GPU in units of the submission's GPUs
+            out[f"{ref[2:]}_equivalents"] = per_gpu / (SUBMISSION[ref]["tokens_per_s"] / g)
         for g, ref in ((4, "4xA100"), (8, "8xH100")):
             accum = max(1, global_batch // (g * micro))
             step_ms = accum * ms
@@ -406,6 +410,9 @@ def summary_rows(res: dict) -> list[tuple]:
         rows.append((f"eval {name}", f"{m['tokens_per_s']:,.0f} tok/s", f"bpb {m['bpb']:.4f}",
                      f"{m['tokens']} tokens", f"{m['seconds']:.2f} s"))
     pr = res.get("projection") or {}
+    if "per_gpu_tokens_per_s" in pr:
+        rows.append(("per GPU", f"{pr['per_gpu_tokens_per_s']:,.0f} tok/s ({pr['train_source']})",
+                     f"= {pr['A100_equivalents']:.2f} submission A100s", f"= {pr['H100_equivalents']:.2f} H100s", ""))
     for g in ("4gpu", "8gpu"):
         if g in pr:
             ref = "4xA100" if g == "4gpu" else "8xH100"

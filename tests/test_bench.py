@@ -86,6 +86,9 @@ def test_projections():
     ttt = {"score_s_per_chunk": 0.2, "train_s_per_chunk": 0.3}
     p = gpu_check.projections({"train": train, "eval": {"modes": {"ttt": ttt}}})
     assert p["train_source"] == "compiled"
+    assert p["per_gpu_tokens_per_s"] == pytest.approx(98_304 / 0.060)
+    assert p["A100_equivalents"] == pytest.approx(98_304 / 0.060 / (1.57e6 / 4))
+    assert p["H100_equivalents"] == pytest.approx(0.083 / 0.060)  # same micro-batch per GPU
     assert p["4gpu"]["accum"] == 2 and p["4gpu"]["ms_per_step"] == 120.0  # 786,432 / (4 x 98,304)
     assert p["8gpu"]["accum"] == 1 and p["8gpu"]["ms_per_step"] == 60.0
     assert p["8gpu"]["full_run_s"] == pytest.approx(20_000 * 0.060)
@@ -94,7 +97,8 @@ def test_projections():
     one = 1893 * 0.2 + 1892 * 0.3  # the last chunk is scored, never trained on
     assert p["ttt_eval"]["one_gpu_s"] == pytest.approx(one) and p["ttt_eval"]["ideal_8gpu_s"] == pytest.approx(one / 8)
     assert gpu_check.projections({}) == {}
-    assert set(gpu_check.projections({"train": {"eager": train["eager"]}})) == {"train_source", "4gpu", "8gpu"}
+    assert set(gpu_check.projections({"train": {"eager": train["eager"]}})) == {
+        "train_source", "per_gpu_tokens_per_s", "A100_equivalents", "H100_equivalents", "4gpu", "8gpu"}
 
 
 def test_compare_losses():
@@ -142,3 +146,36 @@ def test_run_all_lists_every_benchmark(capsys):
     assert any("gpu_check.py" in ln and ("--tiny" in ln) != run_all.cuda_available() for ln in lines)
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nope"])
+
+
+def test_missing_wheels_are_skipped_and_a_failing_part_is_recorded(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_check, "have", lambda m: m not in ("zstandard", "sentencepiece"))
+
+    def broken(chk, res):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(gpu_check, "part_eval", broken)
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--tiny", "--device", "cpu", "--parts", "train,quant,eval", "--out", str(out)]) == 1
+    r = json.loads(out.read_text())
+    assert "sentencepiece" in r["skipped"]["train"] and "zstandard" in r["skipped"]["zstd"]
+    assert r["luts"].startswith("synthetic")
+    q = r["parts"]["quant"]
+    assert q["compressor"] == "none" and q["source"].startswith("fresh init") and math.isfinite(q["int6_bpb"])
+    assert set(r["parts"]) == {"quant"} and r["errors"]["eval"].startswith("RuntimeError: boom")
+
+
+def test_a_compiler_failure_keeps_the_eager_numbers(monkeypatch, tmp_path):
+    real = gpu_check.train_run
+
+    def no_compiler(chk, name, **kw):
+        if kw.get("compile"):
+            raise RuntimeError("no compiler")
+        return real(chk, name, **kw)
+    monkeypatch.setattr(gpu_check, "train_run", no_compiler)
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--tiny", "--device", "cpu", "--compile", "on", "--parts", "train",
+                           "--out", str(out)]) == 1
+    r = json.loads(out.read_text())
+    assert r["errors"]["compile"].startswith("RuntimeError: no compiler")
+    assert "eager" in r["parts"]["train"] and "compiled" not in r["parts"]["train"]
+    assert r["projection"]["train_source"] == "eager"
