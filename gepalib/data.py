@@ -271,8 +271,10 @@ def validate_data_dir(data_dir: str | os.PathLike, vocab_size: int, tokenizer_pa
     """Check a dataset directory; return its manifest (or a synthesized one) with a ``check`` summary.
 
     Always: directory, train/val shards present, every header and exact size,
-    tokenizer loads and has ``vocab_size`` pieces, manifest file sizes. With
-    ``deep``: also every token < vocab_size and the manifest's sha256 sums.
+    tokenizer loads and has ``vocab_size`` pieces and, when there is a manifest.json,
+    the files it lists with their sizes, no shard it does not list and each split's
+    shards and token total (:func:`check_manifest_shards`). With ``deep``: also every
+    token < vocab_size and the manifest's sha256 sums.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -294,14 +296,10 @@ def validate_data_dir(data_dir: str | os.PathLike, vocab_size: int, tokenizer_pa
         raise ValueError(f"tokenizer {tok_path} has {sp.get_piece_size()} pieces but vocab_size is {vocab_size}")
     tokens = {s: sum(read_shard_header(p) if not deep else len(read_shard(p, vocab_size)) for p in shards[s])
               for s in SPLITS}
-    manifest: dict[str, Any] = {}
-    mpath = data_dir / "manifest.json"
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{mpath}: not valid JSON ({e})") from None
+    manifest = read_manifest(data_dir)
+    if manifest:
         check_manifest_files(data_dir, manifest, sha256=deep)
+        check_manifest_shards(data_dir, manifest, shards)
     manifest["check"] = {
         "data_dir": str(data_dir),
         "tokenizer": str(tok_path),
@@ -313,6 +311,64 @@ def validate_data_dir(data_dir: str | os.PathLike, vocab_size: int, tokenizer_pa
         "deep": deep,
     }
     return manifest
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """``<data_dir>/manifest.json`` as a dict ({} when there is none)."""
+    mpath = Path(data_dir) / "manifest.json"
+    if not mpath.is_file():
+        return {}
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{mpath}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
+def check_manifest_shards(data_dir: str | os.PathLike, manifest: dict[str, Any],
+                          shards: dict[str, list[Path]]) -> None:
+    """The shards found on disk agree with the manifest: each is listed in ``files`` (a stray
+    shard would be read by training), each split holds the shards and the token total that
+    ``splits.<split>`` records. ``shards`` maps a split to the shard files to check."""
+    data_dir = Path(data_dir)
+    rebuild = "remove it or rebuild the dataset (`gepa data prepare --force`, `gepa data download`)"
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        stray = [p.name for s in SPLITS for p in shards.get(s, []) if p.name not in files]
+        if stray:
+            more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
+            raise ValueError(f"{data_dir}: shard {stray[0]}{more} is not listed in manifest.json, but training "
+                             f"would read it; {rebuild}")
+    for s in SPLITS:
+        st = (manifest.get("splits") or {}).get(s)
+        if not isinstance(st, dict):
+            continue
+        listed = [str(n) for n in st.get("shards") or []]
+        unlisted = sorted({p.name for p in shards.get(s, [])} - set(listed)) if "shards" in st else []
+        if unlisted:
+            raise ValueError(f"{data_dir}: {s} shard {unlisted[0]} is not in manifest.json's splits.{s}.shards; "
+                             f"{rebuild}")
+        if "tokens" in st and listed:
+            held = sum(read_shard_header(data_dir / n) for n in listed)
+            if held != int(st["tokens"]):
+                raise ValueError(f"{data_dir}: the {s} shards hold {held} tokens but manifest.json records "
+                                 f"{st['tokens']} (splits.{s}.tokens); a shard or the manifest was changed")
+
+
+def verify_dataset(data_dir: str | os.PathLike, vocab_size: int, tokenizer_path: str | os.PathLike | None = None,
+                   train_shards: int = 0) -> dict[str, Any]:
+    """Everything a run checks before its first step: :func:`validate_data_dir` (headers, sizes,
+    tokenizer, manifest agreement), then every token id < ``vocab_size`` in the shards the run
+    reads (all val shards and the first ``train_shards`` train shards; 0 = all), one numpy max
+    over each memory-mapped shard. Returns the manifest with its ``check`` summary."""
+    m = validate_data_dir(data_dir, vocab_size, tokenizer_path)
+    used = [*list_shards(data_dir, "val"), *list_shards(data_dir, "train", train_shards)]
+    for p in used:
+        read_shard(p, vocab_size)  # raises ShardError naming the shard, the id and its position
+    m["check"]["tokens_checked_shards"] = len(used)
+    return m
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 22) -> str:

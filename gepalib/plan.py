@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gepalib.config import RunConfig, resolve_path
-from gepalib.data import validate_data_dir
+from gepalib.data import verify_dataset
 
 
 @dataclass(frozen=True)
@@ -17,24 +17,39 @@ class Plan:
     micro_tokens: int  # tokens per rank per micro-step
     seq_len: int
     eval_seq_len: int
+    note: str = ""  # set when micro_tokens differs from the configured micro_batch_tokens
 
 
 def make_plan(cfg: RunConfig, world_size: int) -> Plan:
-    """Derive gradient accumulation; raise ValueError when it is not a whole number."""
+    """Derive gradient accumulation for ``world_size`` processes.
+
+    Each rank takes ``batch_tokens / world_size`` tokens per step, in whole sequences (else a
+    ValueError). The micro-batch is ``micro_batch_tokens`` when it divides that; otherwise the
+    largest whole number of sequences below it that does (e.g. ``tiny``'s 8192 on 2 processes:
+    4096 per rank, one micro-step), and ``note`` says so. The math is the same either way: the
+    loss is averaged over the same tokens."""
     t = cfg.train
-    per_micro = world_size * t.micro_batch_tokens
-    if t.batch_tokens % per_micro:
-        raise ValueError(f"batch_tokens={t.batch_tokens} is not divisible by world_size*micro_batch_tokens = "
-                         f"{world_size}*{t.micro_batch_tokens} = {per_micro}; gradient accumulation must be an "
-                         f"integer >= 1 (change batch_tokens, micro_batch_tokens or the number of processes)")
-    return Plan(world_size, t.batch_tokens // per_micro, t.micro_batch_tokens, t.seq_len,
-                cfg.eval.eval_seq_len or t.seq_len)
+    per_rank_seqs, rem = divmod(t.batch_tokens, world_size * t.seq_len)
+    if rem or per_rank_seqs == 0:
+        raise ValueError(f"batch_tokens={t.batch_tokens} is not divisible by world_size*seq_len = {world_size}*"
+                         f"{t.seq_len} = {world_size * t.seq_len}: every process needs a whole number of "
+                         f"sequences per step (change batch_tokens, seq_len or the number of processes)")
+    want = t.micro_batch_tokens // t.seq_len
+    micro_seqs = max(d for d in range(1, min(want, per_rank_seqs) + 1) if per_rank_seqs % d == 0)
+    micro = micro_seqs * t.seq_len
+    accum = per_rank_seqs // micro_seqs
+    note = "" if micro == t.micro_batch_tokens else (
+        f"micro_batch_tokens={t.micro_batch_tokens} does not divide the {per_rank_seqs * t.seq_len} tokens per "
+        f"process of batch_tokens={t.batch_tokens} on {world_size} process(es); using micro-batches of {micro} "
+        f"tokens, {accum} per step")
+    return Plan(world_size, accum, micro, t.seq_len, cfg.eval.eval_seq_len or t.seq_len, note)
 
 
 def check_data_dir(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
-    """Data directory, tokenizer and lengths (clear errors naming the directory)."""
+    """Data directory, tokenizer, manifest agreement, token ids of the shards the run reads
+    (:func:`gepalib.data.verify_dataset`) and lengths; clear errors naming the directory."""
     data_dir = resolve_path(cfg.data.data_dir)
-    info = validate_data_dir(data_dir, cfg.model.vocab_size, cfg.data.tokenizer_file())["check"]
+    info = verify_dataset(data_dir, cfg.model.vocab_size, cfg.data.tokenizer_file(), cfg.data.train_shards)["check"]
     if info["train_tokens"] < plan.seq_len + 1:
         raise ValueError(f"{data_dir}: seq_len={plan.seq_len} is longer than the training data "
                          f"({info['train_tokens']} tokens)")

@@ -223,6 +223,8 @@ class Trainer:
         log.line(f"torch:{torch.__version__} device:{self.dev} world_size:{self.info.world_size} accum:{plan.accum} "
                  f"micro_batch_tokens:{plan.micro_tokens} batch_tokens:{tc.batch_tokens} seq_len:{plan.seq_len} "
                  f"autocast:{tc.autocast} compile:{tc.compile}")
+        if plan.note:
+            log.line(f"plan: {plan.note}")
         log.line(f"params:{self.n_params} data_dir:{d['data_dir']} train_tokens:{d['train_tokens']} "
                  f"val_targets:{self.val_tokens.numel() - 1}")
         for ln in format_group_table(self.group_table).splitlines():

@@ -297,3 +297,100 @@ def test_validate_data_dir(tmp_path, tiny_shards_dir):
     (d / "manifest.json").write_text(json.dumps({"files": {"tiny_val_000000.bin": {"bytes": 5}}}))
     with pytest.raises(ValueError, match="size .* != 5 recorded in manifest.json"):
         D.validate_data_dir(d, 1024)
+
+
+# ---------------------------------------------------------------------------
+# Manifest agreement, the pre-training token check and the plan
+
+
+def _with_manifest(d):
+    """Give a tiny-shards directory the manifest `gepa data prepare` would write for it."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": D.sha256_file(p)} for p in sorted(d.iterdir())}
+    splits = {s: {"tokens": sum(D.read_shard_header(p) for p in D.list_shards(d, s)),
+                  "shards": [p.name for p in D.list_shards(d, s)]} for s in D.SPLITS}
+    (d / "manifest.json").write_text(json.dumps({"format": "gepalib-dataset", "files": files, "splits": splits}))
+    return d
+
+
+def test_shards_agree_with_the_manifest(tmp_path, tiny_shards_dir, capsys):
+    from gepalib.cli import main
+
+    d = _with_manifest(make_tiny_shards(tmp_path / "ok", tiny_shards_dir / "tokenizer.model"))
+    assert D.validate_data_dir(d, 1024, deep=True)["check"]["train_shards"] == 3
+    stray = make_tiny_shards(tmp_path / "stray", tiny_shards_dir / "tokenizer.model")
+    _with_manifest(stray)
+    D.write_shard(stray / "tiny_train_000003.bin", [1, 5, 6])  # not listed: the training glob would read it
+    with pytest.raises(ValueError, match="tiny_train_000003.bin is not listed in manifest.json"):
+        D.validate_data_dir(stray, 1024)
+    assert main(["data", "check", str(stray), "--deep"]) == 2
+    assert "tiny_train_000003.bin is not listed" in capsys.readouterr().err
+    edited = _with_manifest(make_tiny_shards(tmp_path / "edited", tiny_shards_dir / "tokenizer.model"))
+    m = json.loads((edited / "manifest.json").read_text())
+    m["splits"]["val"]["tokens"] += 1000
+    (edited / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"val shards hold 2277 tokens but manifest.json records 3277"):
+        D.validate_data_dir(edited, 1024)
+    del m["files"]  # split lists alone also catch a stray shard
+    m["splits"]["val"]["tokens"] -= 1000
+    m["splits"]["train"]["shards"] = m["splits"]["train"]["shards"][:2]
+    (edited / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="train shard tiny_train_000002.bin is not in manifest.json's "
+                                         "splits.train.shards"):
+        D.validate_data_dir(edited, 1024)
+    (edited / "manifest.json").write_bytes(b"\xff{")
+    with pytest.raises(ValueError, match="manifest.json: not valid JSON"):
+        D.validate_data_dir(edited, 1024)
+
+
+def test_out_of_range_token_fails_before_the_run_dir_exists(tmp_path, tiny_shards_dir):
+    from gepalib.config import get_preset, override
+    from gepalib.train import train
+
+    d = make_tiny_shards(tmp_path / "bad", tiny_shards_dir / "tokenizer.model")
+    toks = np.asarray(D.read_shard(d / "tiny_train_000002.bin")).astype(np.int64)
+    toks[3000] = 1024
+    D.write_shard(d / "tiny_train_000002.bin", toks)
+    assert D.validate_data_dir(d, 1024)["check"]["train_tokens"] == sum(TINY_TRAIN_SIZES)  # headers only
+    with pytest.raises(D.ShardError, match=r"tiny_train_000002.bin: token id 1024 >= vocab_size 1024 "
+                                           r"\(first at position 3000\)"):
+        D.verify_dataset(d, 1024)
+    assert D.verify_dataset(d, 1024, train_shards=2)["check"]["tokens_checked_shards"] == 4  # shard 2 not read
+    cfg = override(get_preset("tiny"), data_dir=str(d), seq_len=64, batch_tokens=256, micro_batch_tokens=256,
+                   val_tokens=256, steps=2, warmdown=1, progress="log")
+    with pytest.raises(D.ShardError, match="token id 1024"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists(), "the token check runs before anything is written"
+
+
+def test_plan_derives_a_micro_batch_that_divides():
+    from gepalib.config import get_preset, override
+    from gepalib.plan import make_plan
+
+    tiny = get_preset("tiny")  # batch 8192 = micro 8192, seq_len 256
+    p1 = make_plan(tiny, 1)
+    assert (p1.accum, p1.micro_tokens, p1.note) == (1, 8192, "")
+    p2 = make_plan(tiny, 2)  # 4096 tokens per process: the configured 8192 cannot divide it
+    assert (p2.accum, p2.micro_tokens) == (1, 4096)
+    assert "micro_batch_tokens=8192 does not divide the 4096 tokens per process" in p2.note
+    g = get_preset("gepa11")  # 786432 per step, micro 98304, seq_len 2048
+    assert [(make_plan(g, w).accum, make_plan(g, w).micro_tokens) for w in (1, 2, 8)] == \
+        [(8, 98304), (4, 98304), (1, 98304)]
+    p3 = make_plan(g, 3)  # 128 sequences per process: 48 does not divide, 32 does
+    assert (p3.accum, p3.micro_tokens, p3.accum * p3.micro_tokens * 3) == (4, 65536, 786432) and p3.note
+    odd = override(tiny, batch_tokens=8192 + 256, micro_batch_tokens=1024)  # 33 sequences: 3 of 11 per micro
+    assert (make_plan(odd, 1).accum, make_plan(odd, 1).micro_tokens) == (11, 768)
+    with pytest.raises(ValueError, match=r"batch_tokens=8448 is not divisible by world_size\*seq_len = 2\*256"):
+        make_plan(odd, 2)
+
+
+def test_trainer_logs_a_derived_micro_batch(tmp_path, tiny_shards_dir):
+    from gepalib.config import get_preset, override
+    from gepalib.train import Trainer
+
+    cfg = override(get_preset("tiny"), data_dir=str(tiny_shards_dir), seq_len=64, batch_tokens=384,
+                   micro_batch_tokens=256, val_tokens=256, steps=2, warmdown=1, progress="log")
+    with Trainer(cfg, tmp_path / "run") as t:
+        assert (t.plan.accum, t.plan.micro_tokens) == (2, 192)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "plan: micro_batch_tokens=256 does not divide the 384 tokens per process" in log
+    assert "accum:2 micro_batch_tokens:192" in log

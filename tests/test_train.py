@@ -313,8 +313,8 @@ def test_bad_inputs_fail_before_training(sotu_data_dir, tiny_shards_dir, tmp_pat
     rd = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train(micro_cfg(tmp_path / "nowhere"), rd)
-    with pytest.raises(ValueError, match="not divisible by world_size\\*micro_batch_tokens"):
-        train(micro_cfg(sotu_data_dir, batch_tokens=640), rd)
+    with pytest.raises(ValueError, match="not divisible by world_size\\*seq_len"):
+        train(micro_cfg(sotu_data_dir, batch_tokens=600), rd)
     with pytest.raises(ValueError, match="not a multiple of seq_len"):
         train(micro_cfg(sotu_data_dir, micro_batch_tokens=100), rd)
     # tiny shards: 10,352 train tokens, 2,277 val tokens
