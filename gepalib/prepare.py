@@ -153,8 +153,13 @@ def read_jsonl(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"jsonl file {path} does not exist")
     texts = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so an error can name its line
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at "
+                                 f"column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -144,6 +144,10 @@ def test_jsonl_errors(tmp_path, small_texts):
     bad.write_text('{"text": "fine"}\n{"body": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a string 'text' field"):
         P.prepare_jsonl(bad, tmp_path / "o")
+    bad.write_bytes(b'{"text": "fine"}\n\n{"text": "caf\xe9"}\n')  # latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: not valid UTF-8 \(invalid continuation byte: byte 0xe9 "
+                                         r"at column 14\)"):
+        P.prepare_jsonl(bad, tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         P.prepare_jsonl(tmp_path / "missing.jsonl", tmp_path / "o")
     src = _write_jsonl(tmp_path / "few.jsonl", small_texts[:3])
@@ -175,6 +179,10 @@ def test_cli_prepare_and_check(tmp_path, small_texts, capsys):
     assert "needs a FILE" in capsys.readouterr().err
     assert gepa(["data", "check", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"text": "fine"}\n{"text": "Déjà vu"}\n'.encode("latin-1"))
+    assert gepa(["data", "prepare", "--source", "jsonl", str(latin), "--out", str(tmp_path / "l")]) == 2
+    assert capsys.readouterr().err.startswith(f"gepa data prepare: error: {latin}:2: not valid UTF-8 (")
     shutil.rmtree(out)
 
 
