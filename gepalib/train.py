@@ -438,3 +438,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True) ->
     NonFiniteLoss on a NaN/inf loss, TrainInterrupted after SIGTERM/SIGINT.
     """
     return Trainer(cfg, run_dir, resume=resume).run()
+
+
+if __name__ == "__main__":  # the old entry point: fail loudly rather than train nothing
+    raise SystemExit("`python -m gepalib.train` is gone: run `gepa train ...` or `python -m gepalib train ...` "
+                     "(also under torchrun)")
