@@ -288,7 +288,7 @@ def test_fault_hooks_are_read_once_from_the_environment():
 @pytest.mark.parametrize("flags,field", [
     (["--lr-schedule", "cosinee"], "lr_schedule"), (["--warmdown", "99999"], "warmdown"),
     (["--grad-clip", "-1"], "grad_clip"), (["--mlp-act", "gelu"], "mlp_act"),
-    (["--batch-tokens", "12288"], "batch_tokens"),  # not a whole number of 8192-token micro-steps
+    (["--batch-tokens", "8300"], "batch_tokens"),  # not whole 256-token sequences: the plan refuses it
 ])
 def test_cli_bad_field_leaves_the_run_dir_untouched(sotu_data_dir, tmp_path, capsys, flags, field):
     """A bad field fails with a message naming it before the run dir exists, so the corrected
