@@ -28,14 +28,12 @@ from torch import Tensor, nn
 
 from gepalib.attention import KVCache, sdpa
 from gepalib.config import ModelConfig
+from gepalib.validation import check_model
 
 # Name substrings that mark small "control" tensors (quantizer keeps them fp32).
 CONTROL_PATTERNS = ("resid_mix", "attn_scale", "mlp_scale", "q_gain", "skip_weights", "skip_gates",
                     "smear", "bigram", "ve.")
 
-MLP_ACTS = ("star_relu2", "relu2", "leaky_relu2")
-SKIP_MODES = ("gated", "add", "none")
-BIGRAM_HASHES = ("add", "xor")
 EMBED_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 # BigramHash constants.
@@ -61,37 +59,8 @@ def rms_norm(x: Tensor, scale: Tensor | float | None = None) -> Tensor:
 
 
 def validate_config(cfg: ModelConfig) -> None:
-    """Raise ValueError naming the offending ModelConfig field."""
-    def bad(msg: str) -> None:
-        raise ValueError(f"ModelConfig: {msg}")
-
-    for name in ("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_hidden"):
-        if getattr(cfg, name) <= 0:
-            bad(f"{name} must be positive, got {getattr(cfg, name)}")
-    if cfg.model_dim % cfg.num_heads:
-        bad(f"model_dim={cfg.model_dim} is not divisible by num_heads={cfg.num_heads}")
-    if cfg.num_heads % cfg.num_kv_heads:
-        bad(f"num_heads={cfg.num_heads} is not divisible by num_kv_heads={cfg.num_kv_heads}")
-    if cfg.rope_dims < 0 or cfg.rope_dims % 2 or cfg.rope_dims > cfg.head_dim:
-        bad(f"rope_dims={cfg.rope_dims} must be even and in [0, head_dim={cfg.head_dim}]")
-    if cfg.mlp_act not in MLP_ACTS:
-        bad(f"mlp_act={cfg.mlp_act!r}; choose one of {MLP_ACTS}")
-    if cfg.skip_mode not in SKIP_MODES:
-        bad(f"skip_mode={cfg.skip_mode!r}; choose one of {SKIP_MODES}")
-    if cfg.bigram_hash not in BIGRAM_HASHES:
-        bad(f"bigram_hash={cfg.bigram_hash!r}; choose one of {BIGRAM_HASHES}")
-    if cfg.embed_dtype not in EMBED_DTYPES:
-        bad(f"embed_dtype={cfg.embed_dtype!r}; choose one of {tuple(EMBED_DTYPES)}")
-    if cfg.bigram and (cfg.bigram_buckets < 2 or cfg.bigram_dim <= 0):
-        bad(f"bigram needs bigram_buckets >= 2 and bigram_dim > 0, got {cfg.bigram_buckets}, {cfg.bigram_dim}")
-    if not 0 <= cfg.xsa_last_n <= cfg.num_layers:
-        bad(f"xsa_last_n={cfg.xsa_last_n} must be in [0, num_layers={cfg.num_layers}]")
-    if len(set(cfg.ve_layers)) != len(cfg.ve_layers) or any(not 0 <= l < cfg.num_layers for l in cfg.ve_layers):
-        bad(f"ve_layers={cfg.ve_layers} must be distinct layer indices in [0, {cfg.num_layers})")
-    if cfg.ve_layers and cfg.ve_dim <= 0:
-        bad(f"ve_dim must be positive when ve_layers is set, got {cfg.ve_dim}")
-    if cfg.logit_softcap <= 0:
-        bad(f"logit_softcap must be positive, got {cfg.logit_softcap}")
+    """Raise ValueError naming the offending ModelConfig field (the checks live in gepalib.validation)."""
+    check_model(cfg)
 
 
 class CastedLinear(nn.Linear):

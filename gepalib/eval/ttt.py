@@ -52,9 +52,7 @@ from gepalib.config import EvalConfig, TTTConfig
 from gepalib.eval import streaming
 from gepalib.eval.windows import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
                                   plan_sliding_windows, score_windows)
-
-OPTIMIZERS = ("sgd", "adamw")
-SCORING = ("sliding", "streaming")
+from gepalib.validation import TTT_OPTIMIZERS, check_ttt
 
 
 # ---------------------------------------------------------------------------
@@ -174,22 +172,12 @@ def _make_optimizer(params: list[nn.Parameter], tcfg: TTTConfig) -> torch.optim.
     if tcfg.ttt_optimizer == "adamw":
         return torch.optim.AdamW(params, lr=tcfg.ttt_lr, betas=(tcfg.ttt_adam_beta1, tcfg.ttt_adam_beta2),
                                  weight_decay=tcfg.ttt_adam_wd)
-    raise ValueError(f"ttt_optimizer={tcfg.ttt_optimizer!r}; choose one of {OPTIMIZERS}")
+    raise ValueError(f"ttt_optimizer={tcfg.ttt_optimizer!r}; choose one of {TTT_OPTIMIZERS}")
 
 
 def validate_ttt_config(tcfg: TTTConfig) -> None:
-    if tcfg.ttt_optimizer not in OPTIMIZERS:
-        raise ValueError(f"ttt_optimizer={tcfg.ttt_optimizer!r}; choose one of {OPTIMIZERS}")
-    if tcfg.ttt_scoring not in SCORING:
-        raise ValueError(f"ttt_scoring={tcfg.ttt_scoring!r}; choose one of {SCORING}")
-    if tcfg.ttt_epochs < 0:
-        raise ValueError(f"ttt_epochs must be >= 0, got {tcfg.ttt_epochs}")
-    if tcfg.ttt_chunk_tokens <= 0:
-        raise ValueError(f"ttt_chunk_tokens must be positive, got {tcfg.ttt_chunk_tokens}")
-    if tcfg.ttt_batch_seqs <= 0:
-        raise ValueError(f"ttt_batch_seqs must be positive, got {tcfg.ttt_batch_seqs}")
-    if tcfg.ttt_lr < 0:
-        raise ValueError(f"ttt_lr must be >= 0, got {tcfg.ttt_lr}")
+    """Raise ValueError naming the offending TTTConfig field (the checks live in gepalib.validation)."""
+    check_ttt(tcfg)
 
 
 def _rank_world() -> tuple[int, int]:
