@@ -215,3 +215,76 @@ def test_python_dash_m_gepalib_is_the_cli():
     r = subprocess.run([sys.executable, "-m", "gepalib", "train", "--run-dir", "x"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "gepa train: error: pass --preset" in r.stderr
+
+
+def test_unknown_flag_gets_the_subcommands_usage_and_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--preset", "tiny", "--run-dir", "x", "--stepz", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: gepa train ")
+    assert err.strip().endswith("gepa train: error: unrecognized argument --stepz; did you mean --steps?")
+    with pytest.raises(SystemExit):
+        cli.main(["data", "check", "somewhere", "--deeep"])
+    assert "gepa data check: error: unrecognized argument --deeep; did you mean --deep?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["info", "tiny", "--qqqqqq=1"])
+    assert "gepa info: error: unrecognized argument --qqqqqq (see gepa info --help)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["info", "tiny", "extra"])
+    assert "gepa info: error: unrecognized arguments: extra" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """`gepa info --fields | head -1`: the reader leaves before the output is written."""
+    p = subprocess.Popen([sys.executable, "-m", "gepalib", "info", "--fields"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # closed before the child (still importing torch) writes a byte
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 128 + 13  # as if killed by SIGPIPE
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval"], ["quantize"], ["artifact"], ["info"], ["reproduce"],
+                                     ["data"], ["data", "prepare"], ["data", "download"], ["data", "check"]])
+def test_help_is_written_for_users(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        cli.main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: gepa {' '.join(command)} ")
+    assert "example" in out
+    for dev in ("``", "GEPA_INJECT", "hook", "SPEC", ":func:", ":mod:"):
+        assert dev not in out, f"gepa {' '.join(command)} --help shows {dev!r}"
+    assert len(out.splitlines()[0]) <= 200, "the field flags are one usage item"
+
+
+def test_train_help_lists_every_config_field_by_section(capsys, monkeypatch):
+    from gepalib import config as C
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for sec in C.SECTIONS:
+        assert f"{sec} fields:" in lines
+    for name in C.FIELD_INDEX:
+        assert any(ln.lstrip().startswith(f"--{name.replace('_', '-')} ") for ln in lines), name
+    row = next(ln for ln in lines if ln.lstrip().startswith("--warmdown "))
+    assert row.split() == "--warmdown INT linear decay to zero over the last `warmdown` steps [8000]".split()
+    row = next(ln for ln in lines if ln.lstrip().startswith("--mlp-act "))
+    assert "star_relu2 | relu2 | leaky_relu2 [star_relu2]" in row
+    assert out.index("model fields:") < out.index("--num-layers INT") < out.index("train fields:")
+    assert "[--FIELD VALUE ...]" in lines[0] and "--num-layers" not in lines[0]
+
+
+@pytest.mark.parametrize("flag, value, msg", [
+    ("--grad-clip", "-1", "grad_clip must be >= 0, got -1.0"),
+    ("--warmdown", "99999", "warmdown=99999 is larger than steps=600"),
+])
+def test_train_rejects_bad_values_before_the_run_dir_exists(tmp_path, capsys, flag, value, msg):
+    rd = tmp_path / "run"
+    assert cli.main(["train", "--preset", "tiny", "--run-dir", str(rd), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gepa train: error: TrainConfig: ") and msg in err
+    assert not rd.exists()

@@ -8,8 +8,10 @@ names as in Python and papermill.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import signal
 import sys
 
 from gepalib import dist
@@ -55,12 +57,49 @@ def report_error(args: argparse.Namespace, e: BaseException) -> int | None:
     return None
 
 
+def innermost_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)subcommand parser ``args`` were parsed by, e.g. ``gepa data check``'s."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if name not in (sub.choices if sub is not None else {}):
+            return parser
+        parser = sub.choices[name]
+
+
+def reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Exit 2 with the subcommand's usage and the closest flag it has, e.g.
+    ``gepa train: error: unrecognized argument --stepz; did you mean --steps?``."""
+    p = innermost_parser(parser, args)
+    flags = sorted({o for a in p._actions for o in a.option_strings if o.startswith("--")})
+    opt = next((x.split("=", 1)[0] for x in extras if x.startswith("-")), None)
+    if opt is None:
+        p.error(f"unrecognized arguments: {' '.join(extras)}")
+    close = difflib.get_close_matches(opt, flags, n=1)
+    p.error(f"unrecognized argument {opt}" + (f"; did you mean {close[0]}?" if close else f" (see {p.prog} --help)"))
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (``gepa info --fields | head``): stop quietly, as a
+    program killed by SIGPIPE would; point stdout at /dev/null so the exit flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the subcommand, leave the process group (under torchrun) at the end."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        reject_unknown(parser, args, extras)
     rc = None
     try:
         rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
+    except BrokenPipeError:
+        rc = stdout_closed()
     except Exception as e:  # noqa: BLE001 -- expected failures become one line; the rest propagate
         rc = report_error(args, e)
         if rc is None:

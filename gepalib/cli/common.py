@@ -1,20 +1,78 @@
-"""Shared command-line helpers: config overrides as flat flags (``--steps 100``)."""
+"""Shared command-line helpers: config overrides as flat flags (``--steps 100``), listed in
+``--help`` one section at a time, and the help layout every subcommand uses."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import functools
+import io
+import re
+import tokenize
+from pathlib import Path
+from typing import Any, Sequence
 
 from gepalib import config as C
 
+METAVARS = {int: "INT", float: "FLOAT", bool: "BOOL", str: "STR", tuple: "INTS"}
+DEFAULTS_NOTE = ("Field defaults in [brackets] are the config's own (the gepa11 preset); a preset changes\n"
+                 "some: `gepa info PRESET` shows its values, `gepa info --fields` lists every field.")
 
-def add_override_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--<field>`` for every config field, plus ``--set name=value``."""
-    g = p.add_argument_group("config overrides (any config field, see `gepa info --fields`)")
-    for name in C.FIELD_INDEX:
-        g.add_argument("--" + name.replace("_", "-"), dest="ov_" + name, default=None, metavar="V",
-                       help=argparse.SUPPRESS)
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples in the epilog keep their lines; flags get a wider column so one field fits one line."""
+
+    def __init__(self, prog: str, **kw: Any):
+        kw.setdefault("max_help_position", 32)
+        super().__init__(prog, **kw)
+
+    def _format_usage(self, usage, actions, groups, prefix):  # the field flags as one item
+        kept = [a for a in actions if not a.dest.startswith("ov_")]
+        text = super()._format_usage(usage, kept, groups, prefix)
+        if usage is None and len(kept) < len(actions):
+            text = text.rstrip("\n") + " [--FIELD VALUE ...]\n\n"
+        return text
+
+
+def add_parser(subparsers, name: str, *, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A subcommand with a short user-facing description and an examples epilog."""
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog.strip("\n") or None,
+                                 formatter_class=HelpFormatter)
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each config field's one-line help: the comment after its definition in gepalib/config.py."""
+    src = Path(C.__file__).read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type != tokenize.COMMENT:
+            continue
+        m = re.match(r"^    (\w+)\s*:[^=]+=", tok.line)  # `    name: type = default  # help`
+        if m and m.group(1) in C.FIELD_INDEX and m.group(1) not in out:
+            out[m.group(1)] = tok.string.lstrip("#").strip()
+    return out
+
+
+def _shown(v: Any) -> str:
+    return "''" if v == "" else str(v)
+
+
+def add_override_args(p: argparse.ArgumentParser, sections: Sequence[str] | None = None) -> None:
+    """Add ``--<field>`` for every config field, plus ``--set name=value``.
+
+    The fields of ``sections`` (default: all) are listed in ``--help``, one argument group per
+    section (flag, type, one-line help, default); the others work the same but are not listed."""
+    shown = set(C.SECTIONS if sections is None else sections)
+    helps = field_help()
+    groups = {sec: p.add_argument_group(f"{sec} fields") for sec in C.SECTIONS if sec in shown}
+    for name, (sec, _f) in C.FIELD_INDEX.items():
+        t = C.field_type(name)
+        default = getattr(C.SECTIONS[sec](), name)
+        text = f"{helps.get(name, '')} [{_shown(default)}]".strip().replace("%", "%%")
+        groups.get(sec, p).add_argument("--" + name.replace("_", "-"), dest="ov_" + name, default=None,
+                                        metavar=METAVARS.get(t, "V"), help=text if sec in shown else argparse.SUPPRESS)
+    g = p.add_argument_group("config overrides")
     g.add_argument("--set", dest="ov_set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a config field, e.g. --set steps=100 (or use --steps 100)")
+                   help="override a config field, e.g. --set steps=100 (the same as --steps 100)")
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gepalib.cli.common import add_parser
 from gepalib.config import resolve_path
 from gepalib.data import validate_data_dir
 from gepalib.download import download_fineweb
@@ -58,14 +59,49 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+examples:
+  gepa data prepare                                 # embedded corpus -> data/sotu_sp1024
+  gepa data prepare --source jsonl docs.jsonl       # your documents -> data/docs_sp1024 (or --out DIR)
+  gepa data download --variant sp1024 --train-shards 80   # FineWeb -> data/fineweb10B_sp1024
+  gepa data check data/sotu_sp1024 --deep
+"""
+PREPARE_EPILOG = """\
+examples:
+  gepa data prepare
+  gepa data prepare --source jsonl docs.jsonl --val-docs 100 --vocab-size 1024
+
+The embedded corpus is the sotu package's State of the Union addresses; a JSONL file holds one
+{"text": ...} object per line. A matching dataset that already exists is reused (--force
+rebuilds it).
+"""
+DOWNLOAD_EPILOG = """\
+example:
+  gepa data download --variant sp1024 --train-shards 80
+
+Resumable: shards already present and valid are kept.
+"""
+CHECK_EPILOG = """\
+example:
+  gepa data check data/sotu_sp1024 --deep           # also every token id and the sha256 sums
+
+Checks every shard header and size, the tokenizer, and that the directory agrees with its
+manifest.json: the files it lists with their sizes, no shard it does not list, each split's
+shards and token total.
+"""
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="prepare, download or check a tokenized dataset",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "data", help="prepare, download or check a tokenized dataset",
+                   description="Prepare, download or check a tokenized dataset (see docs/data.md).", epilog=EPILOG)
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
 
-    pp = dsub.add_parser("prepare", help="tokenize the embedded corpus (default) or a JSONL file")
-    pp.add_argument("--source", choices=["sotu", "jsonl"], default="sotu")
+    pp = add_parser(dsub, "prepare", help="tokenize the embedded corpus (default) or a JSONL file",
+                    description="Tokenize the embedded corpus (default) or a JSONL file into challenge shards.",
+                    epilog=PREPARE_EPILOG)
+    pp.add_argument("--source", choices=["sotu", "jsonl"], default="sotu",
+                    help="sotu: the embedded corpus (default); jsonl: FILE")
     pp.add_argument("file", nargs="?", metavar="FILE", help="JSONL file (with --source jsonl)")
     pp.add_argument("--out", default="", metavar="DIR", help="output directory (default data/sotu_sp1024; jsonl: data/<file stem>_sp<vocab>)")
     pp.add_argument("--shard-tokens", type=int, default=1_000_000, metavar="N", help="tokens per shard")
@@ -75,7 +111,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
     pp.set_defaults(func=cmd_prepare)
 
-    pd = dsub.add_parser("download", help="download challenge FineWeb shards from the Hugging Face Hub")
+    pd = add_parser(dsub, "download", help="download challenge FineWeb shards from the Hugging Face Hub",
+                    description="Download the challenge's FineWeb shards and tokenizer from the Hugging Face Hub.",
+                    epilog=DOWNLOAD_EPILOG)
     pd.add_argument("--variant", default="sp1024", help="tokenizer variant (sp1024 is the one the run used)")
     pd.add_argument("--train-shards", type=int, default=80, metavar="N", help="first N train shards (the run: 80)")
     pd.add_argument("--out", default="", metavar="DIR", help="output directory (default data/fineweb10B_<variant>)")
@@ -83,8 +121,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     pd.add_argument("--revision", default=None)
     pd.set_defaults(func=cmd_download)
 
-    pc = dsub.add_parser("check", help="validate a dataset directory")
-    pc.add_argument("dir", metavar="DIR")
-    pc.add_argument("--vocab-size", type=int, default=1024, metavar="V")
+    pc = add_parser(dsub, "check", help="validate a dataset directory",
+                    description="Validate a dataset directory before training on it.", epilog=CHECK_EPILOG)
+    pc.add_argument("dir", metavar="DIR", help="a dataset directory (shards, tokenizer.model, manifest.json)")
+    pc.add_argument("--vocab-size", type=int, default=1024, metavar="V", help="the tokenizer's size (default 1024)")
     pc.add_argument("--deep", action="store_true", help="also check every token id and the sha256 sums")
     pc.set_defaults(func=cmd_check)

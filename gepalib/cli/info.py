@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from gepalib import config as C
-from gepalib.cli.common import add_override_args, collect_overrides
+from gepalib.cli.common import DEFAULTS_NOTE, add_override_args, add_parser, collect_overrides
 from gepalib.model import GPT, param_breakdown
 from gepalib.rundir import identity_hash
 
@@ -69,10 +69,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+examples:
+  gepa info gepa11                      # config, derived layout, parameter breakdown
+  gepa info tiny --mlp-act relu2        # check an ablation before running it
+  gepa info --fields                    # every config field: section, type, default
+
+Output lines are greppable key: value pairs.
+"""
+
+
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("info", help="show a preset's resolved config and parameter breakdown",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(subparsers, "info", help="show a preset's resolved config and parameter breakdown",
+                   description="Show a preset's resolved config, derived layout and parameter count "
+                               "(see docs/model.md).", epilog=EPILOG + "\n" + DEFAULTS_NOTE)
     p.add_argument("preset", nargs="?", default=None, help=f"one of {sorted(C.PRESETS)}")
     p.add_argument("--fields", action="store_true", help="list every config field with section, type, default")
-    add_override_args(p)
+    add_override_args(p, sections=("model",))
     p.set_defaults(func=cmd_info)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from gepalib.cli.common import add_override_args, collect_overrides
+from gepalib.cli.common import DEFAULTS_NOTE, add_override_args, add_parser, collect_overrides
 from gepalib.run.pipeline import REPORTS, describe_artifact, quantize_run
 
 
@@ -45,18 +45,37 @@ def cmd_artifact(args: argparse.Namespace) -> int:
     return 0
 
 
+QUANTIZE_EPILOG = """\
+examples:
+  gepa quantize runs/tiny                              # faithful int6 + zstd-22, then the roundtrip eval
+  gepa quantize runs/tiny --compressor rans --report full
+  gepa quantize runs/tiny --quant-mode per_row --no-eval
+
+Writes <run>/final_model.int6.gpz, stores the artifact facts, size ledger and compression
+report in summary.json and records stage int6_roundtrip (tagged, e.g. int6_roundtrip[per_row],
+when a quant field differs from the run's config). Any config field works as a flag; the
+quantizer's are listed above.
+"""
+ARTIFACT_EPILOG = """\
+example:
+  gepa artifact runs/tiny/final_model.int6.gpz
+"""
+
+
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("quantize", help="int6 GPTQ-lite artifact of a run's EMA weights + roundtrip eval",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(subparsers, "quantize", help="int6 GPTQ-lite artifact of a run's EMA weights + roundtrip eval",
+                   description="Quantize a run's EMA weights to the int6 artifact and score it "
+                               "(see docs/quantization.md).", epilog=QUANTIZE_EPILOG + "\n" + DEFAULTS_NOTE)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (config.json + model_ema.pt)")
     p.add_argument("--report", choices=REPORTS, default="fast",
                    help="compression report: fast (zstd + rans), full (every codec/packing; minutes), none")
     p.add_argument("--no-eval", action="store_true", help="skip the roundtrip val_bpb evaluation")
-    add_override_args(p)  # --quant-mode, --compressor, --packing, --zstd-level, --quant-embed, ...
+    add_override_args(p, sections=("quant",))
     p.set_defaults(func=cmd_quantize)
 
-    p = subparsers.add_parser("artifact", help="show an int6 artifact: header, size ledger, compression report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(subparsers, "artifact", help="show an int6 artifact: header, size ledger, compression report",
+                   description="Show an int6 artifact: its header, size ledger and compression report.",
+                   epilog=ARTIFACT_EPILOG)
     p.add_argument("file", metavar="FILE", help="an artifact written by `gepa quantize`")
     p.add_argument("--report", choices=REPORTS, default="fast", help="compression report (default fast)")
     p.set_defaults(func=cmd_artifact)

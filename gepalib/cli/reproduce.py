@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gepalib.cli.common import add_parser
 from gepalib.run.notebooks import NOTEBOOKS, load_parameters_file, reproduce
 
 
@@ -49,9 +50,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+examples:
+  gepa reproduce                          # all notebooks, CPU defaults (< 30 min on 2 cores)
+  gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
+  gepa reproduce --notebooks 10_warmdown 11_compressibility
+  gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown -p nproc=8
+
+Executed notebooks go to --out (the sources in notebooks/ stay output-free); the runs' progress
+lines are echoed as they come (--verbose: every line of output). A notebook that fails is
+reported and the others still run; the exit code is then 1. A misspelt or mistyped parameter
+fails its notebook with a line naming it.
+"""
+
+
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("reproduce", help="execute every notebook headlessly and tabulate the findings",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(subparsers, "reproduce", help="execute every notebook headlessly and tabulate the findings",
+                   description="Execute the notebooks headlessly (papermill) and tabulate the five findings "
+                               "in <figures>/findings.md.", epilog=EPILOG)
     p.add_argument("--notebooks", nargs="+", metavar="NAME", default=None,
                    help=f"a subset of: {' '.join(NOTEBOOKS)}")
     p.add_argument("--quick", action="store_true", help="smallest parameters (smoke run)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from gepalib.cli.common import add_override_args, collect_overrides
+from gepalib.cli.common import DEFAULTS_NOTE, add_override_args, add_parser, collect_overrides
 from gepalib.config import PRESETS, RunConfig, get_preset, load_config, override
 from gepalib.train import train
 
@@ -35,9 +35,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+examples:
+  gepa train --preset tiny --run-dir runs/tiny --steps 300        # any config field is a flag
+  gepa train --config runs/tiny/config.json --run-dir runs/tiny2
+  gepa train --preset tiny --run-dir runs/tiny --no-resume        # start over
+  torchrun --nproc-per-node 2 -m gepalib train --preset tiny --run-dir runs/tiny
+
+A run dir with checkpoints is resumed (same config; cadence fields such as --val-every may
+change); a finished one is left as it is. Every value is checked before the run dir is touched.
+Exit codes: 0 done, 1 non-finite loss, 2 bad config or data, 128+N stopped by signal N (a
+checkpoint to resume from: rerun the same command).
+"""
+
+
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model (works under torchrun)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(subparsers, "train", help="train a model (works under torchrun)",
+                   description="Train a model into a run directory (see docs/training.md, docs/runs.md).",
+                   epilog=EPILOG + "\n" + DEFAULTS_NOTE)
     p.add_argument("--preset", default=None, help=f"config preset: {' | '.join(PRESETS)}")
     p.add_argument("--config", default=None, help="start from this config.json instead of a preset")
     p.add_argument("--run-dir", required=True, help="run directory (created; resumed if it has checkpoints)")
