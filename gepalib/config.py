@@ -160,12 +160,16 @@ class TrainConfig:
 class QuantConfig:
     """int6 GPTQ-lite export (see docs/quantization.md)."""
 
-    quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row
+    quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row | gptq (full-Hessian GPTQ)
     quant_embed: bool = True
     passthrough_numel: int = 65536
     compressor: str = "zstd"  # zstd (as run) | lzma | brotli | rans (adaptive entropy coder) | none
     zstd_level: int = 22
     packing: str = "none"  # none | shuffle | pack6 | shuffle_pack6
+    gptq_calib_batches: int = 8  # gptq: training micro-batches whose Linear inputs give the Hessians
+    gptq_block_size: int = 128  # gptq: columns per lazy-update block
+    gptq_damp: float = 0.01  # gptq: added to the Hessian's diagonal, as a fraction of its mean
+    gptq_act_order: bool = False  # gptq: quantize columns in order of decreasing Hessian diagonal
 
     def __post_init__(self) -> None:
         check_quant(self)

@@ -1,0 +1,245 @@
+"""Full-Hessian GPTQ: ``quant_mode="gptq"`` (see docs/quantization.md).
+
+GPTQ-lite rounds every weight to its nearest int6 code. GPTQ instead quantizes a Linear's
+weight W (out x in) one input column at a time and spreads each column's rounding error over
+the columns not yet quantized, so that the layer's *output* on calibration inputs X moves as
+little as possible. With the layer-input Hessian
+
+    H = 2 X^T X / n        (n calibration tokens; X are the Linear's inputs)
+
+the output error of a row w is (w - q) H (w - q)^T / 2 per token. The recursion (Frantar et
+al., 2022) uses U, the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1:
+
+    for column j:  q_j = clamp(round(w_j / s), -32, 31) * s
+                   e   = (w_j - q_j) / U_jj
+                   w_{j+1:} -= e * U_{j, j+1:}
+
+processed in blocks of ``gptq_block_size`` columns whose updates to the later columns are
+applied once per block (lazy batch updates; the same arithmetic, reordered). Columns with
+diag(H) = 0 (inputs that were always zero) get H_jj = 1, so they round to nearest.
+``gptq_act_order`` quantizes the columns in order of decreasing diag(H).
+
+Scales: the same int6 range and per-row fp16 scales as GPTQ-lite. Every row's scale is one of
+GPTQ-lite's 15 percentile candidates; rows are independent under the recursion, so all 15
+are tried at once and each row keeps the candidate -- with GPTQ's codes, or with plain
+rounding when that happens to be better -- whose calibration output error (w - q s) H (w - q s)^T
+is smallest (strict ``<``: ties keep the earlier candidate, GPTQ before rounding). Each row's
+output error on the calibration data is therefore <= that of ``quant_mode="per_row"``. The
+result is stored exactly as ``per_row`` stores it (codes, fp16 scales, the row's candidate):
+the artifact format and its loader are unchanged.
+
+Which tensors: the weight of every ``nn.Linear`` of :class:`gepalib.model.GPT` that GPTQ-lite
+would quantize (the blocks' q/k/v/out/up/down, the bigram and value-embedding projections).
+Tensors that are no Linear's weight -- ``tok_emb.weight`` (the input embedding, tied to the
+output head), ``bigram.embed.weight``, ``ve.embed.weight`` -- keep GPTQ-lite ``per_row``.
+
+Calibration (:func:`calibration_hessians`) runs the float model in fp32 on the CPU over
+``gptq_calib_batches`` micro-batches (``micro_batch_tokens`` each) from the start of the
+*training* stream (:class:`gepalib.data.TrainLoader`, the run's ``train_shards``); the
+validation shards are never read.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gepalib.config import QuantConfig, RunConfig, resolve_path
+from gepalib.data import TrainLoader
+from gepalib.model import GPT
+from gepalib.quant.gptq import QMAX, QMIN, candidate_scales
+
+DAMP_RETRIES = 6  # a Hessian that is not positive definite after damping: damp x10, this many times
+
+
+# ---------------------------------------------------------------------------
+# Hessians from forward hooks
+
+
+class HessianCollector:
+    """Forward hooks on every ``nn.Linear`` of ``model`` accumulating sum x x^T (float64) of its
+    inputs. Linears fed the very same tensor (attention's q, k and v) share one product."""
+
+    def __init__(self, model: nn.Module):
+        self.sums: dict[str, Tensor] = {}
+        self.count: dict[str, int] = {}
+        self._last: tuple[Tensor, Tensor] | None = None  # (input, its x^T x): identity-shared
+        self._handles = [mod.register_forward_hook(self._hook(name)) for name, mod in model.named_modules()
+                         if isinstance(mod, nn.Linear)]
+
+    def _hook(self, name: str) -> Callable:
+        weight_name = f"{name}.weight"
+
+        def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
+            x = inputs[0]
+            if self._last is not None and self._last[0] is x:
+                xtx = self._last[1]
+            else:
+                x2 = x.detach().reshape(-1, x.shape[-1]).float()
+                xtx = (x2.T @ x2).double().cpu()
+                self._last = (x, xtx)
+            n = math.prod(x.shape[:-1])
+            if weight_name in self.sums:
+                self.sums[weight_name] += xtx
+                self.count[weight_name] += n
+            else:
+                self.sums[weight_name] = xtx.clone()
+                self.count[weight_name] = n
+
+        return hook
+
+    def hessians(self) -> dict[str, Tensor]:
+        """{Linear weight name: H = 2 X^T X / n} (float64, [in, in])."""
+        return {k: 2.0 * s / self.count[k] for k, s in self.sums.items()}
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._last = [], None
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches: Iterable[Tensor], chunk_seqs: int = 0) -> dict[str, Tensor]:
+    """Run ``model`` (fp32, no autocast, eval mode) on each [B, T] token batch and return the
+    layer-input Hessian of every Linear weight. ``chunk_seqs`` > 0 feeds batches in pieces of
+    that many sequences (bounded activation memory; the same sums)."""
+    was_training = model.training
+    model.eval()
+    col = HessianCollector(model)
+    try:
+        for x in batches:
+            step = chunk_seqs if chunk_seqs > 0 else x.shape[0]
+            for i in range(0, x.shape[0], step):
+                col._last = None
+                model(x[i:i + step])
+    finally:
+        col.close()
+        model.train(was_training)
+    return col.hessians()
+
+
+def train_shards_read(loader: TrainLoader, tokens: int) -> list[str]:
+    """Names of the train shards the first ``tokens`` stream tokens come from (wrapping)."""
+    names, i, left = [], 0, tokens
+    while left > 0 and len(names) < len(loader.files):
+        c = loader.counts[i % len(loader.files)]
+        if c:
+            names.append(loader.files[i % len(loader.files)].name)
+        left -= c
+        i += 1
+    return names
+
+
+def calibration_hessians(cfg: RunConfig, sd: dict[str, Tensor], *, device: str | torch.device = "cpu",
+                         log: Callable[[str], Any] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Hessians of ``GPT(cfg.model)`` holding ``sd`` on ``gptq_calib_batches`` training
+    micro-batches -> (hessians, info). ``info`` records the data directory, split, shard files,
+    batches, tokens and seconds (stored with the artifact's facts)."""
+    t0 = time.perf_counter()
+    data_dir = resolve_path(cfg.data.data_dir)
+    loader = TrainLoader(data_dir, vocab_size=cfg.model.vocab_size, train_shards=cfg.data.train_shards)
+    tcfg, nb = cfg.train, cfg.quant.gptq_calib_batches
+    batches = [loader.next_batch(tcfg.micro_batch_tokens, tcfg.seq_len)[0] for _ in range(nb)]
+    model = GPT(cfg.model)
+    model.load_state_dict(sd, strict=True)
+    model = model.float().to(device)  # fp32 (a bf16 embedding table too), no autocast
+    hess = collect_hessians(model, (b.to(device) for b in batches), chunk_seqs=cfg.eval.eval_batch_seqs)
+    info = {"split": "train", "data_dir": str(data_dir), "files": train_shards_read(loader, loader.tokens_read),
+            "batches": nb, "tokens": nb * tcfg.micro_batch_tokens, "device": str(device),
+            "layers": len(hess), "seconds": time.perf_counter() - t0}
+    if log is not None:
+        log(f"gptq_calibration split:train batches:{nb} tokens:{info['tokens']} layers:{len(hess)} "
+            f"files:{','.join(info['files'])} seconds:{info['seconds']:.2f}")
+    return hess, info
+
+
+# ---------------------------------------------------------------------------
+# The GPTQ recursion
+
+
+def inverse_cholesky(h: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 (H with dead columns set to
+    H_jj = 1), float64. If H is not positive definite after damping, the damping grows x10."""
+    h = h.double().clone()
+    dead = torch.diagonal(h) <= 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    h[dead, dead] = 1.0
+    mean_diag = float(torch.diagonal(h).mean())
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    for i in range(DAMP_RETRIES + 1):
+        L, info = torch.linalg.cholesky_ex(h + (damp * 10.0 ** i) * mean_diag * eye)
+        if int(info) == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0:
+                return U
+    raise ValueError(f"Hessian is not positive definite even with damping {damp * 10.0 ** DAMP_RETRIES:g}")
+
+
+def gptq_codes(w: Tensor, U: Tensor, scale: Tensor, block_size: int) -> Tensor:
+    """GPTQ codes of W [rows, cols] (float64) with per-row scales ``scale`` [rows] and the
+    inverse-Hessian Cholesky factor U [cols, cols]; columns in the order given. Returns the
+    codes as float64 integers in [-32, 31]."""
+    W = w.double().clone()
+    s = scale.double()[:, None]
+    Q = torch.empty_like(W)
+    cols = W.shape[1]
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, Ub = W[:, i1:i2], U[i1:i2, i1:i2]
+        E1 = torch.empty_like(W1)
+        for i in range(i2 - i1):
+            q = torch.clamp(torch.round(W1[:, i:i + 1] / s), QMIN, QMAX)
+            Q[:, i1 + i:i1 + i + 1] = q
+            e = (W1[:, i:i + 1] - q * s) / Ub[i, i]
+            W1[:, i + 1:] -= e * Ub[i:i + 1, i + 1:]
+            E1[:, i:i + 1] = e
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]  # the block's error, applied to the later columns at once
+    return Q
+
+
+def output_error(w: Tensor, q: Tensor, scale: Tensor, h: Tensor) -> Tensor:
+    """Per-row calibration output error d H d^T with d = w - q s (float64, [rows])."""
+    d = w.double() - q.double() * scale.double()[:, None]
+    return ((d @ h.double()) * d).sum(dim=1)
+
+
+def gptq_per_row(w32: Tensor, h: Tensor, qcfg: QuantConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Full GPTQ of one Linear weight W [rows, cols] with its input Hessian H [cols, cols] ->
+    (q int8, s fp16, choice uint8), the per_row storage (module docstring)."""
+    rows, cols = w32.shape
+    if tuple(h.shape) != (cols, cols):
+        raise ValueError(f"Hessian of shape {tuple(h.shape)} does not fit a weight with {cols} columns")
+    h = h.double()
+    scales16 = candidate_scales(w32).to(torch.float16).double()  # [K, rows]: the stored scales
+    K = scales16.shape[0]
+    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if qcfg.gptq_act_order else None
+    hp = h if perm is None else h[perm][:, perm]
+    U = inverse_cholesky(hp, qcfg.gptq_damp)
+    w64 = w32.double()
+    wp = w64 if perm is None else w64[:, perm]
+    # all candidates at once: rows are independent, so [K * rows, cols] is K separate runs
+    qp = gptq_codes(wp.repeat(K, 1), U, scales16.reshape(-1), qcfg.gptq_block_size)
+    q_g = torch.empty_like(qp)
+    if perm is None:
+        q_g = qp
+    else:
+        q_g[:, perm] = qp
+    q_g = q_g.reshape(K, rows, cols)
+    q_r = torch.clamp(torch.round(w64[None] / scales16[:, :, None]), QMIN, QMAX)  # plain rounding
+    best_err = torch.full((rows,), math.inf, dtype=torch.float64)
+    best_q = torch.zeros(rows, cols, dtype=torch.float64)
+    choice = torch.zeros(rows, dtype=torch.uint8)
+    for c in range(K):
+        for q in (q_g[c], q_r[c]):
+            err = output_error(w64, q, scales16[c], h)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_q[better] = q[better]
+            choice[better] = c
+    s = scales16.gather(0, choice.long()[None]).squeeze(0)
+    return best_q.to(torch.int8), s.to(torch.float16), choice
+
