@@ -1,4 +1,4 @@
-"""Artifact compression vs the entropy bounds (issue 5 benchmark).
+"""Artifact compression vs the entropy bounds (benchmark).
 
 Inputs (state dicts with the model's exact names, shapes and dtypes):
 
@@ -38,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gepalib.quant import artifact as A  # noqa: E402
 from gepalib.config import QuantConfig, get_preset  # noqa: E402
 from gepalib.model import GPT  # noqa: E402
+from gepalib.quant import container as C  # noqa: E402
+from gepalib.quant import report as R  # noqa: E402
 from gepalib.quant.gptq import is_control, quantize_state_dict  # noqa: E402
 
 
@@ -94,16 +95,16 @@ def bench_one(label: str, sd: dict, mode: str, methods, workers: int = 1) -> dic
     t0 = time.perf_counter()
     qm = quantize_state_dict(sd, qcfg)
     tq = time.perf_counter() - t0
-    rep = A.compression_report(qm, methods=methods, workers=workers)
+    rep = R.compression_report(qm, methods=methods, workers=workers)
     mse = {k: e.mse for k, e in qm.quantized().items()}
     rep.update(input=label, quantize_seconds=tq, mean_tensor_mse=sum(mse.values()) / max(len(mse), 1))
-    if any(c == "rans" for c, _ in (A.REPORT_METHODS_FULL if methods == "full" else A.REPORT_METHODS_FAST)):
+    if any(c == "rans" for c, _ in (R.REPORT_METHODS_FULL if methods == "full" else R.REPORT_METHODS_FAST)):
         # diagnostic: rans with one model per tensor (no row/column clustering)
-        sections, raw = A.sections_of(A.tensor_table(qm)), A.raw_payload(qm)
+        sections, raw = C.sections_of(C.tensor_table(qm)), C.raw_payload(qm)
         t0 = time.perf_counter()
-        flat = A.encode_payload(raw, sections, "rans", "shuffle", 22, rans_configs=((1, 1),))
+        flat = C.encode_payload(raw, sections, "rans", "shuffle", 22, rans_configs=((1, 1),))
         t1 = time.perf_counter()
-        assert A.decode_payload(flat, sections, "rans", "shuffle") == raw
+        assert C.decode_payload(flat, sections, "rans", "shuffle") == raw
         b = rep["bounds"]
         rep["methods"]["rans-per-tensor/shuffle"] = {
             "compressor": "rans", "packing": "shuffle", "rans_configs": [[1, 1]], "bytes": len(flat),

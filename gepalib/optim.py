@@ -1,4 +1,4 @@
-"""Optimizers and schedules of the submission (SPEC §3).
+"""Optimizers and schedules of the submission (see docs/training.md).
 
 * :class:`Muon` -- Nesterov momentum, 5 Newton-Schulz steps in bf16, shape scale
   sqrt(max(1, rows/cols)), decoupled weight decay scaled with the LR, the update
@@ -6,10 +6,10 @@
   round-robin (parameter index mod world size) and the flat bf16 update buffer is
   summed across ranks; in one process the same code path runs with world size 1,
   so the math is identical.
-* :func:`build_optimizers` -- SPEC §3's parameter-group table.
+* :func:`build_optimizers` -- the submission's parameter-group table.
 * :func:`lr_multiplier`, :func:`muon_momentum` -- the step schedules.
 
-Every param group carries ``name`` (the SPEC group) and ``base_lr``; the trainer
+Every param group carries ``name`` (its group, :data:`GROUPS`) and ``base_lr``; the trainer
 sets ``lr = base_lr * lr_multiplier(step)`` before each step (:func:`set_lr`).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from gepalib.config import TrainConfig
 
-NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of SPEC §3
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the submission's quintic iteration
 
 
 # ---------------------------------------------------------------------------
@@ -33,11 +33,15 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of SPEC §3
 
 @torch.no_grad()
 def zeropower_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximate polar factor U V^T of a 2-D matrix, in bf16 (SPEC §3 Muon step 2).
+    """Approximate polar factor U V^T of a 2-D matrix, in bf16 (Muon's orthogonalisation).
 
     X = G/(||G||_F + eps), transposed so rows <= cols; then ``steps`` times
     A = X X^T, X <- aX + (bA + cA^2) X. These coefficients do not converge to 1:
     singular values end up roughly in [0.7, 1.2]. Returns bf16, shape of G.
+
+    Every operation is the submission's, in its order: in bf16 ``b*A + c*A@A`` is
+    ``b*A + (c*A) @ A`` (``*`` and ``@`` bind equally, left to right), which rounds
+    differently from ``c * (A @ A)``.
     """
     if G.ndim != 2:
         raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(G.shape)}")
@@ -49,7 +53,7 @@ def zeropower_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Ten
         X = X.T
     for _ in range(steps):
         A = X @ X.T
-        B = b * A + c * (A @ A)
+        B = b * A + (c * A) @ A  # the submission's `c * A @ A`, evaluated left to right
         X = a * X + B @ X
     return X.T if transposed else X
 
@@ -60,7 +64,7 @@ def muon_shape_scale(rows: int, cols: int) -> float:
 
 
 class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz, for 2-D weight matrices (SPEC §3).
+    """MomentUm Orthogonalized by Newton-Schulz, for 2-D weight matrices.
 
     Per matrix with gradient G:  buf <- mu*buf + G;  U = G + mu*buf (Nesterov) or buf;
     U <- NS5(U) * sqrt(max(1, rows/cols)) rounded to bf16;  p <- p*(1 - lr*wd) - lr*U.
@@ -131,18 +135,18 @@ class Muon(torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------------------
-# Parameter groups (SPEC §3 table)
+# Parameter groups (the submission's table; see docs/training.md)
 
 GROUPS = ("embed", "matrix-enc", "matrix-dec", "bigram-proj", "scalar-enc", "scalar-dec",
           "scalar-other", "none")
-# SPEC §3's control list: a 2-D tensor matching one of these never goes to Muon.
+# The control list: a 2-D tensor whose name matches one of these never goes to Muon.
 MUON_EXCLUDE = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "skip_gates",
                 "smear", "bigram", "ve.", "ve_shared", "ve_layer_scales")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 def group_of(name: str, p: Tensor, n_enc: int) -> str:
-    """SPEC §3 group of one parameter, by its state-dict name.
+    """The optimizer group of one parameter, by its state-dict name.
 
     ``bigram.proj.weight`` is the separate bigram Muon although "bigram" is on the
     control list; ``bigram.scale`` (XOR variant) is never updated in training.
@@ -195,7 +199,7 @@ def param_groups(model: nn.Module, tcfg: TrainConfig) -> dict[str, GroupRow]:
 
 
 def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> tuple[list[torch.optim.Optimizer], dict[str, GroupRow]]:
-    """SPEC §3 optimizers: [AdamW(embed), AdamW(scalar-enc/dec/other), Muon(matrix-enc/dec),
+    """The submission's optimizers: [AdamW(embed), AdamW(scalar-enc/dec/other), Muon(matrix-enc/dec),
     Muon(bigram-proj)] (empty ones left out) and the group table.
 
     AdamW: betas (adam_beta1, adam_beta2), eps, decoupled wd ``adam_wd`` (scaled by lr),
@@ -240,7 +244,7 @@ def format_group_table(table: dict[str, GroupRow]) -> str:
 
 
 def lr_multiplier(step: int, tcfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """f(step) of SPEC §3: 1, then linear (or cosine) decay to 0 over the last ``warmdown`` steps.
+    """The LR multiplier f(step): 1, then linear (or cosine) decay to 0 over the last ``warmdown`` steps.
 
     f(s) = 1 for s < S - W, (S - s)/W for S - W <= s < S (linear); the cosine option
     uses 0.5(1 + cos(pi (s - S + W)/W)) over the same window. An optional LR warm-up
@@ -249,8 +253,6 @@ def lr_multiplier(step: int, tcfg: TrainConfig, elapsed_s: float = 0.0) -> float
     the last warmdown/steps fraction of the budget) and the smaller factor wins.
     """
     S, W = tcfg.steps, tcfg.warmdown
-    if tcfg.lr_schedule not in ("linear", "cosine"):
-        raise ValueError(f"lr_schedule={tcfg.lr_schedule!r}; choose linear or cosine")
 
     def shape(progress_left: float) -> float:  # progress_left = fraction of the warmdown window left
         progress_left = min(max(progress_left, 0.0), 1.0)
@@ -274,7 +276,7 @@ def lr_multiplier(step: int, tcfg: TrainConfig, elapsed_s: float = 0.0) -> float
 
 
 def muon_momentum(step: int, tcfg: TrainConfig) -> float:
-    """mu_s = start + (end - start) * min(s / warmup, 1): 0.92 -> 0.99 over 1500 steps (SPEC §3)."""
+    """mu_s = start + (end - start) * min(s / warmup, 1): 0.92 -> 0.99 over 1500 steps."""
     frac = min(step / tcfg.muon_momentum_warmup, 1.0) if tcfg.muon_momentum_warmup > 0 else 1.0
     return (1.0 - frac) * tcfg.muon_momentum_start + frac * tcfg.muon_momentum
 

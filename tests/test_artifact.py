@@ -1,4 +1,4 @@
-"""The int6 artifact container: byte-exact roundtrips and hostile files (issue 5)."""
+"""The int6 artifact container: byte-exact roundtrips and hostile files."""
 from __future__ import annotations
 
 import hashlib
@@ -7,12 +7,16 @@ import math
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from gepalib.quant import artifact as A
+from gepalib.quant import container as C
+from gepalib.quant import report as R
 from gepalib.config import QuantConfig, get_preset
 from gepalib.quant.gptq import PTensor, QTensor, dequantize, quantize_state_dict
 
@@ -63,7 +67,7 @@ def same_model(a, b) -> None:
             assert torch.equal(ea.data, eb.data), k
 
 
-METHODS = [(c, p) for c in ("zstd", "lzma", "brotli", "none") for p in A.PACKINGS] + \
+METHODS = [(c, p) for c in ("zstd", "lzma", "brotli", "none") for p in C.PACKINGS] + \
           [("rans", "none"), ("rans", "shuffle")]
 
 
@@ -105,20 +109,20 @@ def test_pack6_and_shuffle_are_bijections():
     rng = np.random.default_rng(0)
     for n in (0, 1, 3, 4, 5, 257):
         codes = rng.integers(-32, 32, size=n).astype(np.int8).tobytes()
-        packed = A.pack6(codes)
+        packed = C.pack6(codes)
         assert len(packed) == (n + 3) // 4 * 3
-        assert A.unpack6(packed, n) == codes
+        assert C.unpack6(packed, n) == codes
     with pytest.raises(ValueError, match="padding"):
-        A.unpack6(bytes([0, 0, 0xFF]), 1)
+        C.unpack6(bytes([0, 0, 0xFF]), 1)
     b = rng.integers(0, 256, size=24).astype(np.uint8).tobytes()
-    assert A.unshuffle(A.shuffle(b, 4), 4) == b and A.shuffle(b, 4) != b
+    assert C.unshuffle(C.shuffle(b, 4), 4) == b and C.shuffle(b, 4) != b
 
 
 def test_rans_beats_entropy_bound_on_iid_codes():
     rng = np.random.default_rng(0)
     w = torch.from_numpy(np.clip(np.round(rng.standard_t(5, size=(256, 512)) * 5), -31, 31)).float() / 31 * 2
     q = quantize_state_dict({"m.weight": w}, QuantConfig(passthrough_numel=0))
-    rep = A.compression_report(q, methods=[("zstd", "none"), ("rans", "none")])
+    rep = R.compression_report(q, methods=[("zstd", "none"), ("rans", "none")])
     rans, zstd = rep["methods"]["rans/none"]["bytes"], rep["methods"]["zstd-22/none"]["bytes"]
     assert rans < zstd
     assert rans <= rep["bounds"]["per_tensor_bound_bytes"] * 1.005
@@ -186,7 +190,7 @@ def test_oversized_lengths(good, tmp_path):
     struct.pack_into("<I", bad, 12, A.MAX_HEADER_BYTES + 1)
     load_err(bytes(bad), tmp_path, "exceeds the maximum")
     header, payload = split(good)
-    load_err(rebuild(dict(header, payload_len=A.MAX_RAW_BYTES + 1), payload), tmp_path, "out of range")
+    load_err(rebuild(dict(header, payload_len=C.MAX_RAW_BYTES + 1), payload), tmp_path, "out of range")
     load_err(rebuild(dict(header, payload_len=len(payload) + 100), payload), tmp_path, "truncated")
 
 
@@ -231,6 +235,85 @@ def test_decompression_bomb_is_bounded(good, tmp_path):
     load_err(rebuild(header, bomb2, fix_payload_sha=True), tmp_path, "frame declares")
 
 
+def no_decompression(monkeypatch):
+    from gepalib.quant import entropy
+
+    def boom(*a, **k):
+        raise AssertionError("decompressor called")
+
+    monkeypatch.setattr(C, "_decompress_bytes", boom)
+    monkeypatch.setattr(entropy, "decode", boom)
+
+
+@pytest.mark.parametrize("comp", ["zstd", "rans"])
+def test_huge_declared_size_is_rejected_before_decompressing(good, tmp_path, monkeypatch, comp):
+    """A few-kB file whose header declares more raw bytes than a 16 MB artifact can hold: the
+    declared-size check fires while the header is read, no decompressor ever runs."""
+    import zstandard
+
+    header, _ = split(good)
+    header = dict(header, compressor=comp, packing="none")
+    small = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(b"\0" * 4096)
+    no_decompression(monkeypatch)
+    for n in (C.MAX_RAW_BYTES // 4 + 1, (1 << 30) // 4):  # just over the cap; the old 1 GiB cap
+        table = [{"name": "w", "kind": "raw", "shape": [n], "dtype": "float32", "stored": "float32"}]
+        h = dict(header, tensors=table, raw_len=4 * n)
+        msg = load_err(rebuild(h, small, fix_payload_sha=True), tmp_path, "raw_len=.* is out of range")
+        assert f"max {C.MAX_RAW_BYTES}" in msg and "plausibly hold" in msg
+        # a table that declares it while raw_len stays small is caught too
+        h = dict(header, tensors=table)
+        load_err(rebuild(h, small, fix_payload_sha=True), tmp_path, "tensor table needs|bad shape")
+    q = [{"name": "q", "kind": "int6", "shape": [2, C.MAX_RAW_BYTES // 2], "dtype": "float32", "rows": 2,
+          "cols": C.MAX_RAW_BYTES // 2, "percentile": 1.0, "row_choice": False}]
+    h = dict(header, tensors=q, raw_len=C.MAX_RAW_BYTES + 4)
+    load_err(rebuild(h, small, fix_payload_sha=True), tmp_path, "out of range")
+    with pytest.raises(ValueError, match="plausibly hold"):  # the payload decoder checks it on its own too
+        C.decode_payload(small, C.sections_of(q), comp, "none")
+
+
+def test_decompression_is_capped_at_the_declared_size(good, tmp_path, monkeypatch):
+    """At the cap the header is accepted and the decompressor is asked for exactly the bytes
+    the table declares (here it stops before allocating anything)."""
+    import zstandard
+
+    header, _ = split(good)
+    n = C.MAX_RAW_BYTES // 4
+    table = [{"name": "w", "kind": "raw", "shape": [n], "dtype": "float32", "stored": "float32"}]
+    small = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(b"\0" * 4096)
+    asked = []
+
+    def record(data, compressor, size):
+        asked.append((compressor, size))
+        raise ValueError("stopped before decompressing")
+
+    monkeypatch.setattr(C, "_decompress_bytes", record)
+    h = dict(header, tensors=table, raw_len=4 * n)
+    load_err(rebuild(h, small, fix_payload_sha=True), tmp_path, "stopped before decompressing")
+    assert asked == [("zstd", C.MAX_RAW_BYTES)]
+    asked.clear()
+    load_err(good, tmp_path, "stopped")  # a real artifact: exactly its raw_len
+    assert asked == [("zstd", header["raw_len"])]
+
+
+def test_rans_side_stream_is_bounded_before_decompressing(monkeypatch):
+    import zstandard
+
+    from gepalib.quant import entropy
+
+    def boom(*a, **k):
+        raise AssertionError("side stream decompressed")
+
+    monkeypatch.setattr(entropy, "_decompress_side", boom)
+    blob = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(b"\0" * 4096)
+    shapes = [(4, 8), (1, 1)]
+    limit = entropy.max_side_bytes(shapes, 10)
+    assert limit == 10 + (2 + 4 + 8 + 4 * 8 * 130) + (2 + 1 + 1 + 130)
+    for side_len, cap in ((limit + 1, None), (1 << 31, None), (limit, limit - 1)):
+        payload = struct.pack("<BII", 1, len(blob), side_len) + blob + struct.pack("<I", 0)
+        with pytest.raises(ValueError, match="exceeds the possible"):
+            entropy.decode(payload, shapes, 10, max_side=cap)
+
+
 @pytest.mark.parametrize("comp", ["zstd", "lzma", "brotli", "rans"])
 def test_corrupt_but_checksummed_payloads(qm, tmp_path, comp):
     data = A.artifact_bytes(qm, cfg(compressor=comp))
@@ -255,6 +338,22 @@ def test_loading_never_unpickles(good, tmp_path, monkeypatch):
     A.load_artifact_state_dict(p)
 
 
+def test_writer_and_report_refuse_a_model_no_artifact_can_hold(qm, monkeypatch):
+    monkeypatch.setattr(C, "MAX_RAW_BYTES", 1000)  # qm's raw payload is ~27 kB
+
+    def boom(*a, **k):
+        raise AssertionError("work done on an oversized model")
+
+    monkeypatch.setattr(C, "raw_payload", boom)
+    monkeypatch.setattr(A, "raw_payload", boom)
+    monkeypatch.setattr(R, "raw_payload", boom)
+    monkeypatch.setattr(R, "entropy_bounds", boom)
+    with pytest.raises(ValueError, match="more than the 1000"):
+        A.artifact_bytes(qm, cfg())
+    with pytest.raises(ValueError, match="more than the 1000"):
+        R.compression_report(qm, methods="fast")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="artifact not found"):
         A.load_artifact(tmp_path / "nope.gpz")
@@ -274,24 +373,35 @@ def test_bad_method_choices(qm):
 
 
 def test_size_ledger_matches_the_submission():
-    led = A.size_ledger(14_907_461, 78_281)  # SPEC §4: the run's model and code bytes
+    led = R.size_ledger(14_907_461, 78_281)  # the submission's model and code bytes
     assert led == {"model_bytes": 14_907_461, "code_bytes": 78_281, "total_bytes": 14_985_742,
                    "limit_bytes": 16_000_000, "headroom_bytes": 1_014_258, "fits": True}
-    assert not A.size_ledger(15_999_000, 1_001)["fits"]
-    assert A.size_ledger(15_999_000, 1_000)["fits"]
-    assert "total_bytes:14985742" in A.kv_lines(led)
+    assert not R.size_ledger(15_999_000, 1_001)["fits"]
+    assert R.size_ledger(15_999_000, 1_000)["fits"]
+    assert "total_bytes:14985742" in R.kv_lines(led)
 
 
 def test_code_bytes_are_the_source_files():
-    cb = A.code_bytes("zstd")
+    cb = R.code_bytes("zstd")
     root = os.path.dirname(os.path.dirname(os.path.dirname(A.__file__)))
-    assert set(cb["files"]) == set(A.CODE_FILES)
+    assert list(cb["files"]) == R.code_files("zstd")
+    assert {"gepalib/quant/artifact.py", "gepalib/quant/container.py", "gepalib/model.py"} <= set(cb["files"])
+    assert "gepalib/quant/entropy.py" not in cb["files"] and "gepalib/quant/report.py" not in cb["files"]
     for f, n in cb["files"].items():
         assert n == os.path.getsize(os.path.join(root, f))
     assert cb["total"] == sum(cb["files"].values())
-    rans = A.code_bytes("rans")
-    assert rans["total"] == cb["total"] + os.path.getsize(os.path.join(root, "gepalib/quant/entropy.py"))
+    rans = R.code_bytes("rans")
+    rans_only = ("gepalib/quant/contexts.py", "gepalib/quant/entropy.py")
+    assert set(rans["files"]) == set(cb["files"]) | set(rans_only)
+    assert rans["total"] == cb["total"] + sum(os.path.getsize(os.path.join(root, f)) for f in rans_only)
     assert cb["package_bytes"] >= rans["total"]
+    # the files are exactly the gepalib modules that loading and running an artifact imports
+    for extra, comp in (("", "zstd"), (", gepalib.quant.entropy", "rans")):
+        code = ("import sys, gepalib.quant.artifact, gepalib.model" + extra + "\n"
+                "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'gepalib'))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                             env={**os.environ, "PYTHONPATH": root}).stdout.split()
+        assert sorted(os.path.relpath(f, root) for f in out) == R.code_files(comp)
 
 
 # ---------------------------------------------------------------------------
@@ -313,7 +423,7 @@ def test_gepa11_state_dict_whole_path(tmp_path):
     assert n_int6 == 66 + 3  # 6 matrices x 11 blocks, E_tok, E_big, E_ve
     assert q.num_params() == 27_030_107
     info = A.save_artifact(q, tmp_path / "final_model.int6.gpz", qcfg, meta={"preset": "gepa11"})
-    assert info.raw_bytes == 27_530_604  # SPEC §4: the run's raw payload (int8 codes, fp16 scales, passthrough)
+    assert info.raw_bytes == 27_530_604  # the submission's raw payload (int8 codes, fp16 scales, passthrough)
     back = A.load_artifact(tmp_path / "final_model.int6.gpz")
     assert back.meta == {"preset": "gepa11"}
     same_model(q, back)
@@ -326,7 +436,7 @@ def test_gepa11_state_dict_whole_path(tmp_path):
     with torch.no_grad():
         loss = model(torch.zeros(1, 16, dtype=torch.long), torch.ones(1, 16, dtype=torch.long))
     assert torch.isfinite(loss)
-    led = A.size_ledger(info.file_bytes, A.code_bytes(qcfg.compressor))
+    led = R.size_ledger(info.file_bytes, R.code_bytes(qcfg.compressor))
     assert led["fits"] and led["model_bytes"] == os.path.getsize(tmp_path / "final_model.int6.gpz")
 
 
@@ -389,7 +499,9 @@ def test_rans_row_clusters_pay_off_on_structured_rows():
     narrow = np.clip(np.round(rng.standard_normal((128, 256)) * 0.7), -32, 31)
     q = np.empty((256, 256), dtype=np.int8)
     q[0::2], q[1::2] = wide, narrow  # alternate rows: a byte compressor sees one mixed stream
-    ra, kr, ca, kc = entropy.choose_contexts(q.astype(np.int64) + 32)
+    from gepalib.quant import contexts
+
+    ra, kr, ca, kc = contexts.choose_contexts(q.astype(np.int64) + 32)
     assert kr >= 2 and len(set(ra[0::2]) & set(ra[1::2])) == 0  # the two populations are separated
     clustered = entropy.encode([q], b"")
     flat = entropy.encode([q], b"", configs=((1, 1),))
@@ -406,3 +518,42 @@ def test_rans_constant_and_tiny_tensors():
     blob = entropy.encode(codes, b"xyz")
     back, rest = entropy.decode(blob, [c.shape for c in codes], 3)
     assert rest == b"xyz" and all(np.array_equal(a, b) for a, b in zip(back, codes))
+
+
+def test_rans_tiles_bound_the_histograms_and_change_no_byte(monkeypatch):
+    """Histograms are built in tiles of at most BLOCK entries (a [64, 5000] matrix would need a
+    [5000, 16, 64] column histogram otherwise) and symbols go to the ANS coder in chunks; the
+    coded bytes depend on neither."""
+    from gepalib.quant import contexts, entropy
+
+    rng = np.random.default_rng(3)
+    codes = [np.clip(np.round(rng.standard_t(5, size=s) * 4 * np.exp(rng.standard_normal((s[0], 1)))),
+                     -32, 31).astype(np.int8) for s in ((64, 5000), (5000, 64), (64, 96), (1, 700), (700, 2))]
+    ref = entropy.encode(codes, b"abc")
+    sizes = []
+    real = contexts._joint_hist
+
+    def recording(*a, **k):
+        h = real(*a, **k)
+        sizes.append(h.size)
+        return h
+
+    monkeypatch.setattr(contexts, "_joint_hist", recording)
+    monkeypatch.setattr(contexts, "BLOCK", 1024)
+    monkeypatch.setattr(entropy, "CHUNK", 1000)
+    tiled = entropy.encode(codes, b"abc")
+    assert tiled == ref
+    assert sizes and max(sizes) <= 1024
+    back, rest = entropy.decode(tiled, [c.shape for c in codes], 3)
+    assert rest == b"abc" and all(np.array_equal(a, b) for a, b in zip(back, codes))
+
+
+def test_rans_clusters_an_axis_only_when_its_items_hold_64_codes():
+    from gepalib.quant import contexts
+
+    assert contexts.effective_clusters(16, 4, 2, 10**6) == (2, 1)  # 2 rows: no column clusters
+    assert contexts.effective_clusters(16, 4, 10**6, 63) == (1, 4)  # rows of 63 codes: no row clusters
+    assert contexts.effective_clusters(16, 4, 64, 64) == (16, 4)
+    u = np.random.default_rng(0).integers(0, 64, size=(3, 5000))
+    ra, kr, ca, kc = contexts.choose_contexts(u)
+    assert kc == 1 and len(ca) == 5000

@@ -1,4 +1,4 @@
-"""Muon, the SPEC §3 parameter groups and the schedules (gepalib/optim.py)."""
+"""Muon, the submission's parameter groups and the schedules (gepalib/optim.py)."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ A, B, C = 3.4445, -4.7750, 2.0315
 
 
 def ns_reference(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Slow, obvious fp64 Newton-Schulz with SPEC's coefficients."""
+    """Slow, obvious fp64 Newton-Schulz with the submission's coefficients."""
     X = G.double()
     X = X / (X.norm() + 1e-7)
     t = X.shape[0] > X.shape[1]
@@ -24,6 +24,39 @@ def ns_reference(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
         M = X @ X.T
         X = A * X + (B * M + C * M @ M) @ X
     return X.T if t else X
+
+
+def ns_submission_bf16(G: torch.Tensor, steps: int = 5, square_first: bool = False) -> torch.Tensor:
+    """The submission's zeropower_via_newtonschulz5, line for line (bf16 throughout).
+
+    ``B = b * A + c * A @ A`` is Python's left-to-right ``b*A + (c*A) @ A``;
+    ``square_first=True`` is the other rounding, ``b*A + c*(A @ A)``."""
+    a, b, c = A, B, C
+    X = G.bfloat16()
+    X /= X.norm() + 1e-7
+    if G.size(0) > G.size(1):
+        X = X.T
+    for _ in range(steps):
+        M = X @ X.T
+        Bm = b * M + c * (M @ M) if square_first else b * M + c * M @ M
+        X = a * X + Bm @ X
+    if G.size(0) > G.size(1):
+        X = X.T
+    return X
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (96, 96), (384, 128)])
+def test_newton_schulz_is_bit_exact_with_the_submission(shape):
+    torch.manual_seed(10 + sum(shape))
+    G = torch.randn(*shape) * 0.01  # a gradient-sized matrix
+    O = zeropower_newton_schulz(G, steps=5)
+    ref = ns_submission_bf16(G)
+    assert O.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(O, ref)  # bit-equal, 5 steps, tall matrices transposed
+    # the other association rounds differently in bf16: the check above can fail
+    other = ns_submission_bf16(G, square_first=True)
+    assert not torch.equal(other, ref)
+    assert 1e-3 < ((other.float() - ref.float()).norm() / ref.float().norm()).item() < 0.1
 
 
 def polar(G: torch.Tensor):
@@ -49,7 +82,7 @@ def test_newton_schulz_vs_svd_polar_factor(shape):
     assert sv.max() - sv.min() > 0.3  # these coefficients do not converge exactly
     cos = (O * (U @ Vh)).sum() / (O.norm() * (U @ Vh).norm())
     assert cos > 0.97
-    # and it is the SPEC iteration: within bf16 error of the fp64 reference
+    # and it is the submission's iteration: within bf16 error of the fp64 reference
     R = ns_reference(G)
     assert (O - R).norm() / R.norm() < 0.06
 
@@ -78,7 +111,7 @@ def test_shape_scale():
 
 
 def test_muon_step_matches_reference():
-    """Three Muon steps against the SPEC §3 recipe written out by hand."""
+    """Three Muon steps against the submission's recipe written out by hand."""
     torch.manual_seed(0)
     shapes = [(48, 16), (16, 48), (32, 32)]
     ps = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
@@ -115,10 +148,10 @@ def gepa11_model():
         return GPT(get_preset("gepa11").model)
 
 
-def test_gepa11_group_table_matches_spec(gepa11_model):
+def test_gepa11_group_table_matches_the_submission(gepa11_model):
     tcfg = get_preset("gepa11").train
     table = param_groups(gepa11_model, tcfg)
-    expect = {  # group: (optimizer, base_lr, tensors, params)  -- SPEC §3 / §2 tables
+    expect = {  # group: (optimizer, base_lr, tensors, params)  -- the submission's group and parameter tables
         "embed": ("adamw", 0.035, 1, 524_288),
         "matrix-enc": ("muon", 0.025, 30, 5 * 2_359_296),
         "matrix-dec": ("muon", 0.05, 36, 6 * 2_359_296),

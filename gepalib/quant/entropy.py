@@ -1,14 +1,10 @@
-"""Entropy coding of int6 codes with rANS (the ``rans`` compressor, issue 5).
+"""Entropy coding of int6 codes with rANS (the ``rans`` compressor; see docs/quantization.md).
 
 zstd-22 sees bytes; it gets within ~1% of the per-tensor entropy of i.i.d.
 int6 symbols. This coder sees the tensors: every int6 matrix is coded with
 static categorical models under constriction's ANS coder (24-bit fixed point),
-one model per *context*. A context is (row cluster, column cluster): rows and
-columns of a matrix are co-clustered by their symbol histograms so that rows
-with a different spread (or columns with outlier input channels) get their own
-distribution. Per tensor the cheapest of a few cluster counts (K_rows, K_cols)
-is chosen by its exact code length plus the cost of describing the models;
-(1, 1) is plain per-tensor coding.
+one model per *context*: (row cluster, column cluster), chosen per tensor by
+:mod:`gepalib.quant.contexts`.
 
 Payload layout (all integers little-endian)::
 
@@ -20,12 +16,15 @@ Payload layout (all integers little-endian)::
 The raw side bytes are, for every code tensor in order: u8 K_rows, u8 K_cols,
 K_rows>1: one u8 cluster id per row, K_cols>1: one u8 per column, then per
 context (row-major): u8 lo, u8 hi and (hi-lo+1) u16 frequencies of the symbols
-lo..hi (lo > hi marks an empty context; a one-symbol context codes no ANS bits). After the models follow the
-``residual`` bytes the caller passes (scales, passthrough tensors).
+lo..hi (lo > hi marks an empty context; a one-symbol context codes no ANS bits).
+After the models follow the ``residual`` bytes the caller passes (scales,
+passthrough tensors).
 
 Symbols are ``q + 32``. The ANS stack is filled in reverse (last tensor, last
 context first) so decoding runs forward. Decoding checks every count and
-range against the known shapes; the caller verifies the sha256 of the result.
+range against the known shapes, and decompresses the side stream only when its
+declared length fits what the encoder can write for those shapes
+(:func:`max_side_bytes`); the caller verifies the sha256 of the result.
 """
 from __future__ import annotations
 
@@ -35,13 +34,9 @@ import struct
 import numpy as np
 import zstandard
 
-ALPHABET = 64
-OFFSET = 32
-MAX_CLUSTERS = 16
-FREQ_TOTAL = 65535  # u16 frequency tables
-# (K_rows, K_cols) tried per tensor; (1, 1) is per-tensor coding.
-CONFIGS = ((1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (1, 2), (1, 4), (1, 8), (2, 2), (4, 4))
-FIT_ITERS = 6
+from gepalib.quant.contexts import ALPHABET, CONFIGS, MAX_CLUSTERS, OFFSET, choose_contexts, quantize_freqs
+
+CHUNK = 1 << 22  # symbols per bincount / ANS call: bounds the working memory
 SIDE_CODECS = {0: "stored", 1: "zstd", 2: "lzma", 3: "brotli"}
 
 
@@ -51,132 +46,10 @@ def _constriction():
     return constriction
 
 
-# ---------------------------------------------------------------------------
-# Frequency tables
-
-
-def quantize_freqs(counts: np.ndarray) -> np.ndarray:
-    """Integer frequencies in [0, FREQ_TOTAL], >= 1 wherever the count is > 0."""
-    counts = np.asarray(counts, dtype=np.int64)
-    n = int(counts.sum())
-    if n == 0:
-        return np.zeros_like(counts)
-    f = (counts * FREQ_TOTAL) // n
-    return np.where(counts > 0, np.maximum(f, 1), 0).astype(np.int64)
-
-
 def _model(freqs: np.ndarray):
     """constriction categorical model over len(freqs) symbols (deterministic, perfect=False)."""
     p = freqs.astype(np.float64) / float(freqs.sum())
     return _constriction().stream.model.Categorical(p, perfect=False)
-
-
-def _table_bits(counts: np.ndarray) -> tuple[float, int]:
-    """(ideal code bits under the quantized table, raw bytes to describe the table)."""
-    nz = np.nonzero(counts)[0]
-    if len(nz) == 0:
-        return 0.0, 2
-    lo, hi = int(nz[0]), int(nz[-1])
-    f = quantize_freqs(counts[lo:hi + 1])
-    c = counts[lo:hi + 1]
-    m = c > 0
-    bits = float(-(c[m] * np.log2(f[m] / f.sum())).sum())
-    return bits, 2 + 2 * (hi - lo + 1)
-
-
-# ---------------------------------------------------------------------------
-# Co-clustering of rows and columns
-
-
-def _spread_init(u: np.ndarray, axis: int, k: int) -> np.ndarray:
-    """Split rows (axis=1) or columns (axis=0) into k equal groups by mean |code|."""
-    spread = np.abs(u.astype(np.int64) - OFFSET).mean(axis=axis)
-    order = np.argsort(spread, kind="stable")
-    assign = np.empty(len(spread), dtype=np.int64)
-    assign[order] = (np.arange(len(spread)) * k) // len(spread)
-    return assign
-
-
-def _joint_hist(u: np.ndarray, assign_other: np.ndarray, k_other: int, axis: int) -> np.ndarray:
-    """Counts [n_items, k_other, 64]: items are rows (axis=0) or columns (axis=1)."""
-    if axis == 1:
-        u = u.T
-    n_items = u.shape[0]
-    item = np.arange(n_items, dtype=np.int64)[:, None]
-    idx = ((item * k_other + assign_other[None, :]) * ALPHABET + u).ravel()
-    return np.bincount(idx, minlength=n_items * k_other * ALPHABET).reshape(n_items, k_other, ALPHABET)
-
-
-def _reassign(hist: np.ndarray, assign: np.ndarray, k: int) -> np.ndarray:
-    """Move each item to the cluster whose (smoothed) model codes it cheapest."""
-    table = np.stack([hist[assign == c].sum(axis=0) for c in range(k)]).astype(np.float64)
-    table += 1.0 / ALPHABET
-    logp = np.log2(table / table.sum(axis=2, keepdims=True))
-    cost = -np.einsum("ics,kcs->ik", hist.astype(np.float64), logp)
-    return np.argmin(cost, axis=1)
-
-
-def _compact(assign: np.ndarray) -> tuple[np.ndarray, int]:
-    used, inv = np.unique(assign, return_inverse=True)
-    return inv.astype(np.int64), len(used)
-
-
-def fit_contexts(u: np.ndarray, k_rows: int, k_cols: int, iters: int = FIT_ITERS):
-    """Deterministic alternating co-clustering -> (row_assign, k_rows, col_assign, k_cols)."""
-    rows, cols = u.shape
-    k_rows, k_cols = min(k_rows, rows), min(k_cols, cols)
-    ra = _spread_init(u, 1, k_rows) if k_rows > 1 else np.zeros(rows, dtype=np.int64)
-    ca = _spread_init(u, 0, k_cols) if k_cols > 1 else np.zeros(cols, dtype=np.int64)
-    # with one cluster on the other axis the histograms never change: compute them once
-    row_hist = _joint_hist(u, ca, 1, 0) if k_rows > 1 and k_cols == 1 else None
-    col_hist = _joint_hist(u, ra, 1, 1) if k_cols > 1 and k_rows == 1 else None
-    for _ in range(iters):
-        changed = False
-        if k_rows > 1:
-            h = row_hist if row_hist is not None else _joint_hist(u, ca, k_cols, 0)
-            new = _reassign(h, ra, k_rows)
-            changed |= bool((new != ra).any())
-            ra = new
-        if k_cols > 1:
-            h = col_hist if col_hist is not None else _joint_hist(u, ra, k_rows, 1)
-            new = _reassign(h, ca, k_cols)
-            changed |= bool((new != ca).any())
-            ca = new
-        if not changed:
-            break
-    ra, k_rows = _compact(ra)
-    ca, k_cols = _compact(ca)
-    return ra, k_rows, ca, k_cols
-
-
-def _context_counts(u, ra, kr, ca, kc) -> np.ndarray:
-    idx = ((ra[:, None] * kc + ca[None, :]) * ALPHABET + u).ravel()
-    return np.bincount(idx, minlength=kr * kc * ALPHABET).reshape(kr * kc, ALPHABET)
-
-
-def _assign_bits(assign: np.ndarray, k: int) -> float:
-    if k == 1:
-        return 0.0
-    c = np.bincount(assign, minlength=k).astype(np.float64)
-    c = c[c > 0]
-    return float(-(c * np.log2(c / c.sum())).sum())
-
-
-def choose_contexts(u: np.ndarray, configs=CONFIGS):
-    """Pick the (K_rows, K_cols) clustering with the smallest estimated size in bits."""
-    best = None
-    for kr, kc in configs:
-        if kr > MAX_CLUSTERS or kc > MAX_CLUSTERS:
-            raise ValueError(f"at most {MAX_CLUSTERS} clusters per axis")
-        ra, kr2, ca, kc2 = fit_contexts(u, kr, kc)
-        counts = _context_counts(u, ra, kr2, ca, kc2)
-        bits = 16.0 + _assign_bits(ra, kr2) + _assign_bits(ca, kc2)
-        for c in counts:
-            b, table_bytes = _table_bits(c)
-            bits += b + 8 * table_bytes
-        if best is None or bits < best[0]:
-            best = (bits, ra, kr2, ca, kc2)
-    return best[1:]
 
 
 # ---------------------------------------------------------------------------
@@ -245,16 +118,35 @@ def _decompress_side(codec: int, blob: bytes, raw_len: int) -> bytes:
 # Encode / decode
 
 
+def _members(assign: np.ndarray, k: int, c: int):
+    """Items of cluster ``c``: ascending indices, or a full slice when the axis has one cluster."""
+    return slice(None) if k == 1 else np.nonzero(assign == c)[0]
+
+
+def _sub(u: np.ndarray, ri, ci) -> tuple:
+    """Index of the context (ri x ci) in u, row-major, for reading or writing."""
+    return np.ix_(ri, ci) if not (isinstance(ri, slice) or isinstance(ci, slice)) else (ri, ci)
+
+
+def _symbol_counts(sym: np.ndarray, n: int) -> np.ndarray:
+    """np.bincount(sym, minlength=n) in chunks (bincount widens its input to int64)."""
+    counts = np.zeros(n, dtype=np.int64)
+    for i in range(0, len(sym), CHUNK):
+        counts += np.bincount(sym[i:i + CHUNK], minlength=n)
+    return counts
+
+
 def encode(codes: list[np.ndarray], residual: bytes, level: int = 22, configs=CONFIGS) -> bytes:
     """rANS-code int6 matrices (int8 arrays [rows, cols], values in [-32, 31]) plus residual bytes."""
     side = bytearray()
-    plan = []  # per tensor: list of (symbols - lo, freqs)
+    plan = []  # per tensor: list of (symbols - lo as uint8, freqs)
     for q in codes:
         if q.ndim != 2:
             raise ValueError(f"rans expects 2-D code matrices, got shape {q.shape}")
-        u = q.astype(np.int64) + OFFSET
+        u = q.astype(np.int16) + OFFSET
         if u.size and (u.min() < 0 or u.max() >= ALPHABET):
             raise ValueError("rans: int6 codes outside [-32, 31]")
+        u = u.astype(np.uint8)
         if u.size == 0:
             ra, kr, ca, kc = np.zeros(q.shape[0], np.int64), 1, np.zeros(q.shape[1], np.int64), 1
         else:
@@ -266,37 +158,58 @@ def encode(codes: list[np.ndarray], residual: bytes, level: int = 22, configs=CO
             side += ca.astype(np.uint8).tobytes()
         parts = []
         for r in range(kr):
-            ri = np.nonzero(ra == r)[0]
+            ri = _members(ra, kr, r)
             for c in range(kc):
-                ci = np.nonzero(ca == c)[0]
-                sym = u[np.ix_(ri, ci)].ravel()
+                ci = _members(ca, kc, c)
+                sym = u[_sub(u, ri, ci)].ravel()
                 if sym.size == 0:
                     side += bytes([1, 0])
                     continue
                 lo, hi = int(sym.min()), int(sym.max())
-                f = quantize_freqs(np.bincount(sym - lo, minlength=hi - lo + 1))
+                sym = sym - np.uint8(lo)
+                f = quantize_freqs(_symbol_counts(sym, hi - lo + 1))
                 side += bytes([lo, hi]) + f.astype("<u2").tobytes()
                 if hi > lo:  # a one-symbol context costs no bits (constriction rejects it anyway)
-                    parts.append((sym - lo, f))
+                    parts.append((sym, f))
         plan.append(parts)
     side += residual
     coder = _constriction().stream.stack.AnsCoder()
     for parts in reversed(plan):
         for sym, f in reversed(parts):
-            coder.encode_reverse(sym.astype(np.int32), _model(f))
+            model = _model(f)
+            # encode_reverse of consecutive chunks, last chunk first == one call on the whole
+            for i in reversed(range(0, len(sym), CHUNK)):
+                coder.encode_reverse(sym[i:i + CHUNK].astype(np.int32), model)
     words = coder.get_compressed().astype("<u4")
     codec, blob = _compress_side(bytes(side), level)
     head = struct.pack("<BII", codec, len(blob), len(side))
     return head + blob + struct.pack("<I", len(words)) + words.tobytes()
 
 
-def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int) -> tuple[list[np.ndarray], bytes]:
-    """Inverse of :func:`encode`; ``shapes`` and ``residual_len`` come from the validated header."""
+def max_side_bytes(shapes: list[tuple[int, int]], residual_len: int) -> int:
+    """The largest side stream :func:`encode` can write for these shapes: per tensor the two
+    cluster counts, the cluster ids and, per context (at most min(16, rows) x min(16, cols)),
+    lo, hi and up to 64 u16 frequencies; then the residual."""
+    out = residual_len
+    for r, c in shapes:
+        contexts = min(MAX_CLUSTERS, r) * min(MAX_CLUSTERS, c) if r and c else 1
+        out += 2 + r + c + contexts * (2 + 2 * ALPHABET)
+    return out
+
+
+def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int,
+           max_side: int | None = None) -> tuple[list[np.ndarray], bytes]:
+    """Inverse of :func:`encode`; ``shapes`` and ``residual_len`` come from the validated header.
+
+    The side stream is decompressed only when its declared length is at most what
+    ``encode`` can write for these shapes and at most ``max_side`` (the caller's cap)."""
     rd = _Reader(payload, "rans payload")
     codec, blob_len, side_len = struct.unpack("<BII", rd.take(9))
-    max_side = residual_len + sum(2 + r + c + MAX_CLUSTERS ** 2 * (2 + 2 * ALPHABET) for r, c in shapes)
-    if side_len > max_side:
-        raise ValueError(f"rans payload: side data of {side_len} bytes exceeds the possible {max_side}")
+    limit = max_side_bytes(shapes, residual_len)
+    if max_side is not None:
+        limit = min(limit, max_side)
+    if side_len > limit:
+        raise ValueError(f"rans payload: side data of {side_len} bytes exceeds the possible {limit}")
     import brotli
 
     try:
@@ -320,11 +233,12 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int) -> 
             raise ValueError("rans side data: cluster id out of range")
         parts = []
         for r in range(kr):
-            ri = np.nonzero(ra == r)[0]
+            ri = _members(ra, kr, r)
             for c in range(kc):
-                ci = np.nonzero(ca == c)[0]
+                ci = _members(ca, kc, c)
                 lo, hi = side.u8(), side.u8()
-                n = len(ri) * len(ci)
+                nr, nc = (rows if kr == 1 else len(ri)), (cols if kc == 1 else len(ci))
+                n = nr * nc
                 if lo > hi:
                     if n:
                         raise ValueError("rans side data: empty model for a non-empty context")
@@ -334,7 +248,7 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int) -> 
                 f = side.array(hi - lo + 1, "<u2")
                 if n == 0 or f.sum() == 0:
                     raise ValueError("rans side data: model does not match its context")
-                parts.append((ri, ci, lo, f))
+                parts.append((ri, ci, nr, nc, lo, f))
         plans.append((rows, cols, parts))
     residual = side.take(residual_len)
     if side.pos != side_len:
@@ -344,14 +258,17 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int) -> 
         coder = _constriction().stream.stack.AnsCoder(words)
         out = []
         for rows, cols, parts in plans:
-            u = np.zeros((rows, cols), dtype=np.int64)
-            for ri, ci, lo, f in parts:
+            u = np.zeros((rows, cols), dtype=np.uint8)
+            for ri, ci, nr, nc, lo, f in parts:
+                where, n = _sub(u, ri, ci), nr * nc
                 if len(f) == 1:
-                    u[np.ix_(ri, ci)] = lo
+                    u[where] = lo
                     continue
-                sym = coder.decode(_model(f), len(ri) * len(ci))
-                u[np.ix_(ri, ci)] = np.asarray(sym, dtype=np.int64).reshape(len(ri), len(ci)) + lo
-            out.append((u - OFFSET).astype(np.int8))
+                model, vals = _model(f), np.empty(n, dtype=np.uint8)
+                for i in range(0, n, CHUNK):  # chunked like the encoder: same symbols, bounded memory
+                    vals[i:i + CHUNK] = np.asarray(coder.decode(model, min(CHUNK, n - i))) + lo
+                u[where] = vals.reshape(nr, nc)
+            out.append(u.view(np.int8) - np.int8(OFFSET))
         empty = coder.is_empty()
     except (ValueError, RuntimeError, TypeError, OverflowError) as e:
         raise ValueError(f"rans payload: ANS stream is corrupt ({e})") from None

@@ -1,9 +1,10 @@
-"""int6 per-row GPTQ-lite quantization of a state dict (SPEC §4).
+"""int6 per-row GPTQ-lite quantization of a state dict (see docs/quantization.md).
 
 Pure functions: ``state dict -> QuantizedModel -> state dict``. The byte-level
-artifact (container, compressors, validation) lives in :mod:`gepalib.quant.artifact`;
+artifact lives in :mod:`gepalib.quant.artifact` (header, validation, save/load) and
+:mod:`gepalib.quant.container` (payload layout, packing, compressors).
 
-Walk the state dict in order (SPEC §4):
+Walk the state dict in order:
 
 1. non-float tensors: kept as they are;
 2. float tensors with ``numel <= passthrough_numel`` (65,536): kept as float --
@@ -25,7 +26,7 @@ GPTQ-lite int6 for W (r x n, fp32) and the 15 candidates of :data:`CANDIDATES`:
 candidate with the smallest err, strict ``<`` so ties go to the first; the
 search uses fp32 scales and the stored scales are their fp16 rounding.
 
-``quant_mode="per_row"`` (improvement, SPEC §7.5): every row picks its own
+``quant_mode="per_row"`` (an improvement, see docs/choices.md): every row picks its own
 candidate. The search already uses the fp16-rounded scale that will be stored
 (q = clamp(round(W / s16))), so the reconstruction error of every row is <= the
 faithful one: for a fixed scale, clamp(round(.)) is the best integer code, and
@@ -53,6 +54,7 @@ ALPHABET = QMAX - QMIN + 1  # 64 int6 symbols
 QUANT_MODES = ("faithful", "per_row")
 EMBED_NAME = "tok_emb.weight"
 QUANTILE_MAX_NUMEL = 1 << 22  # rows per torch.quantile call are chunked to stay below its limit
+HIST_BLOCK = 1 << 22  # entries per histogram block of the entropy bounds (bounded memory)
 
 # dtype name <-> torch dtype for everything a state dict may hold.
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -148,7 +150,7 @@ def quantize_rows(w32: Tensor, scale: Tensor) -> Tensor:
 
 
 def gptq_lite_faithful(w32: Tensor) -> tuple[Tensor, Tensor, int]:
-    """SPEC §4 search with one percentile per tensor -> (q int8, s fp16, candidate index)."""
+    """The submission's search with one percentile per tensor -> (q int8, s fp16, candidate index)."""
     scales = candidate_scales(w32)
     best_err, best_q, best_c = math.inf, None, -1
     for c in range(len(CANDIDATES)):
@@ -181,7 +183,7 @@ def gptq_lite_per_row(w32: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def dequantize_tensor(qt: QTensor) -> Tensor:
-    """q * s16 in fp32, reshaped and cast to the original dtype (SPEC §4)."""
+    """q * s16 in fp32, reshaped and cast to the original dtype."""
     w = qt.q.float() * qt.scale.float()[:, None]
     return w.reshape(qt.shape).to(TORCH_DTYPES[qt.dtype]).contiguous()
 
@@ -207,7 +209,7 @@ def _as_rows(t: Tensor) -> Tensor:
 
 
 def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig) -> Entry:
-    """Apply the SPEC §4 rules to one tensor."""
+    """Apply the export rules (module docstring) to one tensor."""
     t = t.detach().to("cpu").contiguous()
     dt = dtype_name(t.dtype)
     if not t.is_floating_point():
@@ -231,7 +233,7 @@ def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig) -> Entry:
 
 
 def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig) -> QuantizedModel:
-    """SPEC §4: quantize a (EMA) state dict. Pure; the input is not modified."""
+    """Quantize a (EMA) state dict. Pure; the input is not modified."""
     if qcfg.quant_mode not in QUANT_MODES:
         raise ValueError(f"quant_mode must be one of {QUANT_MODES}, got {qcfg.quant_mode!r}")
     if qcfg.passthrough_numel < 0:
@@ -256,12 +258,16 @@ def dequantize(qm: QuantizedModel) -> dict[str, Tensor]:
 
 
 # ---------------------------------------------------------------------------
-# Entropy bounds (issue 5): how small could the int6 codes possibly get?
+# Entropy bounds: how small could the int6 codes possibly get?
 
 
 def symbol_counts(q: Tensor) -> np.ndarray:
     """Histogram of int6 codes over the 64 symbols (index = q + 32)."""
-    return np.bincount(q.numpy().ravel().astype(np.int64) - QMIN, minlength=ALPHABET)
+    flat = q.numpy().ravel()
+    counts = np.zeros(ALPHABET, dtype=np.int64)
+    for i in range(0, len(flat), HIST_BLOCK):  # bincount widens to int64: bound the temporary
+        counts += np.bincount(flat[i:i + HIST_BLOCK].astype(np.int16) - QMIN, minlength=ALPHABET)
+    return counts
 
 
 def entropy_bits(counts: np.ndarray) -> float:
@@ -271,20 +277,31 @@ def entropy_bits(counts: np.ndarray) -> float:
     return float(-(c * np.log2(c / n)).sum()) if n else 0.0
 
 
+def _row_bits(a: np.ndarray) -> float:
+    """sum over the rows of codes ``a`` (int, 0..63) of n_row * H(row), in bits."""
+    rows = a.shape[0]
+    idx = (np.arange(rows, dtype=np.int64)[:, None] * ALPHABET + a).ravel()
+    h = np.bincount(idx, minlength=rows * ALPHABET).reshape(rows, ALPHABET).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = h / h.sum(axis=1, keepdims=True)
+        return float(-(np.where(h > 0, h * np.log2(p), 0.0)).sum())
+
+
 def row_entropy_bits(q: Tensor) -> tuple[float, float]:
     """(sum over rows of n_row * H(row), cost of describing every row's histogram) in bits.
 
     The description cost is the two-part-code price of sending each row's exact
     histogram: log2 C(n + k - 1, k - 1) with k = the tensor's symbol range
-    max - min + 1 (sent once per tensor, negligible)."""
-    a = q.numpy().astype(np.int64) - QMIN
-    rows, n = a.shape
-    idx = (np.arange(rows, dtype=np.int64)[:, None] * ALPHABET + a).ravel()
-    h = np.bincount(idx, minlength=rows * ALPHABET).reshape(rows, ALPHABET).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = h / h.sum(axis=1, keepdims=True)
-        bits = float(-(np.where(h > 0, h * np.log2(p), 0.0)).sum())
-    k = int(a.max() - a.min() + 1) if a.size else 1
+    max - min + 1 (sent once per tensor, negligible). Rows are histogrammed in
+    blocks of about HIST_BLOCK entries (one block for every gepa11 matrix), so a
+    matrix with millions of short rows needs no [rows, 64] float table at once."""
+    q8 = q.numpy()
+    rows, n = q8.shape
+    step = max(1, HIST_BLOCK // max(n, ALPHABET))
+    bits = 0.0
+    for r0 in range(0, rows, step):
+        bits += _row_bits(q8[r0:r0 + step].astype(np.int64) - QMIN)
+    k = int(q8.max()) - int(q8.min()) + 1 if q8.size else 1
     desc = rows * (math.lgamma(n + k) - math.lgamma(k) - math.lgamma(n + 1)) / math.log(2)
     return bits, desc
 
