@@ -1,7 +1,7 @@
 """Runs from Python: launch under torchrun, reuse what exists, load results into pandas.
 
     from gepalib import run
-    rd = run.launch(run.base_config("tiny", "cpu", overrides={"steps": 200}), nproc=2)  # or reuse
+    rd = run.launch(run.base_config("tiny", "cpu", overrides={"steps": 300}), nproc=2)  # or reuse
     run.ensure_artifact(rd)                      # int6 artifact (reused if present)
     rows = run.ensure_stages(rd, ttt=True)       # stage rows (reused if recorded)
     df = run.load_runs("runs/*")                 # one row per run
