@@ -6,8 +6,8 @@ mode into bench/results/quick/ (git-ignored) so that it never replaces a full re
 The GPU check runs in full on a CUDA machine and as ``--tiny`` elsewhere (which keeps an
 existing GPU result in place).
 
-    .venv/bin/python bench/run_all.py                  # make bench (long: tens of minutes)
-    .venv/bin/python bench/run_all.py --quick          # a few minutes
+    .venv/bin/python bench/run_all.py                  # make bench (an hour or more on 2 busy cores)
+    .venv/bin/python bench/run_all.py --quick          # make bench-quick (~20 minutes there)
     .venv/bin/python bench/run_all.py --only speed_ledger,gpu --quick
     .venv/bin/python bench/run_all.py --list
 Writes ``<results>/run_all.json`` (status, seconds and output file of each benchmark).
