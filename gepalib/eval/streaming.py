@@ -35,6 +35,7 @@ from gepalib import dist
 from gepalib.attention import KVCache
 from gepalib.eval.windows import (EvalResult, Sums, check_val_tokens, eval_mode, make_result, model_device,
                                   target_byte_counts)
+from gepalib.progress import track
 
 
 def exact_prefix(model: nn.Module, window: int) -> int:
@@ -51,12 +52,13 @@ def auto_lanes(n_targets: int, prefix: int, max_lanes: int) -> int:
 
 def score_range(model: nn.Module, val_tokens: Tensor, luts_d, lo: int, hi: int, window: int, sums: Sums, *,
                 lanes: int = 0, block: int = 0, prefix: int = -1, max_lanes: int = 32, autocast: str = "auto",
-                token_losses: Tensor | None = None) -> None:
+                token_losses: Tensor | None = None, progress: str = "off") -> None:
     """Score targets [lo, hi) with the banded model; add to ``sums`` (caller: eval/inference mode,
     ``val_tokens`` on the model's device, so that the loop never waits for an accelerator).
 
     The range is cut into ``lanes`` contiguous segments run side by side as a batch; each is
-    warmed up over ``prefix`` earlier tokens (-1: :func:`exact_prefix`)."""
+    warmed up over ``prefix`` earlier tokens (-1: :func:`exact_prefix`). ``progress``: rank 0's
+    bar or log lines over the steps (gepalib.progress)."""
     if not lo < hi:
         return
     if window <= 0:
@@ -75,7 +77,7 @@ def score_range(model: nn.Module, val_tokens: Tensor, luts_d, lo: int, hi: int, 
     val = val_tokens.to(device)  # a no-op for the callers here
     start_t, lo_t, hi_t = (torch.tensor(v, device=device)[:, None] for v in (start, seg_lo, seg_hi))
     cache = KVCache(len(model.blocks), window)
-    for j0 in range(0, length, block):
+    for j0 in track(range(0, length, block), "eval_streaming", unit="step", mode=progress):
         j1 = min(j0 + block, length)
         pos = start_t + torch.arange(j0, j1 + 1, device=device)[None, :]  # token positions incl. the last target
         seg = val[pos.clamp(max=N)].to(torch.int64)
@@ -91,9 +93,10 @@ def score_range(model: nn.Module, val_tokens: Tensor, luts_d, lo: int, hi: int, 
 
 def eval_streaming(model: nn.Module, val_tokens: Tensor, luts, window: int, *, lanes: int = 0, block: int = 0,
                    prefix: int = -1, max_lanes: int = 32, autocast: str = "auto",
-                   return_token_losses: bool = False) -> EvalResult:
+                   return_token_losses: bool = False, progress: str = "auto") -> EvalResult:
     """Every target scored once by the banded model (module docstring). Targets are split
-    contiguously across ranks, then into lanes; fp64 sums all-reduced."""
+    contiguously across ranks, then into lanes; fp64 sums all-reduced. ``progress``: rank 0's bar
+    or log lines (gepalib.progress; ``off``: none)."""
     t0 = time.perf_counter()
     check_val_tokens(val_tokens, getattr(model.cfg, "vocab_size", None))
     N = val_tokens.numel() - 1
@@ -104,7 +107,8 @@ def eval_streaming(model: nn.Module, val_tokens: Tensor, luts, window: int, *, l
     losses = torch.zeros(N, dtype=torch.float32, device=device) if return_token_losses else None
     with eval_mode(model):
         score_range(model, val_tokens.to(device), luts.to(device), lo, hi, window, sums, lanes=lanes, block=block,
-                    prefix=prefix, max_lanes=max_lanes, autocast=autocast, token_losses=losses)
+                    prefix=prefix, max_lanes=max_lanes, autocast=autocast, token_losses=losses,
+                    progress=progress)
     nll_sum, tokens, nbytes = sums.reduced()
     if losses is not None:
         losses = dist.all_reduce_sum(losses).cpu()

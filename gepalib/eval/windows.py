@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from gepalib import dist
+from gepalib.progress import track
 
 LN2 = math.log(2.0)
 
@@ -158,12 +159,14 @@ def _vocab(model: nn.Module) -> int | None:
 
 
 def eval_nonoverlapping(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, batch_seqs: int = 32, *,
-                        autocast: str = "auto", return_token_losses: bool = False) -> EvalResult:
+                        autocast: str = "auto", return_token_losses: bool = False,
+                        progress: str = "auto") -> EvalResult:
     """Score val_tokens (length k*seq_len + 1) as k consecutive windows of seq_len.
 
     Window j feeds ``val[j*T : (j+1)*T]`` (positions restart at 0) and scores all T targets.
     Windows are split contiguously across ranks when a process group is active; the fp64 sums
     are all-reduced. Runs under eval mode + inference mode, restoring the model's mode after.
+    ``progress``: rank 0's bar or log lines (gepalib.progress; ``off``: none).
     """
     t0 = time.perf_counter()
     check_val_tokens(val_tokens, _vocab(model))
@@ -182,7 +185,7 @@ def eval_nonoverlapping(model: nn.Module, val_tokens: Tensor, luts, seq_len: int
     losses = torch.zeros(n, dtype=torch.float32, device=device) if return_token_losses else None
     val = val_tokens.to(device)  # once: a copy per batch would wait for the device every time
     with eval_mode(model):
-        for b0 in range(lo, hi, batch_seqs):
+        for b0 in track(range(lo, hi, batch_seqs), "eval_nonoverlapping", mode=progress):
             b1 = min(b0 + batch_seqs, hi)
             chunk = val[b0 * seq_len: b1 * seq_len + 1].to(torch.int64)
             x = chunk[:-1].view(b1 - b0, seq_len)
@@ -277,14 +280,14 @@ def plan_sliding_windows(n_targets: int, seq_len: int, stride: int = 64, tail_re
 
 def score_windows(model: nn.Module, val_tokens: Tensor, luts_d, plan: WindowPlan, windows: np.ndarray,
                   batch_seqs: int, sums: Sums, *, autocast: str = "auto",
-                  token_losses: Tensor | None = None) -> None:
+                  token_losses: Tensor | None = None, progress: str = "off") -> None:
     """Score the given window indices of ``plan`` in batches; add to ``sums``.
 
     Short windows are right-padded (repeating the stream's last token) to the batch's longest;
     causality makes the padding invisible to the scored positions. The caller provides
     eval/inference mode and ``val_tokens`` on the model's device (moved once, so the loop never
     waits for an accelerator). ``token_losses`` (float32 [N], same device) receives fresh
-    targets' nll."""
+    targets' nll. ``progress``: rank 0's bar or log lines over the batches (gepalib.progress)."""
     device = sums.t.device
     val = val_tokens.to(device)  # a no-op for the callers here
     lens_np = plan.length[windows]
@@ -294,7 +297,7 @@ def score_windows(model: nn.Module, val_tokens: Tensor, luts_d, plan: WindowPlan
 
     starts, lens = on_device(plan.start[windows]), on_device(lens_np)
     s_lo, f_lo = on_device(plan.score_lo[windows]) - starts, on_device(plan.fresh_lo[windows]) - starts
-    for b0 in range(0, len(windows), batch_seqs):
+    for b0 in track(range(0, len(windows), batch_seqs), "eval_sliding", mode=progress):
         b1 = min(b0 + batch_seqs, len(windows))
         L = int(lens_np[b0:b1].max())
         pos = torch.arange(L + 1, device=device)[None, :]
@@ -319,11 +322,12 @@ def my_windows(n_windows: int) -> np.ndarray:
 
 def eval_sliding(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, stride: int = 64, batch_seqs: int = 32,
                  *, tail_rescore: bool = True, autocast: str = "auto",
-                 return_token_losses: bool = False) -> EvalResult:
+                 return_token_losses: bool = False, progress: str = "auto") -> EvalResult:
     """Sliding-window evaluation (see :func:`plan_sliding_windows`).
 
     Windows are split contiguously across ranks, batched ``batch_seqs`` at a time, under eval
-    mode + inference mode (bf16 autocast on CUDA by default); fp64 sums are all-reduced."""
+    mode + inference mode (bf16 autocast on CUDA by default); fp64 sums are all-reduced.
+    ``progress``: rank 0's bar or log lines (gepalib.progress; ``off``: none)."""
     t0 = time.perf_counter()
     check_val_tokens(val_tokens, _vocab(model))
     if batch_seqs <= 0:
@@ -334,7 +338,7 @@ def eval_sliding(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, strid
     losses = torch.zeros(plan.n_targets, dtype=torch.float32, device=device) if return_token_losses else None
     with eval_mode(model):
         score_windows(model, val_tokens.to(device), luts.to(device), plan, my_windows(plan.n_windows), batch_seqs,
-                      sums, autocast=autocast, token_losses=losses)
+                      sums, autocast=autocast, token_losses=losses, progress=progress)
     nll_sum, tokens, nbytes = sums.reduced()
     if losses is not None:
         losses = dist.all_reduce_sum(losses).cpu()
