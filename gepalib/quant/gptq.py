@@ -32,6 +32,11 @@ candidate. The search already uses the fp16-rounded scale that will be stored
 faithful one: for a fixed scale, clamp(round(.)) is the best integer code, and
 the faithful candidate is among the ones tried.
 
+``quant_mode="gptq"`` (full-Hessian GPTQ, :mod:`gepalib.quant.hessian`): the weight of
+every Linear whose layer-input Hessian is given is quantized column by column with error
+feedback; each row keeps the candidate with the smallest calibration output error. Stored
+as per_row stores it. Tensors without a Hessian (the embedding tables) get per_row.
+
 Dequantization: W ~= q * s16 (in fp32), cast back to the original dtype.
 """
 from __future__ import annotations
@@ -51,7 +56,7 @@ CANDIDATES: tuple[float, ...] = (0.990, 0.993, 0.995, 0.997, 0.998, 0.999, 0.999
 QMIN, QMAX = -32, 31
 CLIP_LEVEL = 31.0  # s = clip / 31
 ALPHABET = QMAX - QMIN + 1  # 64 int6 symbols
-QUANT_MODES = ("faithful", "per_row")
+QUANT_MODES = ("faithful", "per_row", "gptq")
 EMBED_NAME = "tok_emb.weight"
 QUANTILE_MAX_NUMEL = 1 << 22  # rows per torch.quantile call are chunked to stay below its limit
 HIST_BLOCK = 1 << 22  # entries per histogram block of the entropy bounds (bounded memory)
@@ -208,8 +213,9 @@ def _as_rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
 
 
-def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig) -> Entry:
-    """Apply the export rules (module docstring) to one tensor."""
+def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig, hessian: Tensor | None = None) -> Entry:
+    """Apply the export rules (module docstring) to one tensor (``hessian``: its layer-input
+    Hessian, used by quant_mode="gptq")."""
     t = t.detach().to("cpu").contiguous()
     dt = dtype_name(t.dtype)
     if not t.is_floating_point():
@@ -225,6 +231,11 @@ def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig) -> Entry:
     if qcfg.quant_mode == "faithful":
         q, s, c = gptq_lite_faithful(w32)
         qt = QTensor(q, s, tuple(t.shape), dt, percentile=CANDIDATES[c])
+    elif qcfg.quant_mode == "gptq" and hessian is not None:
+        from gepalib.quant.hessian import gptq_per_row  # hessian.py builds on this module
+
+        q, s, choice = gptq_per_row(w32, hessian, qcfg)
+        qt = QTensor(q, s, tuple(t.shape), dt, row_choice=choice)
     else:
         q, s, choice = gptq_lite_per_row(w32)
         qt = QTensor(q, s, tuple(t.shape), dt, row_choice=choice)
@@ -232,17 +243,23 @@ def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig) -> Entry:
     return qt
 
 
-def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig) -> QuantizedModel:
-    """Quantize a (EMA) state dict. Pure; the input is not modified."""
+def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig,
+                        hessians: dict[str, Tensor] | None = None) -> QuantizedModel:
+    """Quantize a (EMA) state dict. Pure; the input is not modified. quant_mode="gptq" needs
+    ``hessians`` ({Linear weight name: layer-input Hessian},
+    :func:`gepalib.quant.hessian.calibration_hessians`)."""
     if qcfg.quant_mode not in QUANT_MODES:
         raise ValueError(f"quant_mode must be one of {QUANT_MODES}, got {qcfg.quant_mode!r}")
     if qcfg.passthrough_numel < 0:
         raise ValueError(f"passthrough_numel must be >= 0, got {qcfg.passthrough_numel}")
+    if qcfg.quant_mode == "gptq" and hessians is None:
+        raise ValueError("quant_mode='gptq' needs the layer-input Hessians of the Linear weights "
+                         "(gepalib.quant.hessian.calibration_hessians)")
     qm = QuantizedModel(quant_mode=qcfg.quant_mode)
     for name, t in sd.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
-        qm.entries[name] = quantize_tensor(name, t, qcfg)
+        qm.entries[name] = quantize_tensor(name, t, qcfg, (hessians or {}).get(name))
     return qm
 
 

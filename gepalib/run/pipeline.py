@@ -32,6 +32,7 @@ from gepalib.eval.windows import EvalResult, eval_nonoverlapping, eval_sliding
 from gepalib.model import GPT
 from gepalib.quant import artifact as A
 from gepalib.quant.gptq import quantize_state_dict
+from gepalib.quant.hessian import calibration_hessians
 from gepalib.quant.report import code_bytes, compression_report, kv_lines, size_ledger
 from gepalib.rundir import RunDir, identity_hash
 from gepalib.run.stages import (COMMON_FIELDS, ROUNDTRIP_STAGE, SLIDING_FIELDS, STAGE_BASE, STREAM_FIELDS, TTT_FIELDS,
@@ -101,16 +102,20 @@ def quantize_run(run_dir: str | os.PathLike, *, report: str = "fast", evaluate: 
     cfg = override(run_cfg, **overrides) if overrides else run_cfg
     qcfg = cfg.quant
     sd = load_weights(rd, "ema")
+    hessians = calib = None
+    if qcfg.quant_mode == "gptq":  # full GPTQ: layer-input Hessians from training batches (fp32, CPU)
+        hessians, calib = calibration_hessians(cfg, sd, log=log)
 
     t0 = time.perf_counter()
-    qm = quantize_state_dict(sd, qcfg)
+    qm = quantize_state_dict(sd, qcfg, hessians=hessians)
     t_quant = time.perf_counter() - t0
     meta = {"preset": cfg.preset, "run_identity": identity_hash(cfg), "source": rd.ema_weights.name,
             "model": dataclasses.asdict(cfg.model), "quant": dataclasses.asdict(qcfg)}
     info = A.save_artifact(qm, rd.artifact, qcfg, meta=meta)
     mses = [e.mse for e in qm.quantized().values() if e.mse is not None]
     art = {**info.to_dict(), "quant_mode": qcfg.quant_mode, "quant_embed": qcfg.quant_embed,
-           "quantize_seconds": t_quant, "mean_tensor_mse": sum(mses) / max(len(mses), 1)}
+           "quantize_seconds": t_quant, "mean_tensor_mse": sum(mses) / max(len(mses), 1),
+           **({"calibration": calib} if calib is not None else {})}
     code = code_bytes(qcfg.compressor)
     ledger = size_ledger(info.file_bytes, code)
     out = {"artifact": art, "size": {**ledger, "code_files": code["files"]}}
