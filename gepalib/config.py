@@ -209,6 +209,22 @@ class TTTConfig:
     ttt_adam_wd: float = 0.0
     ttt_reset_per_doc: bool = False
     ttt_scoring: str = "sliding"  # sliding | streaming
+    ttt_family: str = "full"  # full | lora_doc | phased | phased+lora_doc (docs/evaluation.md)
+    ttt_lora_rank: int = 96  # adapter rank r (A: in x r, B: r x out)
+    ttt_lora_alpha: float = 0.0  # adapter scale alpha/rank; 0: scale 1
+    ttt_lora_targets: str = "q,k,v,proj,mlp,head"  # q k v proj (attn out) up down mlp (=up,down) head
+    ttt_lora_optimizer: str = "adamw"  # adamw | sgd (momentum ttt_lora_beta1)
+    ttt_lora_lr: float = 0.0001  # adapter learning rate
+    ttt_lora_beta1: float = 0.0  # AdamW beta1 (SGD: momentum)
+    ttt_lora_beta2: float = 0.999  # AdamW beta2
+    ttt_lora_wd: float = 0.5  # adapter weight decay (AdamW: decoupled)
+    ttt_lora_chunk_tokens: int = 64  # targets per scored-then-trained chunk of a document
+    ttt_lora_batch_docs: int = 64  # documents adapted side by side (one adapter each)
+    ttt_lora_steps: int = 1  # optimizer steps per chunk (0: document-local scoring, no adaptation)
+    ttt_lora_warm_start_a: bool = False  # keep A across documents, reset only B (not isolated)
+    ttt_phase_docs: tuple[int, ...] = ()  # phase boundaries in documents, e.g. (2000,) or (667, 1333, 2000)
+    ttt_phase_lr: float = 0.001  # LR of the global pass over the scored prefix (ttt_optimizer)
+    ttt_phase_epochs: int = 1  # passes over the scored prefix at each phase boundary
 
     def __post_init__(self) -> None:
         check_ttt(self)

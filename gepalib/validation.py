@@ -27,6 +27,9 @@ COMPRESSORS = ("zstd", "lzma", "brotli", "rans", "none")
 PACKINGS = ("none", "shuffle", "pack6", "shuffle_pack6")
 TTT_OPTIMIZERS = ("sgd", "adamw")
 TTT_SCORINGS = ("sliding", "streaming")
+TTT_FAMILIES = ("full", "lora_doc", "phased", "phased+lora_doc")
+LORA_OPTIMIZERS = ("adamw", "sgd")
+LORA_TARGETS = ("q", "k", "v", "proj", "up", "down", "mlp", "head")  # mlp = up and down
 
 
 class Checks:
@@ -133,6 +136,34 @@ def check_ttt(t: Any) -> None:
     c.positive("ttt_chunk_tokens", "ttt_batch_seqs")
     c.non_negative("ttt_lr", "ttt_epochs", "ttt_freeze_blocks", "ttt_grad_clip", "ttt_warmup_div", "ttt_adam_wd")
     c.unit("ttt_momentum", "ttt_adam_beta1", "ttt_adam_beta2")
+    c.choice("ttt_family", TTT_FAMILIES)
+    c.choice("ttt_lora_optimizer", LORA_OPTIMIZERS)
+    c.positive("ttt_lora_rank", "ttt_lora_chunk_tokens", "ttt_lora_batch_docs")
+    c.non_negative("ttt_lora_alpha", "ttt_lora_lr", "ttt_lora_wd", "ttt_lora_steps", "ttt_phase_lr",
+                   "ttt_phase_epochs")
+    c.unit("ttt_lora_beta1", "ttt_lora_beta2")
+    targets = lora_targets(t.ttt_lora_targets)
+    c.require(bool(targets) and all(x in LORA_TARGETS for x in targets),
+              f"ttt_lora_targets={t.ttt_lora_targets!r}: a comma-separated subset of {LORA_TARGETS}")
+    pd = tuple(t.ttt_phase_docs)
+    c.require(all(isinstance(b, int) and b > 0 for b in pd) and list(pd) == sorted(set(pd)),
+              f"ttt_phase_docs={pd} must be strictly increasing positive document counts")
+    phased = t.ttt_family.startswith("phased")
+    c.require(phased == bool(pd), f"ttt_family={t.ttt_family!r} with ttt_phase_docs={pd}: phase boundaries "
+                                  f"go with (and only with) a phased family")
+    c.require(not (t.ttt_reset_per_doc and t.ttt_family != "full"),
+              f"ttt_reset_per_doc is an option of ttt_family='full' (got {t.ttt_family!r})")
+
+
+def lora_targets(spec: str) -> tuple[str, ...]:
+    """``"q,k,v,mlp"`` -> the adapted linears' names, ``mlp`` expanded to ``up``, ``down``."""
+    names = [x.strip() for x in str(spec).split(",") if x.strip()]
+    out: list[str] = []
+    for x in names:
+        for y in (("up", "down") if x == "mlp" else (x,)):
+            if y not in out:
+                out.append(y)
+    return tuple(out)
 
 
 def check_run(cfg: Any) -> None:

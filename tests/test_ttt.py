@@ -110,6 +110,54 @@ class Recorder(TTTHooks):
         self.events.append(("reset", chunk))
 
 
+# Every family, every scoring mode: no step sees an unscored target, every target is scored once, in order.
+LORA = dict(ttt_lora_rank=4, ttt_lora_lr=0.01, ttt_lora_chunk_tokens=24, ttt_lora_batch_docs=2, ttt_lora_steps=2)
+FAMILIES = {
+    "full": {},
+    "lora_doc": dict(ttt_family="lora_doc", **LORA),
+    "phased": dict(ttt_family="phased", ttt_phase_docs=(1, 3), ttt_phase_lr=0.05),
+    "phased+lora_doc": dict(ttt_family="phased+lora_doc", ttt_phase_docs=(1, 3), ttt_phase_lr=0.05, **LORA),
+}
+DOC_STARTS = (0, 70, 130, 200)  # BOS positions: documents of 70, 60, 70 and 56 targets in 4 * C
+
+
+class OrderRecorder(Recorder):
+    """Recorder that also counts each target's scores and checks their order: ascending over the
+    stream, or (per-document families) ascending within each document."""
+
+    def __init__(self, n_targets, per_doc):
+        super().__init__(n_targets)
+        self.count = np.zeros(n_targets, dtype=np.int64)
+        self.per_doc, self.next_lo = per_doc, {}
+
+    def on_score(self, chunk, ranges):
+        for lo, hi in ranges:
+            assert not self.count[lo:hi].any(), f"targets [{lo},{hi}) scored twice"
+            key = int(np.searchsorted(DOC_STARTS, lo, side="right")) if self.per_doc else 0
+            assert lo >= self.next_lo.get(key, 0), f"targets [{lo},{hi}) scored out of order"
+            self.next_lo[key] = hi
+            self.count[lo:hi] += 1
+        super().on_score(chunk, ranges)
+
+
+@pytest.mark.parametrize("scoring", ["sliding", "streaming"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_is_score_first(luts, family, scoring):
+    cfg = tiny_cfg(ttt_scoring=scoring, tail_rescore=False, ttt_epochs=2, **FAMILIES[family])
+    model = tiny_model(cfg)
+    N = 4 * C
+    val = stream(N, seed=5)
+    val[list(DOC_STARTS)] = 1
+    rec = OrderRecorder(N, per_doc="lora_doc" in family)
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=rec, return_token_losses=True)
+    assert (rec.count == 1).all() and r.tokens == N  # every target scored exactly once
+    assert rec.trained_targets > 0
+    assert rec.events[0][0] == "score" and ("train", 0) in rec.events
+    plain = run_ttt(model, val, luts, T, override(cfg, ttt_lora_steps=0, ttt_epochs=0, ttt_phase_epochs=0).ttt,
+                    cfg.eval, return_token_losses=True)
+    assert not torch.allclose(r.token_losses, plain.token_losses, atol=1e-4)  # the family adapted
+
+
 def test_epochs_zero_equals_sliding(luts):
     cfg = tiny_cfg(ttt_epochs=0)
     model = tiny_model(cfg)

@@ -36,9 +36,23 @@ The LR schedule keeps following the global chunk index.
 
 ``ttt_scoring="streaming"`` scores each chunk's targets [cC, min((c+1)C, N)) with the
 banded-attention evaluator of gepalib.eval.streaming instead of its sliding windows.
+
+**Families** (``ttt_family``; all score-first, see docs/evaluation.md):
+
+* ``full``: the loop above (the submission's).
+* ``phased``: the same loop over *phase segments* instead of chunks: the targets of the
+  documents before each ``ttt_phase_docs`` boundary (gepalib.eval.phased) are scored with
+  the current weights, then one global pass over the whole scored prefix [0, s_b)
+  (``ttt_phase_epochs`` passes of aligned seq_len sequences, batches of ``ttt_batch_seqs``,
+  constant LR ``ttt_phase_lr``, ``ttt_optimizer`` created once, ``ttt_freeze_blocks``,
+  ``ttt_grad_clip``) updates the base weights before the next segment is scored. A
+  sliding window belongs to the segment of its first scored target.
+* ``lora_doc`` and ``phased+lora_doc``: per-document LoRA (gepalib.eval.doc_ttt); the
+  phases of the latter use the same global pass, with the adapters detached.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable
@@ -50,6 +64,8 @@ from torch import Tensor, nn
 from gepalib import dist
 from gepalib.config import EvalConfig, TTTConfig
 from gepalib.eval import streaming
+from gepalib.eval.doc_ttt import run_doc_family
+from gepalib.eval.phased import doc_starts, phase_segments, prefix_train_seqs
 from gepalib.eval.windows import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
                                   plan_sliding_windows, score_windows)
 from gepalib.validation import TTT_OPTIMIZERS, check_ttt
@@ -76,6 +92,12 @@ def windows_by_chunk(plan: WindowPlan, chunk_tokens: int) -> list[np.ndarray]:
     cw = chunk_of_windows(plan, chunk_tokens)
     bounds = np.searchsorted(cw, np.arange(n + 1), side="left")
     return [np.arange(bounds[c], bounds[c + 1], dtype=np.int64) for c in range(n)]
+
+
+def windows_by_segment(plan: WindowPlan, bounds: list[int]) -> list[np.ndarray]:
+    """Window indices of each segment [bounds[k], bounds[k+1]) (by first scored target)."""
+    edges = np.searchsorted(plan.score_lo, np.asarray(bounds), side="left")
+    return [np.arange(edges[k], edges[k + 1], dtype=np.int64) for k in range(len(bounds) - 1)]
 
 
 def chunk_bounds(c: int, n_targets: int, chunk_tokens: int) -> tuple[int, int]:
@@ -156,6 +178,9 @@ class TTTHooks:
 
     def on_reset(self, chunk: int) -> None:
         """Weights and optimizer state were just restored to their pre-TTT values."""
+
+    def on_docs(self, batch: int, docs: list[tuple[int, int]]) -> None:
+        """Per-document families: a batch of documents (target ranges) starts, each with a fresh adapter."""
 
     def on_chunk_end(self, chunk: int, row: dict[str, Any]) -> None:
         """Per-chunk stats (global sums)."""
@@ -249,15 +274,18 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
     val_tokens = val_tokens.cpu()
     N = val_tokens.numel() - 1
     C = tcfg.ttt_chunk_tokens
-    n_chunks = n_chunks_for(N, C)
+    family = tcfg.ttt_family
+    phased, doc_family = family == "phased", family in ("lora_doc", "phased+lora_doc")
+    segs = phase_segments(tcfg.ttt_phase_docs, doc_starts(val_tokens, model.cfg.bos_id), N) if phased else None
+    n_chunks = len(segs) if phased else n_chunks_for(N, C)
     device = model_device(model)
     luts_d = luts.to(device)
     val_d = val_tokens.to(device)  # once: copies per batch would wait for the device every time
     stride = ecfg.eval_stride
     batch_seqs = ecfg.eval_batch_seqs
-    if tcfg.ttt_scoring == "sliding":
+    if tcfg.ttt_scoring == "sliding" and not doc_family:
         plan = plan_sliding_windows(N, seq_len, stride, ecfg.tail_rescore)
-        chunk_windows = windows_by_chunk(plan, C)
+        chunk_windows = windows_by_segment(plan, [s[0] for s in segs] + [N]) if phased else windows_by_chunk(plan, C)
     else:
         plan, chunk_windows = None, None
     rank, world = _rank_world()
@@ -266,22 +294,42 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
     params = [p for _, p in named]
     trainable_ids = {id(p) for p in params}
     saved_req = {n: p.requires_grad for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.requires_grad_(id(p) in trainable_ids)
+    for n, p in model.named_parameters():  # per-document families: the base is frozen but in phase passes
+        p.requires_grad_(id(p) in trainable_ids and not doc_family)
     need_snapshot = restore or tcfg.ttt_reset_per_doc
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if need_snapshot else None
     opt = _make_optimizer(params, tcfg)
     docs = DocIndex(val_tokens, model.cfg.bos_id) if tcfg.ttt_reset_per_doc else None
     adapted_from: int | None = None  # first input token position trained on since the last reset
     was_training = model.training
+    phase_cfg = dataclasses.replace(tcfg, ttt_epochs=tcfg.ttt_phase_epochs) if family.startswith("phased") else None
+
+    def phase_step(k: int, prefix_hi: int) -> list[float]:
+        """The global pass of the phased families over the scored prefix [0, prefix_hi)."""
+        seqs = prefix_train_seqs(prefix_hi, seq_len)
+        if not seqs or phase_cfg.ttt_epochs == 0:
+            return []
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            return _train_chunk(model, val_d, seqs, params, opt, tcfg.ttt_phase_lr, phase_cfg, device, autocast, k,
+                                hooks)
+        finally:
+            for p in params:
+                p.requires_grad_(not doc_family)
 
     sums = Sums(device)
     losses = torch.zeros(N, dtype=torch.float32, device=device) if return_token_losses else None
     rows: list[dict[str, Any]] = []
+    doc_extra: dict[str, Any] = {}
     try:
         model.eval()
-        for c in range(n_chunks):
-            lo_c, hi_c = chunk_bounds(c, N, C)
+        if doc_family:
+            rows, doc_extra = run_doc_family(model, val_d, luts_d, seq_len, tcfg, ecfg, sums, losses, hooks=hooks,
+                                             autocast=autocast, phase_step=phase_step if phase_cfg else None,
+                                             log=log, log_every=log_every)
+        for c in range(0 if doc_family else n_chunks):
+            lo_c, hi_c = segs[c][:2] if phased else chunk_bounds(c, N, C)
             reset = False
             if docs is not None and adapted_from is not None and docs.doc(adapted_from) != docs.doc(lo_c + 1):
                 model.load_state_dict(snapshot)
@@ -313,10 +361,12 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             delta = dist.all_reduce_sum(sums.t - before)
             score_s = time.perf_counter() - ts
             # 2. train (never on the last chunk)
-            lr = ttt_lr(c, n_chunks, tcfg.ttt_lr, tcfg.ttt_warmup_div)
+            lr = tcfg.ttt_phase_lr if phased else ttt_lr(c, n_chunks, tcfg.ttt_lr, tcfg.ttt_warmup_div)
             tt = time.perf_counter()
             train_losses: list[float] = []
-            if c < n_chunks - 1 and tcfg.ttt_epochs > 0:
+            if phased and c < n_chunks - 1:
+                train_losses = phase_step(c, hi_c)
+            elif not phased and c < n_chunks - 1 and tcfg.ttt_epochs > 0:
                 seqs = chunk_train_seqs(c, N, C, seq_len)
                 if seqs:
                     train_losses = _train_chunk(model, val_d, seqs, params, opt, lr, tcfg, device, autocast,
@@ -349,7 +399,9 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
     nll_sum, tokens, nbytes = sums.reduced()
     if losses is not None:
         losses = dist.all_reduce_sum(losses).cpu()
+    base_trained = 0 if family == "lora_doc" else sum(p.numel() for p in params)
     return make_result(nll_sum, tokens, nbytes, time.perf_counter() - t0, token_losses=losses,
-                       extra={"chunks": rows, "n_chunks": n_chunks,
-                              "trainable_params": sum(p.numel() for p in params),
-                              "frozen_params": sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params)})
+                       extra={"chunks": rows, "n_chunks": len(rows), "family": family,
+                              "trainable_params": base_trained + doc_extra.get("lora_params_per_doc", 0),
+                              "frozen_params": sum(p.numel() for p in model.parameters()) - base_trained,
+                              **doc_extra})

@@ -32,11 +32,20 @@ STREAM_FIELDS = COMMON_FIELDS + ("stream_prefix",)
 TTT_FIELDS = ("ttt_optimizer", "ttt_epochs", "ttt_freeze_blocks", "ttt_lr", "ttt_chunk_tokens", "ttt_momentum",
               "ttt_grad_clip", "ttt_warmup_div", "ttt_adam_beta1", "ttt_adam_beta2", "ttt_adam_wd",
               "ttt_reset_per_doc", "ttt_scoring") + SLIDING_FIELDS + ("stream_prefix",)
+# The TTT families' settings (gepalib.eval.doc_ttt, gepalib.eval.phased): part of every TTT row.
+TTT_FAMILY_FIELDS = ("ttt_family", "ttt_lora_rank", "ttt_lora_alpha", "ttt_lora_targets", "ttt_lora_optimizer",
+                     "ttt_lora_lr", "ttt_lora_beta1", "ttt_lora_beta2", "ttt_lora_wd", "ttt_lora_chunk_tokens",
+                     "ttt_lora_batch_docs", "ttt_lora_steps", "ttt_lora_warm_start_a", "ttt_phase_docs",
+                     "ttt_phase_lr", "ttt_phase_epochs")
+TTT_FIELDS += TTT_FAMILY_FIELDS
 # Quant fields that change the int6 weights (and so tag the round-trip stage).
 WEIGHT_FIELDS = ("quant_mode", "quant_embed", "passthrough_numel")
 SHORT = {"ttt_epochs": "e", "ttt_freeze_blocks": "f", "ttt_lr": "lr", "ttt_chunk_tokens": "c", "eval_stride": "s",
          "val_tokens": "v", "eval_seq_len": "w", "ttt_momentum": "m", "ttt_grad_clip": "clip",
-         "ttt_warmup_div": "wd", "stream_prefix": "pre"}
+         "ttt_warmup_div": "wd", "stream_prefix": "pre", "ttt_lora_rank": "r", "ttt_lora_alpha": "alpha",
+         "ttt_lora_lr": "llr", "ttt_lora_beta1": "lb1", "ttt_lora_beta2": "lb2", "ttt_lora_wd": "lwd",
+         "ttt_lora_chunk_tokens": "lc", "ttt_lora_batch_docs": "ld", "ttt_lora_steps": "ls", "ttt_phase_docs": "ph",
+         "ttt_phase_lr": "plr", "ttt_phase_epochs": "pe"}
 # kind (as returned by gepalib.run.ensure_stages) -> ledger stage for the default settings
 KIND_STAGE = {"roundtrip": "int6_roundtrip", "sliding": "int6_sliding", "ttt": "int6_sliding_ttt"}
 
@@ -75,8 +84,16 @@ def stage_name(base: str, run_cfg: RunConfig, cfg: RunConfig, fields: tuple[str,
         v, v0 = setting(cfg, f), setting(run_cfg, f)
         if v == v0:
             continue
-        if f == "ttt_optimizer" or f == "ttt_scoring":
+        if f in ("ttt_optimizer", "ttt_scoring", "ttt_family"):
             tags.append(str(v))
+        elif f == "ttt_lora_optimizer":
+            tags.append(f"lora{v}")
+        elif f == "ttt_lora_targets":
+            tags.append("lora=" + "-".join(x.strip() for x in str(v).split(",")))
+        elif f == "ttt_lora_warm_start_a":
+            tags.append("warmA" if v else "nowarmA")
+        elif isinstance(v, (tuple, list)):
+            tags.append(f"{SHORT.get(f, f + '=')}{'-'.join(map(str, v))}")
         elif f == "ttt_reset_per_doc":
             tags.append("docreset" if v else "nodocreset")
         elif f == "tail_rescore":
