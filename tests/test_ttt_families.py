@@ -325,3 +325,89 @@ def test_gepa_eval_flags_reach_the_ttt_config(tmp_path):
                   "ttt_lora_targets": "q,v,head", "ttt_lora_warm_start_a": True}
     t = override(tiny_cfg(), **ov).ttt
     assert (t.ttt_family, t.ttt_phase_docs, t.ttt_lora_warm_start_a) == ("phased+lora_doc", (8, 32), True)
+
+
+def test_gepa_eval_runs_a_family_and_names_its_stage(tmp_path, sotu_data_dir, capsys):
+    """`gepa eval RUN --ttt --ttt-family lora_doc`: the stage row carries the family in its name and settings."""
+    import json
+
+    from gepalib import run
+    from gepalib.cli import main
+    from gepalib.fsio import atomic_write_text
+    from gepalib.model import GPT
+
+    cfg = run.base_config("tiny", "quick", str(sotu_data_dir), {"val_tokens": 2048})
+    atomic_write_text(tmp_path / "config.json", cfg.to_json())
+    torch.manual_seed(0)
+    torch.save(GPT(cfg.model).state_dict(), tmp_path / "model_ema.pt")
+    assert main(["eval", str(tmp_path), "--ttt", "--weights", "ema", "--ttt-family", "lora_doc", "--ttt-lora-rank",
+                 "4", "--ttt-lora-lr", "0.01", "--ttt-lora-chunk-tokens", "32"]) == 0
+    stages = json.loads((tmp_path / "summary.json").read_text())["stages"]
+    name = "float_ema_sliding_ttt[lora_doc,r4,llr0.01,lc32]"
+    assert name in stages and f"stage:{name} val_bpb:" in capsys.readouterr().out
+    row = stages[name]
+    assert row["settings"]["ttt_family"] == "lora_doc" and row["settings"]["ttt_lora_rank"] == 4
+    assert row["tokens"] == 2048 and row["val_bpb"] < stages["float_ema"]["val_bpb"]  # adapting helps the init
+
+
+# ---------------------------------------------------------------------------
+# Two processes (gloo): each rank scores a share of every segment's documents; the phase pass is collective
+
+DIST_SCRIPT = r'''
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(1)
+from test_ttt_families import family_cases, doc_stream, T
+from test_ttt import tiny_cfg, tiny_model
+from gepalib import dist
+from gepalib.bpb import build_byte_luts
+from gepalib.eval.ttt import run_ttt
+info = dist.init("cpu")
+luts = build_byte_luts(sys.argv[2], 1024)
+out = {}
+for name, cfg in family_cases().items():
+    r = run_ttt(tiny_model(cfg), doc_stream(), luts, T, cfg.ttt, cfg.eval, return_token_losses=True)
+    out[name] = {"bpb": r.val_bpb, "tokens": r.tokens, "bytes": r.bytes, "losses": r.token_losses}
+if info.rank == 0:
+    torch.save(out, sys.argv[3])
+dist.shutdown()
+'''
+
+
+def family_cases():
+    return {"lora_doc": tiny_cfg(**dict(LORA, ttt_scoring="streaming")),
+            "phased+lora_doc": tiny_cfg(**dict(LORA, ttt_family="phased+lora_doc", ttt_phase_docs=(3,),
+                                               ttt_phase_lr=0.05, ttt_batch_seqs=3)),
+            "phased": tiny_cfg(ttt_family="phased", ttt_phase_docs=(2, 3), ttt_phase_lr=0.05, ttt_batch_seqs=3)}
+
+
+def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(DIST_SCRIPT)
+    out = tmp_path / "res.pt"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(repo / "tests"),
+                                       str(sotu_data_dir / "tokenizer.model"), str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    got = torch.load(out, weights_only=True)
+    for name, cfg in family_cases().items():
+        w = run_ttt(tiny_model(cfg), doc_stream(), luts, T, cfg.ttt, cfg.eval, return_token_losses=True)
+        g = got[name]
+        assert (g["tokens"], g["bytes"]) == (w.tokens, w.bytes), name
+        assert g["bpb"] == pytest.approx(w.val_bpb, rel=1e-6), name
+        assert torch.allclose(g["losses"], w.token_losses, atol=1e-5, rtol=0), name
