@@ -28,6 +28,9 @@ val_every = 20
 
 # %%
 from gepalib import run
+from gepalib.run.params import check_parameters
+
+check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
 
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)

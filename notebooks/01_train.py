@@ -30,6 +30,9 @@ seed = 42
 # %%
 from gepalib import run
 from gepalib.findings import plots as P
+from gepalib.run.params import check_parameters
+
+check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
 
 P.set_style()
 run.ensure_data(data_dir)

@@ -23,7 +23,7 @@ runs_root = "runs"             # content-addressed run directories: finished run
 figures_dir = "figures"
 ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown = None         # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
+ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
 val_every = 20                 # validation interval in steps, the same for every run
 seed = 42
 
@@ -33,6 +33,9 @@ from gepalib import findings as F
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
+from gepalib.run.params import check_parameters
+
+check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
 
 P.set_style()
 run.ensure_data(data_dir)

@@ -23,12 +23,12 @@ runs_root = "runs"             # content-addressed run directories: finished run
 figures_dir = "figures"
 ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown = None         # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
+ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
 val_every = 20                 # validation interval in steps, the same for every run
 seeds = [42, 43]
 sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
        "ttt_freeze_blocks": 1}  # PR #461: SGD 0.002, 3 epochs, freeze 2 of 11 (~18%: 1 of tiny's 6)
-ttt_val_tokens = 32768          # val targets the TTT evaluations score (8 chunks); None: the run's own
+ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score (8 chunks); None: the run's own
 freeze_blocks = [0, 1, 2, 3]    # frozen leading blocks to compare
 
 # %%
@@ -36,6 +36,9 @@ from gepalib import run
 from gepalib import findings as F
 from gepalib.findings import plots as P
 from gepalib.findings.report import save_finding
+from gepalib.run.params import check_parameters
+
+check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
 
 P.set_style()
 run.ensure_data(data_dir)

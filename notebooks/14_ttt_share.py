@@ -26,14 +26,14 @@ runs_root = "runs"             # content-addressed run directories: finished run
 figures_dir = "figures"
 ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
 warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown = None         # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
+ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
 val_every = 20                 # validation interval in steps, the same for every run
 seed = 42
 ttt = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
        "ttt_freeze_blocks": 1}  # the final TTT of every rung (= 12's sgd, so rows are shared)
-ttt_val_tokens = 32768          # val targets the TTT evaluations score (8 chunks); None: the run's own
+ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score (8 chunks); None: the run's own
 share_base = "int6_sliding"    # int6_sliding | float_live | float_ema | int6_roundtrip
-baseline_bpb = None            # None: measure a same-scale baseline; 1.224 at full scale
+baseline_bpb: "Optional[float]" = None  # None: measure a same-scale baseline; 1.224 at full scale
 baseline_steps = 50            # training steps of the same-scale baseline
 
 # %%
@@ -42,6 +42,9 @@ from gepalib import findings as F
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
+from gepalib.run.params import check_parameters
+
+check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
 
 P.set_style()
 run.ensure_data(data_dir)

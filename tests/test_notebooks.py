@@ -19,6 +19,7 @@ import yaml
 from gepalib import findings as F
 from gepalib.findings import report
 from gepalib.run import notebooks as NB
+from gepalib.run.params import check_parameters, parameters_spec
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
@@ -32,9 +33,7 @@ def parameters_cell(nb) -> nbformat.NotebookNode:
 
 
 def parameter_names(nb) -> set[str]:
-    tree = ast.parse(parameters_cell(nb).source)
-    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-            if isinstance(t, ast.Name)}
+    return set(parameters_spec(parameters_cell(nb).source))
 
 
 def cells_of(nb) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -91,6 +90,44 @@ def test_sources_use_the_current_api(name):
     for c in jupytext.read(NB_DIR / f"{name}.py").cells:  # every code cell parses
         if c.cell_type == "code":
             ast.parse(c.source)
+
+
+@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+def test_parameters_are_checked_first_and_the_shipped_values_pass(name):
+    """The first code cell after the parameters cell checks them; the quick and full-scale
+    parameter sets have the kinds the parameters cell declares."""
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    i = cells.index(parameters_cell(nb))
+    assert "check_parameters(globals())" in cells[i + 1].source
+    src = parameters_cell(nb).source
+    defaults: dict = {}
+    exec(src, defaults)
+    gpu = yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text())
+    for given in (gpu, {**NB.QUICK_COMMON, **NB.QUICK_PARAMETERS[name]}):
+        ns = {**defaults, **given}
+        injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in given.items())
+        got = check_parameters(ns, parameters_source=src, injected_source=injected)
+        assert {k: got[k] for k in given} == given
+
+
+def test_progress_echo_shows_the_runs_lines():
+    import io
+
+    sink = io.StringIO()
+    echo = NB.ProgressEcho("10_warmdown", out=sink, step_every_s=3600)
+    for chunk in ("launching tiny-abc: nproc:1 steps:100\nsome chatter\nstep:1/100 train_loss:6.9",
+                  "\nstep:2/100 train_loss:6.8\nstep:20/100 val_loss:5.1 val_bpb:2.9\n",
+                  "enc 10%|#\renc 100%|##########\n", "int6_roundtrip val_bpb:3.0\nint6_sliding:val_bpb:2.8\n"):
+        echo.write(chunk)
+    assert sink.getvalue().splitlines() == [
+        "  10_warmdown | launching tiny-abc: nproc:1 steps:100",
+        "  10_warmdown | step:1/100 train_loss:6.9",  # then no plain step line within the hour
+        "  10_warmdown | step:20/100 val_loss:5.1 val_bpb:2.9",
+        "  10_warmdown | int6_sliding:val_bpb:2.8"]
+    every = io.StringIO()
+    NB.ProgressEcho("x", all_lines=True, out=every).write("a\nb\npartial")
+    assert every.getvalue() == "  x | a\n  x | b\n"
 
 
 def test_findings_records_and_table(tmp_path):

@@ -11,9 +11,11 @@ verdict). A failing notebook is reported and the others still run.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 from gepalib.config import project_root, resolve_path
 from gepalib.findings.report import FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
@@ -59,12 +61,54 @@ def load_parameters_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+# The cells' output lines that show a notebook is alive: the runs' own key:value lines
+# (step:20/400 train_loss:..., int6_roundtrip val_bpb:...) and launch/reuse notices.
+PROGRESS_LINE = re.compile(r"^(launching |reusing |final |[A-Za-z_][\w.\[\],=-]*:\S)")
+STEP_ECHO_S = 10.0  # at most one plain training-step line per this many seconds
+
+
+class ProgressEcho:
+    """A file-like sink for papermill's live cell output: each complete line that
+    :data:`PROGRESS_LINE` matches is printed as ``  <notebook> | <line>`` (plain step lines at
+    most every :data:`STEP_ECHO_S` seconds; evaluation lines always), or every line with
+    ``all_lines``."""
+
+    def __init__(self, name: str, *, all_lines: bool = False, out: TextIO | None = None,
+                 step_every_s: float = STEP_ECHO_S):
+        self.name, self.all_lines, self.out, self.step_every_s = name, all_lines, out, step_every_s
+        self.partial, self.last_step = "", -float("inf")
+
+    def write(self, text: str) -> int:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self._line(line.rsplit("\r", 1)[-1].rstrip())  # a progress bar's last redraw
+        return len(text)
+
+    def flush(self) -> None:
+        (self.out or sys.stdout).flush()
+
+    def _line(self, line: str) -> None:
+        if not line.strip():
+            return
+        if not self.all_lines:
+            if not PROGRESS_LINE.match(line):
+                return
+            if line.startswith("step:") and "val_" not in line:
+                now = time.monotonic()
+                if now - self.last_step < self.step_every_s:
+                    return
+                self.last_step = now
+        print(f"  {self.name} | {line}", file=self.out or sys.stdout, flush=True)
+
+
 def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, Any], *,
-                     log_output: bool = False, kernel: str = KERNEL) -> Path:
+                     log_output: bool = False, kernel: str = KERNEL, echo: bool = True) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with papermill into ``<out_dir>/<name>.ipynb``.
 
     Runs with cwd = the project root; the kernel inherits this process's environment, to
     which gepalib's root is added on PYTHONPATH and ``OMP_WAIT_POLICY=PASSIVE`` (unless set).
+    While it runs, the runs' progress lines are echoed as they come (:class:`ProgressEcho`;
+    ``log_output``: every line the cells print, stderr too; ``echo=False``: nothing).
     A failing cell raises papermill's PapermillExecutionError (the executed copy shows where)."""
     import papermill as pm  # the notebooks extra
 
@@ -79,8 +123,13 @@ def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str
         os.environ["PYTHONPATH"] = root + (os.pathsep + pp if pp else "")
     os.environ.setdefault("GEPA_HOME", root)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as gepalib.run.launch does for its subprocesses
+    sinks = {}
+    if echo:
+        sinks["stdout_file"] = ProgressEcho(name, all_lines=log_output)
+        if log_output:
+            sinks["stderr_file"] = ProgressEcho(name, all_lines=True, out=sys.stderr)
     pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=root,
-                        progress_bar=False, log_output=log_output)
+                        progress_bar=False, **sinks)
     return out
 
 
