@@ -50,9 +50,12 @@ def rms_norm(x: Tensor, scale: Tensor | float | None = None) -> Tensor:
     tensor broadcasting against x[..., :1]). The scale is applied to the per-row factor, which
     saves a full-size multiply. Same numerics as ``F.rms_norm``: the mean square is taken in
     at least fp32 and eps is the machine epsilon of that accumulation dtype (fp32's for bf16
-    inputs, not bf16's 2^-7)."""
+    inputs, not bf16's 2^-7). The output keeps x's dtype: since torch 2.12 CUDA autocast runs
+    ``F.rms_norm`` under its fp32 policy, which would turn a bf16 residual stream (and k) into
+    fp32 where the submission's (older torch) kept them bf16."""
     if scale is None:
-        return F.rms_norm(x, (x.size(-1),))
+        out = F.rms_norm(x, (x.size(-1),))
+        return out if out.dtype == x.dtype else out.to(x.dtype)
     acc = torch.promote_types(x.dtype, torch.float32)
     r = torch.rsqrt(x.to(acc).square().mean(-1, keepdim=True) + torch.finfo(acc).eps) * scale
     return x * r.to(x.dtype)
@@ -180,11 +183,12 @@ class ValueEmbedding(nn.Module):
 
 def xsa(y: Tensor, v: Tensor) -> Tensor:
     """Exclusive self-attention: y [B,H,T,hd] minus its component along its own token's value
-    v [B,Hkv,T,hd] (query head h is served by KV head h // (H/Hkv))."""
+    v [B,Hkv,T,hd] (query head h is served by KV head h // (H/Hkv)). Computed in fp32, as the
+    submission's (F.normalize runs in fp32 under autocast), so bf16 inputs give an fp32 result."""
     B, H, T, hd = y.shape
     Hkv = v.size(1)
-    v = v.unsqueeze(2)  # [B,Hkv,1,T,hd]
-    y = y.view(B, Hkv, H // Hkv, T, hd)
+    v = v.float().unsqueeze(2)  # [B,Hkv,1,T,hd]; .float() is a no-op for fp32
+    y = y.float().view(B, Hkv, H // Hkv, T, hd)
     # (y . v_hat) v_hat = ((y . v) / |v|^2) v; the clamp plays F.normalize's eps role
     coef = (y * v).sum(-1, keepdim=True) / v.square().sum(-1, keepdim=True).clamp_min(1e-24)
     return torch.addcmul(y, coef, v, value=-1.0).view(B, H, T, hd)
@@ -377,8 +381,9 @@ class GPT(nn.Module):
                 skips.append(x)
 
         h = rms_norm(x, 1.0 / cfg.logit_softcap)  # z/cap = (RMSNorm(x)/cap) E_tok^T
-        z = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
-        logits = cfg.logit_softcap * torch.tanh(z)
+        z = F.linear(h, self.tok_emb.weight.to(h.dtype))
+        # tanh in z's dtype (bf16 under autocast, as the submission), the loss in fp32
+        logits = (cfg.logit_softcap * torch.tanh(z)).float()
         if targets is None:
             return logits
         if reduction not in ("mean", "none"):
