@@ -88,6 +88,7 @@ def test_finding_the_cells_in_the_input_history():
     inj = "# Parameters\nseeds = 1\n"
     assert find_cells(["", PARAMS, inj, CHECK]) == (PARAMS, inj)
     assert find_cells(["", PARAMS, CHECK]) == (PARAMS, None)  # no papermill: the defaults are checked
+    assert find_cells(["", "import os\n" + PARAMS, inj, CHECK]) == ("import os\n" + PARAMS, inj)
     assert find_cells(["", "x = compute()\nprint(x)", CHECK]) == (None, None)  # out of order, interactively
     assert check_parameters({"In": ["", "print(1)", CHECK]}) == {}
     assert coerce("x", "7", Kind("int")) == 7

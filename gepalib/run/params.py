@@ -209,7 +209,7 @@ def find_cells(history: list[str]) -> tuple[str | None, str | None]:
         return None, None
     prev = cells[-2]
     if prev.lstrip().startswith(INJECTED_HEADER) and len(cells) >= 3:
-        return (cells[-3] if _only_assignments(cells[-3]) else None), prev
+        return cells[-3], prev  # papermill puts its cell right after the parameters cell
     return (prev if _only_assignments(prev) else None), None
 
 
