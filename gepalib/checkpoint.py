@@ -5,8 +5,10 @@ tensors and plain Python values, so it loads with ``weights_only=True`` (no pick
 code execution). It contains the model, the fp32 EMA shadow, every optimizer's
 state, the train-loader position, all RNG states, the step, the elapsed training
 time and the training-config fingerprint (``gepalib.rundir.identity_hash(cfg,
-resume=True)``). Files are written atomically (temp + rename) and the newest
-``keep`` are kept. (see docs/runs.md)
+resume=True)``). Files are written atomically (temp + rename) with a sha256 sidecar
+(``step_NNNNNN.pt.sha256.json``) and the newest ``keep`` are kept. A resume verifies the
+checksum: a damaged checkpoint is reported, set aside as ``step_NNNNNN.pt.damaged`` and
+the one before it used (none left: the run starts from step 0, saying so). (see docs/runs.md)
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from gepalib import dist
-from gepalib.fsio import atomic_torch_save
+from gepalib.fsio import DamagedFile, atomic_torch_save, checksum_path, verify_file
 
 CKPT_RE = re.compile(r"^step_(\d{6,})\.pt$")
 FORMAT = "gepalib-train-ckpt-v1"
@@ -84,21 +86,48 @@ def _to_tuples(x: Any) -> Any:
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` (plus format tag and step) atomically; prune to the newest ``keep`` files."""
+    """Write ``state`` (plus format tag and step) atomically with its checksum; prune to the
+    newest ``keep`` files (each with its checksum)."""
     path = checkpoint_path(ckpt_dir, step)
-    atomic_torch_save({"format": FORMAT, "step": int(step), **state}, path)
+    atomic_torch_save({"format": FORMAT, "step": int(step), **state}, path, checksum=True)
     if keep > 0:
         for _, old in list_checkpoints(ckpt_dir)[:-keep]:
-            try:
-                old.unlink()
-            except FileNotFoundError:
-                pass
+            remove_checkpoint(old)
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (weights_only), with a clear error."""
+def remove_checkpoint(path: Path) -> None:
+    for p in (path, checksum_path(path)):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def verify_checkpoint(path: str | os.PathLike) -> tuple[bool, str | None]:
+    """(usable, note): (True, None) when ``path`` matches its recorded checksum; (False, what is
+    wrong) when it does not or cannot be read; (True, a warning) for a checkpoint written before
+    checksums were recorded (no sidecar), which is loaded unverified rather than lost."""
     path = Path(path)
+    try:
+        if verify_file(path):
+            return True, None
+    except DamagedFile as e:
+        return False, str(e)
+    except OSError as e:
+        return False, f"{path}: cannot be read ({e})"
+    return True, f"{path}: no checksum recorded ({checksum_path(path).name} is missing); loading it unverified"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    verify: bool = True) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (weights_only), its checksum
+    verified first (``verify``; DamagedFile on a mismatch), with a clear error."""
+    path = Path(path)
+    if verify:
+        ok, note = verify_checkpoint(path)
+        if not ok:
+            raise DamagedFile(f"checkpoint {note}")
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -107,6 +136,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not a gepalib training checkpoint ({FORMAT})")
     return ck
+
+
+def usable_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]], str | None]:
+    """(the newest checkpoint that verifies or None, (path, problem) of each newer damaged one
+    (newest first), a warning about the chosen one or None). Reads only: :func:`set_aside`
+    moves the damaged ones out of the way."""
+    bad: list[tuple[Path, str]] = []
+    for _, p in reversed(list_checkpoints(ckpt_dir)):
+        ok, note = verify_checkpoint(p)
+        if ok:
+            return p, bad, note
+        bad.append((p, note))
+    return None, bad, None
+
+
+def resume_point(ckpt_dir: str | os.PathLike) -> tuple[Path | None, list[Path], list[str]]:
+    """:func:`usable_checkpoint` for a resume: (checkpoint or None, the damaged newer ones, the
+    warning lines to show: each damaged file and why, what is used instead)."""
+    path, bad, note = usable_checkpoint(ckpt_dir)
+    notes = [f"warning: checkpoint {p.name} is damaged, not resuming from it: {why}" for p, why in bad]
+    notes += [f"warning: {note}"] if note else []
+    if bad:
+        notes.append(f"resuming from {path.name} instead" if path is not None else
+                     f"no usable checkpoint left in {ckpt_dir}: starting again from step 0")
+    return path, [p for p, _ in bad], notes
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``<name>.damaged`` (kept for inspection, no longer listed)."""
+    dest = path.with_name(path.name + ".damaged")
+    os.replace(path, dest)
+    if checksum_path(path).exists():
+        os.replace(checksum_path(path), checksum_path(dest))
+    return dest
 
 
 def check_same_resume_point(latest: Path | None, complete: bool, run_dir: Path, device: torch.device) -> None:

@@ -56,11 +56,14 @@ def resolve_path(p: str | os.PathLike) -> Path:
 
 def user_path(p: str | os.PathLike, *, under_root: bool = False) -> Path:
     """A path typed on the command line: ``~`` expanded, a relative one taken from the current
-    directory, as every command-line tool does. ``under_root``: returned relative to
-    :func:`project_root` when it lies under a fixed root ($GEPA_HOME or the checkout), so a
-    config.json written in the checkout keeps the spelling it always had (and its runs'
-    fingerprints)."""
-    a = Path(os.path.abspath(os.path.expanduser(str(p))))
+    directory, as every command-line tool does. ``under_root``: a relative one is returned
+    relative to :func:`project_root` when it lies under a fixed root ($GEPA_HOME or the
+    checkout), so a config.json written in the checkout keeps the spelling it always had (and
+    its runs' fingerprints); an absolute one is kept as typed."""
+    e = Path(os.path.expanduser(str(p)))
+    if e.is_absolute():
+        return e
+    a = Path(os.path.abspath(e))
     fixed = os.environ.get("GEPA_HOME") or (Path(__file__).resolve().parents[1] / "pyproject.toml").exists()
     if under_root and fixed:
         root = project_root()

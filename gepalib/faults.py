@@ -4,11 +4,18 @@ hooks that provoke both, read once from the environment when a trainer is built:
 
   GEPA_INJECT_NAN_AT_STEP=k  multiply the loss of step k (1-based) by NaN
   GEPA_SIGNAL_AT_STEP=k      the process sends itself SIGTERM during step k
+  GEPA_FAULT_AT_WRITE=k[:what]  at the k-th atomic file write of this process (its temp file
+                             written, not yet renamed): ``kill`` (default) sends SIGKILL to the
+                             process, ``enospc`` / ``erofs`` / ``eacces`` raise that OSError
+
+Evaluations that produce a NaN/inf number raise :class:`NonFiniteResult`: such a number is
+never recorded as a result.
 
 The launcher passes the environment on to torchrun's children, so the hooks work there too.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -20,10 +27,17 @@ import torch
 
 NAN_ENV = "GEPA_INJECT_NAN_AT_STEP"
 SIGNAL_ENV = "GEPA_SIGNAL_AT_STEP"
+WRITE_ENV = "GEPA_FAULT_AT_WRITE"
+WRITE_ERRORS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES}
+_writes = 0  # atomic writes by this process (gepalib.fsio calls on_write before each rename)
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN/inf; the run stopped before applying that step."""
+
+
+class NonFiniteResult(ValueError):
+    """An evaluation gave a NaN/inf loss or bpb (or the weights hold NaN/inf): not a result."""
 
 
 class TrainInterrupted(RuntimeError):
@@ -84,3 +98,23 @@ class FaultHooks:
         """After the micro-steps of 0-based ``step``, before the gradient all-reduce."""
         if step + 1 == self.signal_at_step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def on_write(path: os.PathLike | str) -> None:
+    """Called by every atomic write between writing its temp file and renaming it into place;
+    acts on the write that :data:`WRITE_ENV` names (test-only, see the module docstring)."""
+    global _writes
+    spec = os.environ.get(WRITE_ENV, "").strip()
+    _writes += 1
+    if not spec:
+        return
+    k, _, what = spec.partition(":")
+    if int(k) != _writes:
+        return
+    what = what or "kill"
+    if what == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if what not in WRITE_ERRORS:
+        raise ValueError(f"{WRITE_ENV}={spec!r}: unknown fault {what!r} (kill | {' | '.join(WRITE_ERRORS)})")
+    code = WRITE_ERRORS[what]
+    raise OSError(code, os.strerror(code), str(path))

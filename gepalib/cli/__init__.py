@@ -15,19 +15,28 @@ import signal
 import sys
 
 from gepalib import dist
+from gepalib.config import user_path
 from gepalib.cli.common import add_override_args, collect_overrides  # noqa: F401
 from gepalib.download import DownloadError
-from gepalib.faults import NonFiniteLoss, TrainInterrupted
+from gepalib.faults import NonFiniteLoss, NonFiniteResult, TrainInterrupted
+from gepalib.fsio import WriteFailed, os_reason
+from gepalib.rundir import RunDirLocked
 
 # Modules that contribute subcommands, in help order.
 CLI_MODULES = ["gepalib.cli.data", "gepalib.cli.train", "gepalib.cli.quant", "gepalib.cli.eval", "gepalib.cli.reproduce",
                "gepalib.cli.info"]
 # Expected failures: one clear line on stderr and an exit code, no traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError)
+# Arguments that are paths (relative ones are taken from the current directory, see user_paths).
+PATH_ARGS = ("run_dir", "config", "file", "dir", "out", "figures", "runs_root", "data_dir", "parameters")
+PATH_FIELDS = ("data_dir", "tokenizer_path")  # config fields: stored relative to the checkout when under it
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gepa", description="gepalib: the GEPA Parameter Golf reproduction")
+    p = argparse.ArgumentParser(prog="gepa", description="gepalib: the GEPA Parameter Golf reproduction",
+                                epilog="Paths you type are taken from the current directory; the defaults "
+                                       "(data/sotu_sp1024, runs/, figures/) live in the project root: the "
+                                       "checkout, or $GEPA_HOME when set (see docs/runs.md).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in CLI_MODULES:
@@ -38,17 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
 def report_error(args: argparse.Namespace, e: BaseException) -> int | None:
     """Print an expected failure as one line and return its exit code; None for anything else.
 
-    User errors exit 2, a non-finite training loss or an unreachable hub 1, a training run
-    stopped by a signal 128 + the signal number (it left a checkpoint to resume from)."""
+    User errors exit 2; a non-finite training loss or evaluation, an unreachable hub, a run
+    directory in use by another process or a failed write (full disk, read-only, permission)
+    1; a training run stopped by a signal 128 + the signal number (it left a checkpoint to
+    resume from)."""
     command = " ".join(v for v in (args.command, getattr(args, "data_command", None)) if v)
     rank0 = os.environ.get("RANK", "0") == "0"
     if isinstance(e, TrainInterrupted):
         if rank0:
             print(f"gepa {command}: {e}", file=sys.stderr, flush=True)
         return 128 + int(e.signum)
-    if isinstance(e, NonFiniteLoss):
+    if isinstance(e, (NonFiniteLoss, NonFiniteResult, RunDirLocked)):
         if rank0:
             print(f"gepa {command}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # ENOSPC, EROFS, EACCES, ...
+        msg = str(e) if isinstance(e, WriteFailed) else (f"{e.filename}: " if e.filename else "") + os_reason(e)
+        print(f"gepa {command}: error: {msg}", file=sys.stderr, flush=True)
         return 1
     if isinstance(e, (DownloadError, *USER_ERRORS)):
         msg = e.args[0] if (isinstance(e, KeyError) and e.args) else str(e)
@@ -88,12 +103,34 @@ def stdout_closed() -> int:
     return 128 + signal.SIGPIPE
 
 
+def user_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Make the relative paths the user typed absolute from the current directory, as any
+    command-line tool does (``cd /tmp/x; gepa artifact art/x.gpz`` reads /tmp/x/art/x.gpz).
+    Values left at their defaults (data/sotu_sp1024, runs, figures) stay rooted in the project
+    (the checkout, or $GEPA_HOME), as the help says."""
+    p = innermost_parser(parser, args)
+    for dest in PATH_ARGS:
+        v = getattr(args, dest, None)
+        if isinstance(v, str) and v and v != p.get_default(dest):
+            setattr(args, dest, str(user_path(v)))
+    for name in PATH_FIELDS:
+        v = getattr(args, "ov_" + name, None)
+        if isinstance(v, str) and v:
+            setattr(args, "ov_" + name, str(user_path(v, under_root=True)))
+    sets = getattr(args, "ov_set", None) or []
+    for i, item in enumerate(sets):
+        k, eq, v = item.partition("=")
+        if eq and k.strip() in PATH_FIELDS and v.strip():
+            sets[i] = f"{k}={user_path(v.strip(), under_root=True)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the subcommand, leave the process group (under torchrun) at the end."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
         reject_unknown(parser, args, extras)
+    user_paths(parser, args)
     rc = None
     try:
         rc = int(args.func(args) or 0)

@@ -12,10 +12,17 @@ config tag the stage name, e.g. ``int6_roundtrip[per_row]`` (see docs/quantizati
 :func:`evaluate_run` (behind ``gepa eval``) scores the artifact or the float weights:
 the non-overlapping evaluation always, the sliding-window, streaming and score-first TTT
 evaluations on request, each recorded as a stage row (rank 0 writes; see docs/evaluation.md).
+
+Both hold the run directory's lock while they run (one writer at a time, see
+:class:`gepalib.rundir.RunLock`), check the float weights' checksums and finiteness before
+using them, and never record a NaN/inf number: a stage that fails (non-finite result, full or
+read-only disk) is recorded under ``failures`` in summary.json when it can be written, and
+the error is raised (``gepa`` exits non-zero).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable
@@ -29,12 +36,14 @@ from gepalib.data import load_val_tokens
 from gepalib.eval.streaming import eval_streaming
 from gepalib.eval.ttt import run_ttt
 from gepalib.eval.windows import EvalResult, eval_nonoverlapping, eval_sliding
+from gepalib.faults import NonFiniteResult
+from gepalib.fsio import DamagedFile, verify_file
 from gepalib.model import GPT
 from gepalib.quant import artifact as A
 from gepalib.quant.gptq import quantize_state_dict
 from gepalib.quant.hessian import calibration_hessians
 from gepalib.quant.report import code_bytes, compression_report, kv_lines, size_ledger
-from gepalib.rundir import RunDir, identity_hash
+from gepalib.rundir import RunDir, identity_hash, lock_run_dir
 from gepalib.run.stages import (COMMON_FIELDS, ROUNDTRIP_STAGE, SLIDING_FIELDS, STAGE_BASE, STREAM_FIELDS, TTT_FIELDS,
                                 WEIGHTS, format_ledger, roundtrip_stage_name, settings_of, stage_name)
 
@@ -50,7 +59,8 @@ Log = Callable[[str], Any]
 
 def load_weights(rd: RunDir, weights: str) -> dict[str, torch.Tensor]:
     """The state dict of the run's int6 artifact (validated container, no pickle) or of its
-    float EMA/live weights (torch.load with weights_only=True)."""
+    float EMA/live weights (torch.load with weights_only=True; checksum verified, every value
+    finite: DamagedFile / NonFiniteResult otherwise)."""
     if weights == "artifact":
         if not rd.artifact.exists():
             raise FileNotFoundError(f"{rd.artifact} does not exist; create it with `gepa quantize {rd.path}` "
@@ -60,12 +70,44 @@ def load_weights(rd: RunDir, weights: str) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (has `gepa train` finished for {rd.path}?)")
     try:
+        if not verify_file(path):
+            print(f"warning: {path} has no checksum (written before checksums were recorded); "
+                  f"using it unverified", flush=True)
+    except DamagedFile as e:
+        raise DamagedFile(f"{e}; rerun `gepa train` with the run's flags to write it again from the last "
+                          f"checkpoint") from None
+    try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file or a non-tensor payload
         raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
+    check_finite(sd, str(path))
     return sd
+
+
+def check_finite(sd: dict[str, torch.Tensor], src: str) -> None:
+    """NonFiniteResult naming the tensors of ``sd`` that hold NaN/inf: such weights have no score."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in sd.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+        raise NonFiniteResult(f"{src}: {sum(bad.values())} non-finite values in {len(bad)} tensor(s), e.g. {first}; "
+                              f"these weights cannot be evaluated")
+
+
+def check_result(name: str, r: EvalResult, src: str) -> EvalResult:
+    """``r`` when its loss and bpb are finite; else NonFiniteResult (a failed stage, not a result)."""
+    if not (math.isfinite(r.val_bpb) and math.isfinite(r.val_loss)):
+        raise NonFiniteResult(f"stage {name} on {src}: val_bpb={r.val_bpb} val_loss={r.val_loss} is not finite; "
+                              f"not recorded")
+    return r
+
+
+def _failed(rd: RunDir, stage: str, e: BaseException, **extra: Any) -> None:
+    """Record ``e`` as stage ``stage``'s failure when summary.json can be written."""
+    if isinstance(e, (NonFiniteResult, DamagedFile, OSError)):
+        rd.try_record_failure(stage, str(e), error_type=type(e).__name__, **extra)
 
 
 def build_model(cfg: RunConfig, sd: dict[str, torch.Tensor], src: str, device: torch.device) -> GPT:
@@ -100,6 +142,15 @@ def quantize_run(run_dir: str | os.PathLike, *, report: str = "fast", evaluate: 
     if bad:
         raise ValueError(f"cannot override model fields ({', '.join(bad)}): they define the trained weights")
     cfg = override(run_cfg, **overrides) if overrides else run_cfg
+    with lock_run_dir(rd.path, "quantize"):
+        try:
+            return _quantize(rd, run_cfg, cfg, report, evaluate, log)
+        except Exception as e:
+            _failed(rd, "quantize", e, source="quantize")
+            raise
+
+
+def _quantize(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, report: str, evaluate: bool, log: Log) -> dict:
     qcfg = cfg.quant
     sd = load_weights(rd, "ema")
     hessians = calib = None
@@ -152,8 +203,9 @@ def roundtrip_eval(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, info: A.Artif
     model = build_model(cfg, sd, str(rd.artifact), device)
     seq_len = cfg.eval.eval_seq_len or cfg.train.seq_len
     val, luts = _val_data(cfg, seq_len)
-    r = eval_nonoverlapping(model, val, luts, seq_len, cfg.eval.eval_batch_seqs, autocast=cfg.train.autocast)
     name = roundtrip_stage_name(run_cfg, cfg)
+    r = check_result(name, eval_nonoverlapping(model, val, luts, seq_len, cfg.eval.eval_batch_seqs,
+                                               autocast=cfg.train.autocast), str(rd.artifact))
     extra: dict[str, Any] = {"weights": "artifact", "source": "quantize", "quant_mode": cfg.quant.quant_mode,
                              "compressor": cfg.quant.compressor, "packing": cfg.quant.packing,
                              "artifact_bytes": info.file_bytes, "artifact_sha256": info.file_sha256,
@@ -220,6 +272,23 @@ def evaluate_run(run_dir: str | os.PathLike, *, sliding: bool = False, ttt: bool
         raise ValueError(f"cannot override {', '.join(bad)} when evaluating a trained run (they define its weights)")
     cfg = override(run_cfg, **overrides) if overrides else run_cfg
     info = dist.init(cfg.train.device)
+    lock = lock_run_dir(rd.path, "eval", is_main=info.is_main, device=info.device) if record else None
+    stage = {"name": stage_name(ROUNDTRIP_STAGE[weights], run_cfg, cfg, COMMON_FIELDS)}  # the one running
+    try:
+        return _evaluate(rd, run_cfg, cfg, info, stage, sliding=sliding, ttt=ttt, streaming=streaming,
+                         weights=weights, record=record, log=log)
+    except Exception as e:
+        if record and info.is_main:
+            _failed(rd, stage["name"], e, weights=weights, source="eval")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, info: dist.DistInfo, stage: dict[str, str], *,
+              sliding: bool, ttt: bool, streaming: bool, weights: str, record: bool,
+              log: Log | None) -> dict[str, EvalResult]:
     main = info.is_main
     say = (log if (main and log is not None) else (lambda *_: None))
     device, autocast = info.device, cfg.train.autocast
@@ -236,8 +305,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, sliding: bool = False, ttt: bool
     results: dict[str, EvalResult] = {}
     base = STAGE_BASE[weights]
 
-    def done(name: str, r: EvalResult, fields: tuple[str, ...], **extra: Any) -> None:
-        results[name] = r
+    def done(r: EvalResult, fields: tuple[str, ...], **extra: Any) -> None:
+        name = stage["name"]
+        results[name] = check_result(name, r, src)
         say(f"stage:{name} val_bpb:{r.val_bpb:.8f} val_loss:{r.val_loss:.6f} tokens:{r.tokens} bytes:{r.bytes} "
             f"seconds:{r.seconds:.2f}")
         if record and main:
@@ -245,27 +315,26 @@ def evaluate_run(run_dir: str | os.PathLike, *, sliding: bool = False, ttt: bool
                             settings=settings_of(cfg, fields), **extra)
 
     ec = cfg.eval
-    r = eval_nonoverlapping(model, val_tokens, luts, seq_len, ec.eval_batch_seqs, autocast=autocast)
-    done(stage_name(ROUNDTRIP_STAGE[weights], run_cfg, cfg, COMMON_FIELDS), r, COMMON_FIELDS)
+    done(eval_nonoverlapping(model, val_tokens, luts, seq_len, ec.eval_batch_seqs, autocast=autocast), COMMON_FIELDS)
     if sliding:
-        r = eval_sliding(model, val_tokens, luts, seq_len, ec.eval_stride, ec.eval_batch_seqs,
-                         tail_rescore=ec.tail_rescore, autocast=autocast)
-        done(stage_name(f"{base}_sliding", run_cfg, cfg, SLIDING_FIELDS), r, SLIDING_FIELDS)
+        stage["name"] = stage_name(f"{base}_sliding", run_cfg, cfg, SLIDING_FIELDS)
+        done(eval_sliding(model, val_tokens, luts, seq_len, ec.eval_stride, ec.eval_batch_seqs,
+                          tail_rescore=ec.tail_rescore, autocast=autocast), SLIDING_FIELDS)
     if streaming:
-        r = eval_streaming(model, val_tokens, luts, seq_len, lanes=ec.stream_lanes, block=ec.stream_block,
-                           prefix=ec.stream_prefix, max_lanes=max(1, ec.eval_batch_seqs), autocast=autocast)
-        done(stage_name(f"{base}_streaming", run_cfg, cfg, STREAM_FIELDS), r, STREAM_FIELDS)
+        stage["name"] = stage_name(f"{base}_streaming", run_cfg, cfg, STREAM_FIELDS)
+        done(eval_streaming(model, val_tokens, luts, seq_len, lanes=ec.stream_lanes, block=ec.stream_block,
+                            prefix=ec.stream_prefix, max_lanes=max(1, ec.eval_batch_seqs), autocast=autocast),
+             STREAM_FIELDS)
     if ttt:
         tc = cfg.ttt
+        kind = "sliding" if tc.ttt_scoring == "sliding" else "streaming"
+        # the scoring mode is in the base name already
+        stage["name"] = stage_name(f"{base}_{kind}_ttt", run_cfg, cfg, tuple(f for f in TTT_FIELDS if f != "ttt_scoring"))
         n_chunks = -(-(val_tokens.numel() - 1) // tc.ttt_chunk_tokens)
         r = run_ttt(model, val_tokens, luts, seq_len, tc, ec, autocast=autocast, log=say,
                     log_every=max(1, n_chunks // 20))
-        kind = "sliding" if tc.ttt_scoring == "sliding" else "streaming"
-        # the scoring mode is in the base name already
-        fields = tuple(f for f in TTT_FIELDS if f != "ttt_scoring")
         chunks = r.extra["chunks"]
-        done(stage_name(f"{base}_{kind}_ttt", run_cfg, cfg, fields), r, TTT_FIELDS,
-             chunks=len(chunks), trainable_params=r.extra["trainable_params"],
+        done(r, TTT_FIELDS, chunks=len(chunks), trainable_params=r.extra["trainable_params"],
              score_seconds=sum(c["score_seconds"] for c in chunks),
              train_seconds=sum(c["train_seconds"] for c in chunks))
     dist.barrier()
