@@ -55,3 +55,27 @@ def test_evaluators_report_progress_and_score_the_same(luts, monkeypatch, capsys
     assert "progress:eval_nonoverlapping batch:1/2 " in out and "progress:eval_nonoverlapping batch:2/2 " in out
     assert "progress:eval_sliding batch:4/4 " in out and "progress:eval_streaming step:" in out
     assert [r.val_bpb for r in shown] == [r.val_bpb for r in quiet]
+
+
+def test_ttt_and_quantize_report_progress(luts, monkeypatch, capsys):
+    from gepalib.eval.ttt import run_ttt
+    from gepalib.quant.gptq import dequantize, quantize_state_dict
+
+    cfg = override(get_preset("tiny"), num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_hidden=128,
+                   rope_dims=8, bigram_dim=16, ve_dim=16, ve_layers=(1,), xsa_last_n=1, seq_len=32, eval_stride=8,
+                   eval_batch_seqs=4, ttt_chunk_tokens=64, ttt_epochs=1, ttt_freeze_blocks=1, ttt_batch_seqs=1)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    val = torch.randint(4, 1024, (3 * 64 + 1,))
+    quiet = run_ttt(model, val, luts, 32, cfg.ttt, cfg.eval, progress="off")
+    q_quiet = quantize_state_dict(model.state_dict(), cfg.quant, progress="off")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(PR, "LOG_EVERY_S", 0.0)
+    shown = run_ttt(model, val, luts, 32, cfg.ttt, cfg.eval, progress="log")
+    q_shown = quantize_state_dict(model.state_dict(), cfg.quant, progress="log")
+    out = capsys.readouterr().out
+    assert "progress:ttt chunk:1/3 " in out and "progress:ttt chunk:3/3 " in out
+    n = len(model.state_dict())
+    assert f"progress:quantize tensor:{n}/{n} " in out
+    assert shown.val_bpb == quiet.val_bpb
+    assert all(torch.equal(a, b) for a, b in zip(dequantize(q_shown).values(), dequantize(q_quiet).values()))

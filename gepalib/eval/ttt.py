@@ -68,6 +68,7 @@ from gepalib.eval.doc_ttt import run_doc_family
 from gepalib.eval.phased import doc_starts, phase_segments, prefix_train_seqs
 from gepalib.eval.windows import (EvalResult, Sums, WindowPlan, check_val_tokens, make_result, model_device,
                                   plan_sliding_windows, score_windows)
+from gepalib.progress import track
 from gepalib.validation import TTT_OPTIMIZERS, check_ttt
 
 
@@ -264,10 +265,12 @@ def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int
 
 def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTConfig, ecfg: EvalConfig, *,
             hooks: TTTHooks | None = None, autocast: str = "auto", return_token_losses: bool = False,
-            restore: bool = True, log: Callable[[str], None] | None = None, log_every: int = 100) -> EvalResult:
+            restore: bool = True, log: Callable[[str], None] | None = None, log_every: int = 100,
+            progress: str = "auto") -> EvalResult:
     """Legal score-first TTT evaluation (module docstring). Returns the EvalResult of
     everything scored, with ``extra["chunks"]`` = per-chunk rows (lr, tokens, bytes, nll, bpb,
-    train losses, seconds). ``restore=True`` puts the pre-TTT weights back afterwards."""
+    train losses, seconds). ``restore=True`` puts the pre-TTT weights back afterwards. ``progress``:
+    rank 0's bar or log lines over the chunks (gepalib.progress; ``off``: none)."""
     t0 = time.perf_counter()
     validate_ttt_config(tcfg)
     check_val_tokens(val_tokens, getattr(getattr(model, "cfg", None), "vocab_size", None))
@@ -328,7 +331,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             rows, doc_extra = run_doc_family(model, val_d, luts_d, seq_len, tcfg, ecfg, sums, losses, hooks=hooks,
                                              autocast=autocast, phase_step=phase_step if phase_cfg else None,
                                              log=log, log_every=log_every)
-        for c in range(0 if doc_family else n_chunks):
+        for c in track(range(0 if doc_family else n_chunks), "ttt", unit="chunk", mode=progress):
             lo_c, hi_c = segs[c][:2] if phased else chunk_bounds(c, N, C)
             reset = False
             if docs is not None and adapted_from is not None and docs.doc(adapted_from) != docs.doc(lo_c + 1):

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from gepalib.config import QuantConfig
+from gepalib.progress import track
 
 CANDIDATES: tuple[float, ...] = (0.990, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9993, 0.9995, 0.9997,
                                  0.9999, 0.99993, 0.99995, 0.99997, 0.99999, 1.0)
@@ -244,10 +245,11 @@ def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig, hessian: Tensor | N
 
 
 def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig,
-                        hessians: dict[str, Tensor] | None = None) -> QuantizedModel:
+                        hessians: dict[str, Tensor] | None = None, *, progress: str = "auto") -> QuantizedModel:
     """Quantize a (EMA) state dict. Pure; the input is not modified. quant_mode="gptq" needs
     ``hessians`` ({Linear weight name: layer-input Hessian},
-    :func:`gepalib.quant.hessian.calibration_hessians`)."""
+    :func:`gepalib.quant.hessian.calibration_hessians`). ``progress``: rank 0's bar or log lines
+    over the tensors (gepalib.progress; ``off``: none)."""
     if qcfg.quant_mode not in QUANT_MODES:
         raise ValueError(f"quant_mode must be one of {QUANT_MODES}, got {qcfg.quant_mode!r}")
     if qcfg.passthrough_numel < 0:
@@ -256,7 +258,7 @@ def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig,
         raise ValueError("quant_mode='gptq' needs the layer-input Hessians of the Linear weights "
                          "(gepalib.quant.hessian.calibration_hessians)")
     qm = QuantizedModel(quant_mode=qcfg.quant_mode)
-    for name, t in sd.items():
+    for name, t in track(sd.items(), "quantize", unit="tensor", mode=progress):
         if not isinstance(t, Tensor):
             raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
         qm.entries[name] = quantize_tensor(name, t, qcfg, (hessians or {}).get(name))
