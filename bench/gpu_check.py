@@ -7,7 +7,7 @@ text for the byte table; no network, no prepared data):
   (a) train: gepa11 at the submission's per-GPU micro-batch (98,304 tokens = 48 x 2048) in
       bf16 autocast through gepalib.train.Trainer, eager and then compiled
       (torch.compile + the trainer's undone 20-step warm-up), 20 timed steps each:
-      ms/step, tokens/s, peak memory, MFU against the GPU's dense bf16 peak, and the first
+      ms/step, tokens/s, peak memory per GPU, MFU against the GPU's dense bf16 peak, and the first
       step's loss of the two runs (equal within tolerance: the warm-up is undone);
   (b) resume: a trainer that checkpoints after step 2 (on the GPU) and a new trainer that
       resumes from that checkpoint must give the uninterrupted run's losses and weights;
@@ -61,6 +61,7 @@ SUBMISSION = {
     "4xA100": {"ms_per_step": 500.6, "tokens_per_s": 1.57e6, "ttt_eval_s": 2066.0},
     "8xH100": {"ms_per_step": 83.0, "tokens_per_s": 786432 / 0.083, "ttt_eval_s": 409.0},
 }
+SUBMISSION_PEAK_GIB_PER_GPU = 21.2  # 4xA100-40GB, 48 x 2048 tokens per GPU per micro-step
 FULL_STEPS = 20_000
 FULL_TTT_CHUNKS = 1_893
 
@@ -345,6 +346,9 @@ def projections(parts: dict, global_batch: int = 786_432, micro: int = 98_304) -
         out["train_source"] = "compiled" if "compiled" in train else "eager"
         per_gpu = micro / (ms / 1e3)
         out["per_gpu_tokens_per_s"] = per_gpu
+        if run.get("peak_mem_bytes"):  # one GPU at the submission's per-GPU micro-batch: the per-GPU need
+            out["per_gpu_peak_mem_gib"] = run["peak_mem_bytes"] / 2**30
+            out["submission_per_gpu_peak_mem_gib"] = SUBMISSION_PEAK_GIB_PER_GPU
         for g, ref in ((4, "4xA100"), (8, "8xH100")):  # this GPU in units of the submission's GPUs
             out[f"{ref[2:]}_equivalents"] = per_gpu / (SUBMISSION[ref]["tokens_per_s"] / g)
         for g, ref in ((4, "4xA100"), (8, "8xH100")):
@@ -397,7 +401,7 @@ def summary_rows(res: dict) -> list[tuple]:
         if r:
             rows.append((f"train {kind}", f"{r['ms_per_step_median']:.1f} ms/step", f"{r['tokens_per_s']:,.0f} tok/s",
                          f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU -",
-                         f"peak {r['peak_mem_bytes'] / 2**30:.1f} GiB" if r["peak_mem_bytes"] else "peak -"))
+                         f"peak {r['peak_mem_bytes'] / 2**30:.1f} GiB per GPU" if r["peak_mem_bytes"] else "peak -"))
     if p.get("resume"):
         r = p["resume"]
         rows.append(("resume", f"step {r['next_step']} |dloss| {r['next_loss_abs_diff']:.2e}",
@@ -411,8 +415,10 @@ def summary_rows(res: dict) -> list[tuple]:
                      f"{m['tokens']} tokens", f"{m['seconds']:.2f} s"))
     pr = res.get("projection") or {}
     if "per_gpu_tokens_per_s" in pr:
+        mem = (f"{pr['per_gpu_peak_mem_gib']:.1f} GiB (submission {SUBMISSION_PEAK_GIB_PER_GPU} GiB)"
+               if "per_gpu_peak_mem_gib" in pr else "")
         rows.append(("per GPU", f"{pr['per_gpu_tokens_per_s']:,.0f} tok/s ({pr['train_source']})",
-                     f"= {pr['A100_equivalents']:.2f} submission A100s", f"= {pr['H100_equivalents']:.2f} H100s", ""))
+                     f"= {pr['A100_equivalents']:.2f} submission A100s", f"= {pr['H100_equivalents']:.2f} H100s", mem))
     for g in ("4gpu", "8gpu"):
         if g in pr:
             ref = "4xA100" if g == "4gpu" else "8xH100"
