@@ -129,7 +129,7 @@ def test_lora_doc_documents_are_isolated(luts, scoring):
     docs = PH.doc_ranges(PH.doc_starts(val, 1), val.numel() - 1)
     log = DocLog()
     base = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=log, return_token_losses=True).token_losses
-    assert log.batches == [docs[0:2], docs[2:4], docs[4:5]]  # consecutive documents, fresh adapters per batch
+    assert log.batches == [[docs[2], docs[3]], [docs[0], docs[1]], [docs[4]]]  # longest first, fresh adapters
     assert all(lo >= d[0] and hi <= d[1] for r in log.train for lo, hi in r for d in docs if d[0] <= lo < d[1])
     frozen = run_ttt(model, val, luts, T, override(cfg, ttt_lora_steps=0).ttt, cfg.eval,
                      return_token_losses=True).token_losses
@@ -243,8 +243,10 @@ def test_warm_start_a_keeps_a_across_documents(luts):
     for lo, hi in docs[1:]:
         assert torch.allclose(base[lo:lo + 16], frozen[lo:lo + 16], atol=1e-6)  # B = 0 at every document
         assert torch.allclose(got[lo:lo + 16], base[lo:lo + 16], atol=1e-6)
-    lo, hi = docs[2]
+    lo, hi = docs[1]  # adapted after document 0 (longest first: 2, 3, 0, 1, 4), on the A it left
     assert not torch.allclose(got[lo + 16:hi], base[lo + 16:hi], atol=1e-4)
+    lo, hi = docs[2]  # adapted before it
+    assert torch.allclose(got[lo:hi], base[lo:hi], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------

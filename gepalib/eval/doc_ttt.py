@@ -2,7 +2,9 @@
 
 Documents (gepalib.eval.phased: each starts at a BOS token and owns the targets whose input
 token it holds) are adapted independently, ``ttt_lora_batch_docs`` consecutive documents
-side by side with one LoRA adapter each (gepalib.eval.lora). For a batch:
+side by side with one LoRA adapter each (gepalib.eval.lora): each rank's documents of a
+segment (below), longest first, so that a batch holds documents of similar length and the
+documents still running are always its first lanes. For a batch:
 
 1. Every adapter is reset (B = 0, A = A0; ``ttt_lora_warm_start_a`` keeps A) and a fresh
    optimizer made (``ttt_lora_optimizer``, ``ttt_lora_lr``, betas, weight decay).
@@ -60,11 +62,14 @@ def _set_cache(cache: KVCache, state: tuple[list, Tensor | None], detach: bool =
     cache.ids = ids
 
 
-def _keep_rows(cache: KVCache, rows: Tensor) -> None:
+def _keep_rows(cache: KVCache, rows: list[int]) -> None:
     """Drop the cache rows of documents that have ended (``rows``: the rows to keep)."""
-    cache.kv = [None if e is None else (e[0].index_select(0, rows), e[1].index_select(0, rows)) for e in cache.kv]
+    def keep(t: Tensor) -> Tensor:
+        return t[:len(rows)] if rows == list(range(len(rows))) else t.index_select(0, torch.tensor(rows, device=t.device))
+
+    cache.kv = [None if e is None else (keep(e[0]), keep(e[1])) for e in cache.kv]
     if cache.ids is not None:
-        cache.ids = cache.ids.index_select(0, rows)
+        cache.ids = keep(cache.ids)
 
 
 class _Batch:
@@ -114,13 +119,14 @@ def run_doc_family(model: nn.Module, val_d: Tensor, luts_d, seq_len: int, tcfg: 
         ts = time.perf_counter()
         before = sums.t.clone()
         a, b = dist.shard_range(d_hi - d_lo, rank, world)
-        batches = doc_batches(range(d_lo + a, d_lo + b), lanes)
+        mine = sorted(range(d_lo + a, d_lo + b), key=lambda d: docs[d][0] - docs[d][1])  # longest first, stable
+        batches = doc_batches(mine, lanes)
         for bi, batch in enumerate(batches):
             _run_batch(model, lora, val_d, luts_d, [docs[d] for d in batch], seq_len, tcfg, streaming, train_on,
                        sums, losses, hooks, autocast, state, device)
             if log is not None and (bi % max(1, log_every) == 0 or bi == len(batches) - 1):
                 nll, _, nb = (float(v) for v in sums.t)  # this rank's running sums
-                log(f"ttt_docs:{batch[-1] + 1}/{len(docs)} segment:{k + 1}/{len(segs)} running_bpb_local:"
+                log(f"ttt_batch:{bi + 1}/{len(batches)} segment:{k + 1}/{len(segs)} running_bpb_local:"
                     f"{nll / (math.log(2) * max(nb, 1)):.6f} elapsed_s:{time.perf_counter() - t0:.1f}")
         delta = dist.all_reduce_sum(sums.t - before)
         score_s = time.perf_counter() - ts
@@ -159,9 +165,9 @@ def _run_batch(model: nn.Module, lora: LoRA, val_d: Tensor, luts_d, docs: list[t
         for ci in range(max(len(c) for c in chunks)):
             active = [j for j in range(len(docs)) if ci < len(chunks[j])]
             if cache is not None and active != prev:
-                _keep_rows(cache, torch.tensor([prev.index(j) for j in active], device=device))
+                _keep_rows(cache, [prev.index(j) for j in active])
             prev = active
-            lora.active = torch.tensor(active, device=device)
+            lora.active = None if len(active) == lora.lanes else active
             if streaming:  # the chunk's own tokens, continuing the row's stream
                 spans = [(chunks[j][ci][0], chunks[j][ci][0], chunks[j][ci][1]) for j in active]
                 width = max(hi - lo for lo, hi in (chunks[j][ci] for j in active))

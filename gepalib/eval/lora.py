@@ -51,7 +51,8 @@ def target_modules(model: nn.Module, targets: tuple[str, ...]) -> dict[str, nn.M
 class LoRA(nn.Module):
     """Adapters for ``lanes`` documents on ``model`` (module docstring). Parameters
     ``A[name]`` [lanes, in, r] and ``B[name]`` [lanes, r, out] (fp32, on the model's device).
-    :attr:`active` selects the lanes a forward pass carries (None: all, in order)."""
+    :attr:`active` lists the lanes a forward pass carries, in order (None: all); the first k
+    lanes are a view, any other choice a copy."""
 
     def __init__(self, model: nn.Module, targets: str | tuple[str, ...], rank: int, alpha: float, lanes: int,
                  warm_start_a: bool = False):
@@ -73,7 +74,7 @@ class LoRA(nn.Module):
             key = n.replace(".", "_")
             self.A[key] = nn.Parameter(self._a0[n].expand(self.lanes, fin, self.rank).clone())
             self.B[key] = nn.Parameter(torch.zeros(self.lanes, self.rank, fout, device=device))
-        self.active: Tensor | None = None
+        self.active: list[int] | None = None
         self._handles: list[Any] = []
         self._x_last: Tensor | None = None
 
@@ -98,7 +99,11 @@ class LoRA(nn.Module):
         raise ValueError(f"ttt_lora_optimizer={kind!r}; choose adamw or sgd")
 
     def _lane(self, p: Tensor) -> Tensor:
-        return p if self.active is None else p.index_select(0, self.active)
+        if self.active is None:
+            return p
+        if self.active == list(range(len(self.active))):
+            return p[:len(self.active)]
+        return p.index_select(0, torch.tensor(self.active, device=p.device))
 
     def delta(self, name: str, x: Tensor) -> Tensor:
         """scale * (x A) B for the active lanes, x [lanes, T, in]."""
