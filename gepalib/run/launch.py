@@ -21,17 +21,28 @@ after a grace period, and re-raises.
 retrained; an unfinished one is resumed by the trainer from its last checkpoint. The
 artifact is reused when it is newer than the EMA weights, a stage row when one with the
 same settings is in the ledger (see docs/runs.md).
+
+**Threads.** Every launched process gets ``OMP_NUM_THREADS`` set explicitly (``threads``,
+default :func:`default_threads`), so a run's intra-op thread count never depends on how it
+was started (torchrun itself sets 1 only for ``nproc > 1``; a notebook kernel or a shell may
+export anything); the trainer records it in ``env.json`` with the CPU model and its kernel
+ISA. A fixed seed, thread count, machine and software reproduce a run bit for bit; another
+CPU model dispatches other BLAS and ATen kernels (AVX2 vs AVX-512, vendor code paths), which
+changes the last bits of every step and so the run's numbers (by 1e-5 to 1e-3 bpb at CPU scale).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
 
 import gepalib
 from gepalib.config import FIELD_INDEX, RunConfig, project_root, resolve_path
@@ -42,6 +53,7 @@ from gepalib.run.stages import find_stage, stage_config, stage_kinds, stage_sett
 
 TAIL_LINES = 40
 KILL_GRACE_S = 15.0
+MAX_DEFAULT_THREADS = 8  # a small model gains nothing from more intra-op threads
 
 
 class RunFailed(RuntimeError):
@@ -53,13 +65,63 @@ class RunFailed(RuntimeError):
 
 
 # ---------------------------------------------------------------------------
+# Intra-op threads
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _positive_int(v: Any) -> int | None:
+    try:
+        n = int(str(v).strip())
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def default_threads(nproc: int = 1) -> int:
+    """Intra-op threads per process when none is given: the caller's ``OMP_NUM_THREADS`` when
+    it is a positive integer, else ``min(usable cores, 8) // nproc``, at least 1."""
+    return _positive_int(os.environ.get("OMP_NUM_THREADS", "")) or \
+        max(1, min(usable_cores(), MAX_DEFAULT_THREADS) // max(1, int(nproc)))
+
+
+def resolve_threads(threads: int | None, nproc: int = 1, env: dict[str, str] | None = None) -> int:
+    """``threads`` when given (a positive integer), else ``env``'s ``OMP_NUM_THREADS``, else
+    :func:`default_threads`."""
+    if threads is None:
+        return _positive_int((env or {}).get("OMP_NUM_THREADS", "")) or default_threads(nproc)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(threads)`` (None: as it is), then restore."""
+    before = torch.get_num_threads()
+    n = before if threads is None else resolve_threads(threads)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------
 # Subprocess plumbing
 
 
-def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _child_env(extra: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
     """The caller's environment, plus: gepalib importable, the same project root, unbuffered
-    output, and (unless set) ``OMP_WAIT_POLICY=PASSIVE``: with the default busy-waiting, torch's
-    OpenMP threads slow a small model down 4-100x as soon as other processes share the cores."""
+    output, (unless set) ``OMP_WAIT_POLICY=PASSIVE`` -- with the default busy-waiting, torch's
+    OpenMP threads slow a small model down 4-100x as soon as other processes share the cores --
+    and ``OMP_NUM_THREADS=threads`` when given."""
     env = dict(os.environ)
     pkg_root = str(Path(gepalib.__file__).resolve().parents[1])  # the directory holding gepalib/
     pp = env.get("PYTHONPATH", "")
@@ -69,6 +131,8 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(resolve_threads(threads))
     return env
 
 
@@ -205,13 +269,13 @@ def _rank_error_tails(log_dir: Path, since: float, n: int = 15) -> str:
 
 
 def _run_torchrun(module_args: Sequence[str], *, nproc: int, rd: RunDir, what: str, stream: bool,
-                  env: dict[str, str] | None) -> None:
+                  env: dict[str, str] | None, threads: int) -> None:
     log_dir = rd.path / "logs" / "torchrun"
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_command(module_args, nproc, log_dir)
     t0 = time.time()
     rc, tail = run_streamed(cmd, console_log=rd.path / "logs" / "console.log", stream=stream,
-                            env=_child_env(env), cwd=str(project_root()))
+                            env=_child_env(env, threads), cwd=str(project_root()))
     if rc != 0:
         ranks = _rank_error_tails(log_dir, t0 - 1)
         log_tail = tail + ("\n" + ranks if ranks and ranks not in tail else "")
@@ -225,16 +289,18 @@ def _run_torchrun(module_args: Sequence[str], *, nproc: int, rd: RunDir, what: s
 
 def launch(cfg: RunConfig, run_dir: str | os.PathLike | None = None, *, nproc: int = 1,
            runs_root: str | os.PathLike = "runs", reuse: bool = True, stream: bool = True,
-           env: dict[str, str] | None = None) -> RunDir:
+           env: dict[str, str] | None = None, threads: int | None = None) -> RunDir:
     """Train ``cfg`` under torchrun with ``nproc`` processes, or reuse the finished run.
 
     ``run_dir`` defaults to :func:`default_run_dir`. An explicit ``run_dir`` that holds a
     run of a different identity raises ValueError (naming the differing fields).
     ``reuse=False`` retrains from scratch (``--no-resume``). ``env`` adds environment
-    variables for the trainer (e.g. the test hooks of gepalib.train). Returns the RunDir.
+    variables for the trainer (e.g. the test hooks of gepalib.train). ``threads``: intra-op
+    threads of each process (:func:`resolve_threads`; recorded in env.json). Returns the RunDir.
     """
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"launch expects a RunConfig, got {type(cfg).__name__}")
+    threads = resolve_threads(threads, nproc, env)
     rd = RunDir(resolve_path(run_dir) if run_dir is not None else default_run_dir(cfg, runs_root))
     if rd.exists():
         old = rd.load_config()
@@ -256,8 +322,9 @@ def launch(cfg: RunConfig, run_dir: str | os.PathLike | None = None, *, nproc: i
     if not reuse:
         args.append("--no-resume")
     if stream:
-        print(f"launching {rd.path.name}: nproc:{nproc} steps:{cfg.train.steps} preset:{cfg.preset}", flush=True)
-    _run_torchrun(args, nproc=nproc, rd=rd, what="training", stream=stream, env=env)
+        print(f"launching {rd.path.name}: nproc:{nproc} threads:{threads} steps:{cfg.train.steps} "
+              f"preset:{cfg.preset}", flush=True)
+    _run_torchrun(args, nproc=nproc, rd=rd, what="training", stream=stream, env=env, threads=threads)
     if not is_finished(rd):
         raise RunFailed(f"training of {rd.path} exited 0 but the run is not complete "
                         f"(summary train.status={rd.read_summary().get('train', {}).get('status')!r})",
@@ -274,9 +341,11 @@ def launch_many(cfgs: Iterable[RunConfig], **kw: Any) -> list[RunDir]:
 # After training: the artifact and the stage rows, reused when they exist
 
 
-def _run_gepa(args: Sequence[str], rd: RunDir, *, nproc: int, what: str, stream: bool) -> None:
-    """``gepa <args>`` under torchrun with ``nproc`` processes."""
-    _run_torchrun(["gepalib", *args], nproc=nproc, rd=rd, what=what, stream=stream, env=None)
+def _run_gepa(args: Sequence[str], rd: RunDir, *, nproc: int, what: str, stream: bool,
+              threads: int | None) -> None:
+    """``gepa <args>`` under torchrun with ``nproc`` processes of ``threads`` threads."""
+    _run_torchrun(["gepalib", *args], nproc=nproc, rd=rd, what=what, stream=stream, env=None,
+                  threads=resolve_threads(threads, nproc))
 
 
 def _quiet(*_: Any) -> None:
@@ -284,11 +353,12 @@ def _quiet(*_: Any) -> None:
 
 
 def ensure_artifact(run: RunDir | str | os.PathLike, *, force: bool = False, report: str = "none",
-                    stream: bool = True) -> RunDir:
+                    stream: bool = True, threads: int | None = None) -> RunDir:
     """Write the run's int6 artifact and its ``int6_roundtrip`` stage in-process
     (:func:`gepalib.run.pipeline.quantize_run`), unless an artifact newer than the EMA
     weights exists already (``force`` rewrites it). ``report``: none | fast | full
-    compression report stored in summary.json."""
+    compression report stored in summary.json. ``threads``: torch's intra-op threads
+    meanwhile (None: this process's setting)."""
     rd = as_rundir(run)
     if not is_finished(rd):
         raise ValueError(f"{rd.path}: training has not finished; nothing to quantize")
@@ -297,22 +367,26 @@ def ensure_artifact(run: RunDir | str | os.PathLike, *, force: bool = False, rep
         if stream:
             print(f"reusing artifact {rd.artifact} ({rd.artifact.stat().st_size:,} bytes)", flush=True)
         return rd
-    quantize_run(rd.path, report=report, evaluate=True, log=(lambda s: print(s, flush=True)) if stream else _quiet)
+    with intra_op_threads(threads):
+        quantize_run(rd.path, report=report, evaluate=True,
+                     log=(lambda s: print(s, flush=True)) if stream else _quiet)
     return rd
 
 
 def ensure_stages(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt: bool = False, nproc: int = 1,
-                  stream: bool = True, force: bool = False, **overrides: Any) -> dict[str, dict[str, Any]]:
+                  stream: bool = True, force: bool = False, threads: int | None = None,
+                  **overrides: Any) -> dict[str, dict[str, Any]]:
     """Score the run's int6 artifact (quantizing first if needed) and return its stage rows
     ``{"roundtrip": row, "sliding": row, "ttt": row}`` (the ones asked for), each with its
     ``name`` in the ledger. Rows already recorded with the same settings are reused.
 
     ``overrides`` are eval/ttt fields (e.g. ``ttt_optimizer="adamw", ttt_freeze_blocks=0``)
     and ``val_tokens``; a value of None means the run's own setting. One process runs
-    in-process; ``nproc > 1`` runs ``gepa eval`` under torchrun.
+    in-process; ``nproc > 1`` runs ``gepa eval`` under torchrun. ``threads``: intra-op threads
+    (in-process, None keeps this process's setting; under torchrun see :func:`resolve_threads`).
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    rd = ensure_artifact(run, stream=stream)
+    rd = ensure_artifact(run, stream=stream, threads=threads)
     run_cfg = rd.load_config()
     cfg = stage_config(rd, **overrides)
     kinds = stage_kinds(cfg)
@@ -328,10 +402,11 @@ def ensure_stages(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt:
             args = ["eval", str(rd.path)] + (["--sliding"] if need_sliding else []) + (["--ttt"] if need_ttt else [])
             for k, v in diff.items():
                 args += ["--" + k.replace("_", "-"), _cli_value(v)]
-            _run_gepa(args, rd, nproc=nproc, what="evaluation", stream=stream)
+            _run_gepa(args, rd, nproc=nproc, what="evaluation", stream=stream, threads=threads)
         else:
-            evaluate_run(rd.path, sliding=need_sliding, ttt=need_ttt, weights="artifact",
-                         log=(lambda s: print(s, flush=True)) if stream else _quiet, **diff)
+            with intra_op_threads(threads):
+                evaluate_run(rd.path, sliding=need_sliding, ttt=need_ttt, weights="artifact",
+                             log=(lambda s: print(s, flush=True)) if stream else _quiet, **diff)
         for k in wanted:  # re-read all: the evaluation re-records the round-trip row too
             found[k] = find_stage(rd, kinds[k][0], settings[k])
             if found[k] is None:
