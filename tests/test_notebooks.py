@@ -169,7 +169,7 @@ def quick_params(name: str, env: dict) -> dict:
 
 FIGURES = {"01_train": "01_training_curves", "02_artifact_and_eval": "02_stage_ledger", "10_warmdown": "F1_warmdown",
            "11_compressibility": "F2_compressibility", "12_sgd_vs_adamw": "F3_sgd_vs_adamw",
-           "13_freezing": "F4_freezing", "14_ttt_share": "F5_ttt_share"}
+           "13_freezing": "F4_freezing", "14_ttt_share": "F5_ttt_share", "16_quantizers": "16_quantizers"}
 
 
 @pytest.mark.timeout(600)

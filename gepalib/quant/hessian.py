@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from gepalib.config import QuantConfig, RunConfig, resolve_path
 from gepalib.data import TrainLoader
 from gepalib.model import GPT
-from gepalib.quant.gptq import QMAX, QMIN, candidate_scales
+from gepalib.quant.gptq import QMAX, QMIN, candidate_scales, gptq_lite_per_row
 
 DAMP_RETRIES = 6  # a Hessian that is not positive definite after damping: damp x10, this many times
 
@@ -179,26 +179,32 @@ def inverse_cholesky(h: Tensor, damp: float) -> Tensor:
     raise ValueError(f"Hessian is not positive definite even with damping {damp * 10.0 ** DAMP_RETRIES:g}")
 
 
-def gptq_codes(w: Tensor, U: Tensor, scale: Tensor, block_size: int) -> Tensor:
+def gptq_codes(w: Tensor, U: Tensor, scale: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
     """GPTQ codes of W [rows, cols] (float64) with per-row scales ``scale`` [rows] and the
     inverse-Hessian Cholesky factor U [cols, cols]; columns in the order given. Returns the
-    codes as float64 integers in [-32, 31]."""
-    W = w.double().clone()
-    s = scale.double()[:, None]
-    Q = torch.empty_like(W)
-    cols = W.shape[1]
+    codes (float64 integers in [-32, 31]) and each row's sum of e^2, which is its output error
+    (w - q s) H' (w - q s)^T under the damped Hessian H' that U factors (each step's
+    compensation is the exact optimum of that quadratic). Works on W transposed, so that a
+    column is one contiguous row of memory."""
+    Wt = w.double().T.contiguous()  # [cols, rows]
+    s = scale.double()
+    Qt = torch.empty_like(Wt)
+    loss = torch.zeros(Wt.shape[1], dtype=torch.float64)
+    cols = Wt.shape[0]
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1, Ub = W[:, i1:i2], U[i1:i2, i1:i2]
-        E1 = torch.empty_like(W1)
+        Ub = U[i1:i2, i1:i2]
+        Et = torch.empty(i2 - i1, Wt.shape[1], dtype=Wt.dtype)
         for i in range(i2 - i1):
-            q = torch.clamp(torch.round(W1[:, i:i + 1] / s), QMIN, QMAX)
-            Q[:, i1 + i:i1 + i + 1] = q
-            e = (W1[:, i:i + 1] - q * s) / Ub[i, i]
-            W1[:, i + 1:] -= e * Ub[i:i + 1, i + 1:]
-            E1[:, i:i + 1] = e
-        W[:, i2:] -= E1 @ U[i1:i2, i2:]  # the block's error, applied to the later columns at once
-    return Q
+            col = Wt[i1 + i]
+            q = torch.clamp(torch.round(col / s), QMIN, QMAX)
+            Qt[i1 + i] = q
+            e = (col - q * s) / Ub[i, i]
+            Wt[i1 + i + 1:i2] -= Ub[i, i + 1:, None] * e[None, :]
+            Et[i] = e
+        loss += Et.square().sum(dim=0)
+        Wt[i2:] -= U[i1:i2, i2:].T @ Et  # the block's error, applied to the later columns at once
+    return Qt.T.contiguous(), loss
 
 
 def output_error(w: Tensor, q: Tensor, scale: Tensor, h: Tensor) -> Tensor:
@@ -209,7 +215,13 @@ def output_error(w: Tensor, q: Tensor, scale: Tensor, h: Tensor) -> Tensor:
 
 def gptq_per_row(w32: Tensor, h: Tensor, qcfg: QuantConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Full GPTQ of one Linear weight W [rows, cols] with its input Hessian H [cols, cols] ->
-    (q int8, s fp16, choice uint8), the per_row storage (module docstring)."""
+    (q int8, s fp16, choice uint8), the per_row storage.
+
+    All 15 candidate scales run at once (rows are independent, so [15 * rows, cols] is 15
+    separate runs); each row keeps the candidate with the smallest damped output error (the
+    recursion's own sum of e^2; strict ``<``, ties to the earlier candidate). A row then keeps
+    GPTQ-lite per_row's codes instead where those have the strictly smaller output error under
+    the calibration Hessian itself, so no row does worse than per_row on the calibration data."""
     rows, cols = w32.shape
     if tuple(h.shape) != (cols, cols):
         raise ValueError(f"Hessian of shape {tuple(h.shape)} does not fit a weight with {cols} columns")
@@ -217,29 +229,18 @@ def gptq_per_row(w32: Tensor, h: Tensor, qcfg: QuantConfig) -> tuple[Tensor, Ten
     scales16 = candidate_scales(w32).to(torch.float16).double()  # [K, rows]: the stored scales
     K = scales16.shape[0]
     perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if qcfg.gptq_act_order else None
-    hp = h if perm is None else h[perm][:, perm]
-    U = inverse_cholesky(hp, qcfg.gptq_damp)
+    U = inverse_cholesky(h if perm is None else h[perm][:, perm], qcfg.gptq_damp)
     w64 = w32.double()
-    wp = w64 if perm is None else w64[:, perm]
-    # all candidates at once: rows are independent, so [K * rows, cols] is K separate runs
-    qp = gptq_codes(wp.repeat(K, 1), U, scales16.reshape(-1), qcfg.gptq_block_size)
-    q_g = torch.empty_like(qp)
-    if perm is None:
-        q_g = qp
-    else:
-        q_g[:, perm] = qp
-    q_g = q_g.reshape(K, rows, cols)
-    q_r = torch.clamp(torch.round(w64[None] / scales16[:, :, None]), QMIN, QMAX)  # plain rounding
-    best_err = torch.full((rows,), math.inf, dtype=torch.float64)
-    best_q = torch.zeros(rows, cols, dtype=torch.float64)
-    choice = torch.zeros(rows, dtype=torch.uint8)
-    for c in range(K):
-        for q in (q_g[c], q_r[c]):
-            err = output_error(w64, q, scales16[c], h)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_q[better] = q[better]
-            choice[better] = c
-    s = scales16.gather(0, choice.long()[None]).squeeze(0)
-    return best_q.to(torch.int8), s.to(torch.float16), choice
-
+    qp, loss = gptq_codes((w64 if perm is None else w64[:, perm]).repeat(K, 1), U, scales16.reshape(-1),
+                          qcfg.gptq_block_size)
+    if perm is not None:
+        qp[:, perm] = qp.clone()
+    best = torch.argmin(loss.reshape(K, rows), dim=0)  # first minimum: ties keep the earlier candidate
+    q_g = qp.reshape(K, rows, cols)[best, torch.arange(rows)]
+    s_g = scales16[best, torch.arange(rows)]
+    q_r, s_r, c_r = gptq_lite_per_row(w32)
+    rtn = output_error(w64, q_r, s_r, h) < output_error(w64, q_g, s_g, h)
+    q = torch.where(rtn[:, None], q_r.double(), q_g)
+    s = torch.where(rtn, s_r.double(), s_g)
+    choice = torch.where(rtn, c_r, best.to(torch.uint8))
+    return q.to(torch.int8), s.to(torch.float16), choice

@@ -22,7 +22,7 @@ from gepalib.findings.report import FINDINGS, load_findings, save_finding, write
 from gepalib.run.configs import ensure_data
 
 NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
-             "12_sgd_vs_adamw", "13_freezing", "14_ttt_share", "15_ttt_families")
+             "12_sgd_vs_adamw", "13_freezing", "14_ttt_share", "15_ttt_families", "16_quantizers")
 KERNEL = "python3"
 
 # --quick (and the test-suite): the "quick" scale and the shortest experiments that still
@@ -38,6 +38,7 @@ QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
     "13_freezing": {"ladder_steps": [10, 20], "seeds": [42, 43], "freeze_blocks": [0, 1], "ttt_val_tokens": None},
     "14_ttt_share": {"ladder_steps": [10, 20], "baseline_steps": 3, "ttt_val_tokens": None},
     "15_ttt_families": {"ladder_steps": [10, 20], "seeds": [42, 43], "ttt_val_tokens": 4096, "phase_docs": [1, 2]},
+    "16_quantizers": {"ladder_steps": [10, 20]},
 }
 
 

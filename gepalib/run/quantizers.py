@@ -1,0 +1,144 @@
+"""Quantizers x compressors on one trained run, in memory: bytes against round-trip val_bpb.
+
+    from gepalib.run import quantizers as Q
+    rows = Q.compare_quantizers(rd, modes=("faithful", "per_row", "gptq"),
+                                compressors=("zstd", "brotli", "rans"))
+
+For every ``quant_mode`` the run's EMA weights are quantized once (``gptq`` first collects
+its calibration Hessians from the training shards, see :mod:`gepalib.quant.hessian`); each
+compressor then writes the artifact bytes (re-read and checked byte-exact), and the weights
+loaded back from those bytes are scored once with the non-overlapping evaluation (every
+compressor is lossless, so they all give the same weights). Nothing is written to the run's
+own artifact or stage ledger -- the other notebooks' ``final_model.int6.gpz`` stays what it
+is -- but each row is cached in summary.json under ``"quantizers"``, keyed by the quant
+settings and the evaluation settings, so a re-run reuses it while the EMA weights are older.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from gepalib import dist
+from gepalib.bpb import build_byte_luts
+from gepalib.config import RunConfig, override, resolve_path
+from gepalib.data import load_val_tokens
+from gepalib.eval.windows import eval_nonoverlapping
+from gepalib.quant import artifact as A
+from gepalib.quant.gptq import dequantize, quantize_state_dict
+from gepalib.quant.hessian import calibration_hessians
+from gepalib.quant.report import code_bytes, size_ledger
+from gepalib.rundir import RunDir, as_rundir
+from gepalib.run.pipeline import build_model, load_weights
+
+MODES = ("faithful", "per_row", "gptq")
+COMPRESSORS = ("zstd", "brotli", "rans")
+QUANT_FIELDS = {f.name for f in dataclasses.fields(RunConfig().quant)}
+Log = Callable[[str], Any]
+
+
+def _key(cfg: RunConfig) -> str:
+    """Cache key: every quant field plus the evaluation settings the number depends on."""
+    d = {"quant": dataclasses.asdict(cfg.quant), "val_tokens": cfg.data.val_tokens,
+         "eval_seq_len": cfg.eval.eval_seq_len or cfg.train.seq_len}
+    return json.dumps(d, sort_keys=True)
+
+
+def _cached(rd: RunDir, key: str) -> dict | None:
+    row = rd.read_summary().get("quantizers", {}).get(key)
+    if row is None or not rd.ema_weights.exists():
+        return None
+    return row if row.get("recorded_at", 0.0) >= os.path.getmtime(rd.ema_weights) else None
+
+
+def compare_quantizers(run: RunDir | str | os.PathLike, modes: Sequence[str] = MODES,
+                       compressors: Sequence[str] = COMPRESSORS, *, force: bool = False, log: Log = print,
+                       **overrides: Any) -> list[dict[str, Any]]:
+    """One row per (mode, compressor) for the run: ``model_bytes`` (the artifact file),
+    ``total_bytes`` (+ code bytes), ``fits``, ``val_bpb`` of the weights loaded back,
+    ``float_ema_bpb`` and ``quant_gap_bpb`` when the float EMA stage was scored on the same
+    tokens, and the seconds spent (calibration, quantization, compression). ``overrides``:
+    quant fields (e.g. ``gptq_damp``) and ``val_tokens``/``eval_seq_len``."""
+    rd = as_rundir(run)
+    run_cfg = rd.load_config()
+    bad = sorted(k for k in overrides if k not in QUANT_FIELDS | {"val_tokens", "eval_seq_len"}
+                 or k in ("quant_mode", "compressor"))
+    if bad:
+        raise ValueError(f"compare_quantizers: overrides may set quant fields (not quant_mode/compressor), "
+                         f"val_tokens or eval_seq_len; got {bad}")
+    base = override(run_cfg, **overrides) if overrides else run_cfg
+    rows: list[dict[str, Any]] = []
+    sd = hessians = calib = val = None
+    steps = run_cfg.train.steps
+    float_row = rd.stages().get("float_ema")
+    for mode in modes:
+        cfgs = {c: override(base, quant_mode=mode, compressor=c) for c in compressors}
+        todo = {c: cfg for c, cfg in cfgs.items() if force or _cached(rd, _key(cfg)) is None}
+        for c, cfg in cfgs.items():
+            if c not in todo:
+                rows.append(_cached(rd, _key(cfg)))
+        if not todo:
+            continue
+        if sd is None:
+            sd = load_weights(rd, "ema")
+        t_cal = 0.0
+        if mode == "gptq":
+            if hessians is None:
+                hessians, calib = calibration_hessians(base, sd, log=log)
+            t_cal = calib["seconds"]
+        t0 = time.perf_counter()
+        qm = quantize_state_dict(sd, next(iter(todo.values())).quant, hessians=hessians if mode == "gptq" else None)
+        t_quant = time.perf_counter() - t0
+        bpb = None
+        for c, cfg in todo.items():
+            t1 = time.perf_counter()
+            data = A.artifact_bytes(qm, cfg.quant, meta={"preset": cfg.preset, "quant": dataclasses.asdict(cfg.quant)})
+            t_comp = time.perf_counter() - t1
+            if bpb is None:  # lossless compressors: every artifact loads the same weights
+                back, _ = A.artifact_from_bytes(data)
+                val = val or _val_data(base)
+                bpb = _score(cfg, dequantize(back), val)
+            ledger = size_ledger(len(data), code_bytes(c))
+            row = {"run": str(rd.path), "steps": steps, "quant_mode": mode, "compressor": c,
+                   "model_bytes": ledger["model_bytes"], "total_bytes": ledger["total_bytes"], "fits": ledger["fits"],
+                   "val_bpb": bpb["val_bpb"], "val_loss": bpb["val_loss"], "tokens": bpb["tokens"],
+                   "calib_seconds": t_cal, "quantize_seconds": t_quant, "compress_seconds": t_comp,
+                   "eval_seconds": bpb["seconds"], "recorded_at": time.time()}
+            if calib is not None and mode == "gptq":
+                row["calib_tokens"], row["calib_files"] = calib["tokens"], calib["files"]
+            if float_row and float_row.get("tokens") == bpb["tokens"]:
+                row["float_ema_bpb"] = float_row["val_bpb"]
+                row["quant_gap_bpb"] = bpb["val_bpb"] - float_row["val_bpb"]
+            rd.update_summary(quantizers={_key(cfg): row})
+            log(f"quantizer:{mode} compressor:{c} model_bytes:{row['model_bytes']} val_bpb:{row['val_bpb']:.6f} "
+                f"quantize_s:{t_quant:.2f} calib_s:{t_cal:.2f} compress_s:{t_comp:.2f}")
+            rows.append(row)
+    order = {(m, c): i for i, (m, c) in enumerate((m, c) for m in modes for c in compressors)}
+    return sorted(rows, key=lambda r: order[r["quant_mode"], r["compressor"]])
+
+
+def _val_data(cfg: RunConfig) -> tuple:
+    seq_len = cfg.eval.eval_seq_len or cfg.train.seq_len
+    val = load_val_tokens(resolve_path(cfg.data.data_dir), seq_len, cfg.model.vocab_size,
+                          max_targets=cfg.data.val_tokens)
+    return val, build_byte_luts(cfg.data.tokenizer_file(), cfg.model.vocab_size)
+
+
+def _score(cfg: RunConfig, sd: dict, val: tuple) -> dict[str, Any]:
+    model = build_model(cfg, sd, "artifact", dist.pick_device(cfg.train.device))
+    seq_len = cfg.eval.eval_seq_len or cfg.train.seq_len
+    r = eval_nonoverlapping(model, val[0], val[1], seq_len, cfg.eval.eval_batch_seqs, autocast=cfg.train.autocast)
+    return r.as_row()
+
+
+def frontier(rows: Sequence[dict[str, Any]], x: str = "total_bytes", y: str = "val_bpb") -> list[dict[str, Any]]:
+    """The rows no other row beats on both ``x`` and ``y`` (smaller is better), by ``x``."""
+    pts = sorted(rows, key=lambda r: (r[x], r[y]))
+    out, best = [], float("inf")
+    for r in pts:
+        if r[y] < best:
+            out.append(r)
+            best = r[y]
+    return out
