@@ -353,6 +353,48 @@ def test_gepa_eval_runs_a_family_and_names_its_stage(tmp_path, sotu_data_dir, ca
 
 
 # ---------------------------------------------------------------------------
+# The notebook's verdicts and cost probe
+
+
+def test_family_verdicts_follow_the_findings_rule():
+    import json
+
+    from gepalib.findings import VERDICTS
+    from gepalib.findings.families import family_table, verdict_family
+
+    gains = {"full": [-0.010, -0.012, -0.011], "lora_doc": [-0.020, -0.022, -0.019],
+             "phased+lora_doc": [-0.0245, -0.025, -0.0235]}
+    e1, e2 = verdict_family(gains, "E1"), verdict_family(gains, "E2")
+    assert e1["verdict"] == e2["verdict"] == "agrees" and e1["interval"][1] < 0
+    assert e1["expected"] == pytest.approx(-0.25 * 0.020333, rel=1e-3)  # 25% of the larger gain
+    assert e2["expected"] == pytest.approx(-0.180 * 0.020333, rel=1e-2)  # 18% of lora_doc's gain
+    worse = {"full": [-0.0100, -0.0101, -0.0099], "lora_doc": [-0.0050, -0.0051, -0.0049]}  # powered, other side
+    assert verdict_family(worse, "E1")["verdict"] == "does not agree"
+    two = {k: v[:2] for k, v in gains.items()}
+    assert verdict_family(two, "E1")["verdict"] == "inconclusive (underpowered)"
+    flat = {k: [0.0, 0.0, 0.0] for k in gains}
+    rec = verdict_family(flat, "E2")
+    assert rec["verdict"] in VERDICTS and "under 1 mBPB" in rec["reason"]
+    json.dumps(rec, allow_nan=False)  # strict JSON: None where undefined
+    costs = {"full": [{"seconds": 2.0, "peak_mib": 10.0, "memory_method": "rss_peak"}]}
+    t = family_table(gains, {k: [1.0] * 3 for k in gains}, {k: [3.0] * 3 for k in gains}, costs)
+    assert list(t.index) == list(gains) and t.loc["lora_doc", "gain_mbpb"] == pytest.approx(-20.333, rel=1e-4)
+    assert t.loc["full", "peak_mib"] == 10.0 and math.isnan(t.loc["lora_doc", "peak_mib"])
+
+
+def test_peak_memory_probe_sees_an_allocation():
+    from gepalib.run.ttt_cost import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as m:
+        x = torch.ones(10_000_000)  # 38 MiB
+        del x
+    if m.method == "rss_peak":
+        assert 30 < m.mib < 80
+    else:
+        assert m.mib >= 0 and m.method == "maxrss_delta"
+
+
+# ---------------------------------------------------------------------------
 # Two processes (gloo): each rank scores a share of every segment's documents; the phase pass is collective
 
 DIST_SCRIPT = r'''

@@ -118,5 +118,7 @@ def families_figure(table, *, title: str = "TTT families on the same base"):
         ax.set_ylabel(label)
     for ax in axes:
         ax.set_xticks(x, names, rotation=30, ha="right")
-    axes[2].set_title(f"memory: {table['memory_method'].iloc[0]}", fontsize=9)
+    how = {"rss_peak": "growth of the peak RSS", "maxrss_delta": "ru_maxrss growth",
+           "cuda_max_allocated": "CUDA max allocated"}.get(table["memory_method"].iloc[0], "")
+    axes[2].set_title(how, fontsize=9)
     return fig
