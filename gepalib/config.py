@@ -191,6 +191,7 @@ class QuantConfig:
     gptq_block_size: int = 128  # gptq: columns per lazy-update block
     gptq_damp: float = 0.01  # gptq: added to the Hessian's diagonal, as a fraction of its mean
     gptq_act_order: bool = False  # gptq: quantize columns in order of decreasing Hessian diagonal
+    gptq_tied_head: bool = False  # gptq: also GPTQ tok_emb, with the output head's input Hessian
 
     def __post_init__(self) -> None:
         check_quant(self)

@@ -31,7 +31,12 @@ warmdown_frac = 0.4
 ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
 val_every = 20
 seed = 42
-modes = ["faithful", "per_row", "gptq"]  # quant_mode values to compare
+quantizers = {                 # name -> quant fields (quant_mode and its settings)
+    "faithful": {"quant_mode": "faithful"},  # GPTQ-lite as the submission ran it
+    "per_row": {"quant_mode": "per_row"},
+    "gptq": {"quant_mode": "gptq"},          # full GPTQ of every Linear; the embedding tables per_row
+    "gptq+head": {"quant_mode": "gptq", "gptq_tied_head": True},  # and tok_emb as the output head
+}
 compressors = ["zstd", "brotli", "rans"]  # zstd-22 (as run), brotli-11, rANS
 quant_overrides = {}           # quant fields for every mode, e.g. {"gptq_damp": 0.05, "gptq_calib_batches": 16}
 frontier_bytes = "model_bytes"  # model_bytes (the artifact) | total_bytes (+ the code bytes, the challenge's rule)
@@ -54,8 +59,8 @@ base = run.base_config(preset, scale, data_dir, overrides)
 cfgs = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
                            warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
-rows = [r for rd in rds for r in Q.compare_quantizers(rd, modes, compressors, **quant_overrides)]
-df = pd.DataFrame(rows)[["steps", "quant_mode", "compressor", "model_bytes", "total_bytes", "fits", "val_bpb",
+rows = [r for rd in rds for r in Q.compare_quantizers(rd, quantizers, compressors, **quant_overrides)]
+df = pd.DataFrame(rows)[["steps", "quantizer", "compressor", "model_bytes", "total_bytes", "fits", "val_bpb",
                          "quant_gap_bpb", "calib_seconds", "quantize_seconds", "compress_seconds"]]
 df
 
@@ -64,10 +69,10 @@ df
 # Columns: bytes per compressor; the round-trip val_bpb does not depend on the (lossless) compressor.
 
 # %%
-wide = df.pivot_table(index=["steps", "quant_mode"], columns="compressor", values="model_bytes")
-wide["val_bpb"] = df.groupby(["steps", "quant_mode"])["val_bpb"].first()
-wide["quant_gap_bpb"] = df.groupby(["steps", "quant_mode"])["quant_gap_bpb"].first()
-wide["quantize_s"] = df.groupby(["steps", "quant_mode"])[["calib_seconds", "quantize_seconds"]].first().sum(axis=1)
+wide = df.pivot_table(index=["steps", "quantizer"], columns="compressor", values="model_bytes")
+wide["val_bpb"] = df.groupby(["steps", "quantizer"])["val_bpb"].first()
+wide["quant_gap_bpb"] = df.groupby(["steps", "quantizer"])["quant_gap_bpb"].first()
+wide["quantize_s"] = df.groupby(["steps", "quantizer"])[["calib_seconds", "quantize_seconds"]].first().sum(axis=1)
 wide
 
 # %% [markdown]
@@ -80,8 +85,8 @@ wide
 # %%
 fig, (ax,) = P.new_figure(width=6.4, height=4.4, title=f"int6 round trip: val_bpb against {frontier_bytes}")
 marks = {"zstd": "o", "brotli": "s", "rans": "^", "lzma": "D", "none": "x"}
-colors = dict(zip(modes, ["C0", "C1", "C3", "C2", "C4"]))
-for (mode, comp), g in df.groupby(["quant_mode", "compressor"]):
+colors = dict(zip(quantizers, ["C0", "C1", "C2", "C3", "C4", "C5"]))
+for (mode, comp), g in df.groupby(["quantizer", "compressor"]):
     ax.scatter(g[frontier_bytes] / 1e6, g["val_bpb"], marker=marks.get(comp, "o"), color=colors.get(mode, "k"),
                label=f"{mode} / {comp}", s=28, alpha=0.85)
 front = pd.DataFrame(Q.frontier(rows, x=frontier_bytes))
@@ -96,9 +101,9 @@ P.save_figure(fig, "16_quantizers", figures_dir)
 
 # %%
 last = df[df["steps"] == df["steps"].max()]
-by_mode = last.groupby("quant_mode")["val_bpb"].first()
+by_mode = last.groupby("quantizer", sort=False)["val_bpb"].first()
 gain = {m: by_mode["faithful"] - by_mode[m] for m in by_mode.index} if "faithful" in by_mode else {}
 print(f"longest rung ({last['steps'].iloc[0]} steps): val_bpb " +
       " ".join(f"{m}:{v:.5f}" for m, v in by_mode.items()) +
       ("  gain over faithful (bpb): " + " ".join(f"{m}:{v:+.5f}" for m, v in gain.items()) if gain else ""))
-front[["steps", "quant_mode", "compressor", "model_bytes", "total_bytes", "val_bpb"]]
+front[["steps", "quantizer", "compressor", "model_bytes", "total_bytes", "val_bpb"]]

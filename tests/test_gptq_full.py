@@ -67,6 +67,10 @@ def reference_gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, damp: 
     return out
 
 
+def damped(h: torch.Tensor, damp: float) -> torch.Tensor:
+    return h.double() + damp * float(torch.diagonal(h).mean()) * torch.eye(h.shape[0], dtype=torch.float64)
+
+
 def row_errors(w: torch.Tensor, q: torch.Tensor, s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """(w - q s) H (w - q s)^T per row, written out again."""
     d = w.double() - q.double() * s.double()[:, None]
@@ -83,9 +87,11 @@ def test_codes_equal_the_slow_reference(block_size):
     h = hessian_of(x)
     s = candidate_scales(w)[8].to(torch.float16).float()
     U = HS.inverse_cholesky(h, 0.01)
-    q = HS.gptq_codes(w, U, s, block_size)
+    q, loss = HS.gptq_codes(w, U, s, block_size)
     ref = reference_gptq(w, h, s, 0.01)
     assert torch.equal(q, ref)
+    # the recursion's sum of e^2 is the output error under the damped Hessian
+    torch.testing.assert_close(loss, row_errors(w, q, s, damped(h, 0.01)), rtol=1e-9, atol=1e-12)
     assert not torch.equal(q, torch.clamp(torch.round(w.double() / s.double()[:, None]), -32, 31))  # not just RTN
 
 
@@ -96,33 +102,38 @@ def test_act_order_equals_the_reference_in_that_order():
     q, s, choice = HS.gptq_per_row(w, h, qc)
     order = torch.argsort(torch.diagonal(h), descending=True, stable=True).tolist()
     assert order != list(range(w.shape[1]))
+    q_r, _, _ = gptq_lite_per_row(w)
     for i in range(w.shape[0]):
-        c = int(choice[i])
-        s16 = candidate_scales(w)[c].to(torch.float16).float()
+        s16 = candidate_scales(w)[int(choice[i])].to(torch.float16).float()
         ref = reference_gptq(w, h, s16, qc.gptq_damp, order)[i]
-        rtn = torch.clamp(torch.round(w[i].double() / float(s16[i])), -32, 31)
-        assert torch.equal(q[i].double(), ref) or torch.equal(q[i].double(), rtn)
+        assert torch.equal(q[i].double(), ref) or torch.equal(q[i], q_r[i])
 
 
 def test_each_row_keeps_its_best_candidate_by_output_error():
-    """Brute force: every candidate's reference GPTQ codes and plain rounding, per row; the
-    smallest d H d^T wins (ties to the earlier candidate, GPTQ before rounding)."""
+    """Brute force: every candidate's reference GPTQ codes; per row the smallest damped output
+    error d H' d^T wins (ties to the earlier candidate); then GPTQ-lite per_row's codes where
+    their output error under H itself is strictly smaller."""
     w, x = layer(rows=9, seed=5)
+    w[3] *= 0.01  # a row of tiny weights: every code 0 whatever the method, a tie at each step
     h = hessian_of(x)
     q, s, choice = HS.gptq_per_row(w, h, QuantConfig(quant_mode="gptq", gptq_block_size=4))
     assert q.dtype == torch.int8 and s.dtype == torch.float16 and choice.dtype == torch.uint8
     scales = candidate_scales(w).to(torch.float16).float()
-    options = []  # (candidate, codes of every row, error of every row)
-    for c in range(len(CANDIDATES)):
-        for codes in (reference_gptq(w, h, scales[c], 0.01),
-                      torch.clamp(torch.round(w.double() / scales[c].double()[:, None]), -32, 31)):
-            options.append((c, codes, row_errors(w, codes, scales[c], h)))
+    codes = [reference_gptq(w, h, scales[c], 0.01) for c in range(len(CANDIDATES))]
+    errs = torch.stack([row_errors(w, codes[c], scales[c], damped(h, 0.01)) for c in range(len(CANDIDATES))])
+    q_r, s_r, c_r = gptq_lite_per_row(w)
+    rtn_err = row_errors(w, q_r, s_r, h)
+    n_rtn = 0
     for i in range(w.shape[0]):
-        best = min(range(len(options)), key=lambda k: (float(options[k][2][i]), k))
-        c, codes, _ = options[best]
-        assert int(choice[i]) == c
-        assert torch.equal(q[i].double(), codes[i])
-        assert s[i].view(torch.int16) == scales[c][i].half().view(torch.int16)
+        c = min(range(len(CANDIDATES)), key=lambda k: (float(errs[k, i]), k))
+        if float(rtn_err[i]) < float(row_errors(w[i:i + 1], codes[c][i:i + 1], scales[c][i:i + 1], h)[0]):
+            n_rtn += 1
+            assert int(choice[i]) == int(c_r[i]) and torch.equal(q[i], q_r[i]) and s[i] == s_r[i]
+        else:
+            assert int(choice[i]) == c and torch.equal(q[i].double(), codes[c][i])
+            assert s[i].view(torch.int16) == scales[c][i].half().view(torch.int16)
+    assert n_rtn < w.shape[0] // 2
+    assert int(choice[3]) == 0  # the tie went to the first candidate
 
 
 def test_output_error_lower_than_gptq_lite_on_correlated_inputs():
@@ -202,6 +213,31 @@ def test_gpt_linears_get_hessians_and_q_k_v_share_one():
     assert hs["blocks.0.mlp.down.weight"].shape == (64, 64)
 
 
+def test_tied_head_hessian_is_that_of_the_heads_input():
+    """gptq_tied_head: tok_emb's Hessian comes from RMSNorm(last block's output), the input
+    the model's logits are computed from (z = RMSNorm(x_L) @ E^T / softcap)."""
+    model = random_gpt(4)
+    ids = torch.randint(0, 1024, (2, 3, 16))
+    seen = []
+    hd = model.blocks[-1].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    hs = HS.collect_hessians(model, list(ids), tied_head=True)
+    hd.remove()
+    assert "tok_emb.weight" not in HS.collect_hessians(model, list(ids))
+    from gepalib.model import rms_norm
+
+    h = torch.cat([rms_norm(o).reshape(-1, o.shape[-1]) for o in seen]).double()
+    torch.testing.assert_close(hs["tok_emb.weight"], hessian_of(h), rtol=1e-5, atol=1e-7)
+    cap = model.cfg.logit_softcap
+    with torch.no_grad():
+        logits = model(ids[0])
+    z = h[:ids[0].numel()].float() @ model.tok_emb.weight.float().T / cap
+    torch.testing.assert_close(cap * torch.tanh(z), logits.reshape(-1, logits.shape[-1]), rtol=1e-4, atol=1e-4)
+    qc = QuantConfig(quant_mode="gptq", passthrough_numel=256, gptq_tied_head=True)
+    qm = quantize_state_dict(model.state_dict(), qc, hessians=hs)
+    lite = quantize_state_dict(model.state_dict(), QuantConfig(quant_mode="per_row", passthrough_numel=256))
+    assert not torch.equal(qm.entries["tok_emb.weight"].q, lite.entries["tok_emb.weight"].q)
+
+
 # ---------------------------------------------------------------------------
 # State dicts and the artifact
 
@@ -272,20 +308,44 @@ def test_calibration_reads_only_training_shards(sotu_data_dir, monkeypatch):
         torch.testing.assert_close(hs[k], ref[k], rtol=1e-6, atol=1e-9)
 
 
+def fake_run(path, data_dir):
+    """A run directory holding a config and EMA weights (random, not trained)."""
+    kv = dict(SCALES["quick"])
+    kv.pop("progress")
+    cfg = override(get_preset("tiny"), data_dir=str(data_dir), steps=10, warmdown=2, **kv)
+    (path / "config.json").write_text(cfg.to_json())
+    torch.save(random_gpt(3).state_dict(), path / "model_ema.pt")
+    return cfg
+
+
 def test_quantize_run_gptq_end_to_end(tmp_path, sotu_data_dir):
     """A run directory (config + EMA weights) quantized with quant_mode=gptq: the artifact,
     its calibration facts (training shards only) and the tagged round-trip stage."""
     from gepalib.run.pipeline import quantize_run
 
-    kv = dict(SCALES["quick"])
-    kv.pop("progress")
-    cfg = override(get_preset("tiny"), data_dir=str(sotu_data_dir), steps=10, warmdown=2, **kv)
-    model = GPT(cfg.model)
-    model.load_state_dict(random_gpt(3).state_dict())
-    (tmp_path / "config.json").write_text(cfg.to_json())
-    torch.save(model.state_dict(), tmp_path / "model_ema.pt")
+    fake_run(tmp_path, sotu_data_dir)
     out = quantize_run(tmp_path, report="none", log=lambda s: None, quant_mode="gptq", gptq_calib_batches=2)
     cal = out["artifact"]["calibration"]
     assert cal["split"] == "train" and all("_train_" in f for f in cal["files"]) and cal["batches"] == 2
     assert out["stage"]["name"] == "int6_roundtrip[gptq]" and math.isfinite(out["stage"]["val_bpb"])
     assert A.read_artifact_header(tmp_path / "final_model.int6.gpz")["quant_mode"] == "gptq"
+
+
+def test_compare_quantizers_in_memory_and_cached(tmp_path, sotu_data_dir):
+    from gepalib.run import quantizers as Q
+
+    fake_run(tmp_path, sotu_data_dir)
+    variants = {"lite": {"quant_mode": "faithful"}, "gptq+head": {"quant_mode": "gptq", "gptq_tied_head": True}}
+    rows = Q.compare_quantizers(tmp_path, variants, ["zstd", "none"], log=lambda s: None, gptq_calib_batches=2)
+    assert [(r["quantizer"], r["compressor"]) for r in rows] == [("lite", "zstd"), ("lite", "none"),
+                                                                  ("gptq+head", "zstd"), ("gptq+head", "none")]
+    assert rows[0]["val_bpb"] == rows[1]["val_bpb"] and rows[0]["model_bytes"] < rows[1]["model_bytes"]
+    assert rows[2]["val_bpb"] != rows[0]["val_bpb"] and all("_train_" in f for f in rows[2]["calib_files"])
+    assert not (tmp_path / "final_model.int6.gpz").exists()  # the run's own artifact is left alone
+    again = Q.compare_quantizers(tmp_path, variants, ["zstd", "none"], log=pytest.fail, gptq_calib_batches=2)
+    assert again == rows  # cached in summary.json
+    front = Q.frontier(rows, x="model_bytes")
+    assert front and all(not any(o["model_bytes"] <= r["model_bytes"] and o["val_bpb"] < r["val_bpb"]
+                                 for o in rows) for r in front)
+    with pytest.raises(ValueError, match="quant_mode"):
+        Q.compare_quantizers(tmp_path, {"x": {"gptq_damp": 0.1}})

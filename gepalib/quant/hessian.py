@@ -21,17 +21,21 @@ diag(H) = 0 (inputs that were always zero) get H_jj = 1, so they round to neares
 
 Scales: the same int6 range and per-row fp16 scales as GPTQ-lite. Every row's scale is one of
 GPTQ-lite's 15 percentile candidates; rows are independent under the recursion, so all 15
-are tried at once and each row keeps the candidate -- with GPTQ's codes, or with plain
-rounding when that happens to be better -- whose calibration output error (w - q s) H (w - q s)^T
-is smallest (strict ``<``: ties keep the earlier candidate, GPTQ before rounding). Each row's
-output error on the calibration data is therefore <= that of ``quant_mode="per_row"``. The
-result is stored exactly as ``per_row`` stores it (codes, fp16 scales, the row's candidate):
+run at once and each row keeps the candidate whose damped output error (the recursion's own
+sum of e^2) is smallest (ties: the earlier candidate). A row then takes GPTQ-lite per_row's
+codes instead where their output error under the calibration Hessian, (w - q s) H (w - q s)^T,
+is strictly smaller, so no row's calibration output error exceeds ``quant_mode="per_row"``'s.
+The result is stored exactly as ``per_row`` stores it (codes, fp16 scales, the row's candidate):
 the artifact format and its loader are unchanged.
 
 Which tensors: the weight of every ``nn.Linear`` of :class:`gepalib.model.GPT` that GPTQ-lite
 would quantize (the blocks' q/k/v/out/up/down, the bigram and value-embedding projections).
 Tensors that are no Linear's weight -- ``tok_emb.weight`` (the input embedding, tied to the
-output head), ``bigram.embed.weight``, ``ve.embed.weight`` -- keep GPTQ-lite ``per_row``.
+output head), ``bigram.embed.weight``, ``ve.embed.weight`` -- keep GPTQ-lite ``per_row``,
+except that ``gptq_tied_head`` quantizes ``tok_emb.weight`` as the output head's weight: its
+Hessian is that of the head's input RMSNorm(x_L) (the last block's output, normalised; the
+head's 1/softcap factor scales H, which changes nothing). Its role as the input embedding is
+then left to the damping.
 
 Calibration (:func:`calibration_hessians`) runs the float model in fp32 on the CPU over
 ``gptq_calib_batches`` micro-batches (``micro_batch_tokens`` each) from the start of the
@@ -49,8 +53,8 @@ from torch import Tensor, nn
 
 from gepalib.config import QuantConfig, RunConfig, resolve_path
 from gepalib.data import TrainLoader
-from gepalib.model import GPT
-from gepalib.quant.gptq import QMAX, QMIN, candidate_scales, gptq_lite_per_row
+from gepalib.model import GPT, rms_norm
+from gepalib.quant.gptq import EMBED_NAME, QMAX, QMIN, candidate_scales, gptq_lite_per_row
 
 DAMP_RETRIES = 6  # a Hessian that is not positive definite after damping: damp x10, this many times
 
@@ -63,18 +67,18 @@ class HessianCollector:
     """Forward hooks on every ``nn.Linear`` of ``model`` accumulating sum x x^T (float64) of its
     inputs. Linears fed the very same tensor (attention's q, k and v) share one product."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, tied_head: bool = False):
         self.sums: dict[str, Tensor] = {}
         self.count: dict[str, int] = {}
         self._last: tuple[Tensor, Tensor] | None = None  # (input, its x^T x): identity-shared
-        self._handles = [mod.register_forward_hook(self._hook(name)) for name, mod in model.named_modules()
+        self._handles = [mod.register_forward_hook(self._hook(f"{name}.weight")) for name, mod in model.named_modules()
                          if isinstance(mod, nn.Linear)]
+        if tied_head:  # GPT's head: logits ~ RMSNorm(x_L) @ tok_emb^T, x_L the last block's output
+            self._handles.append(model.blocks[-1].register_forward_hook(self._hook(EMBED_NAME, head=True)))
 
-    def _hook(self, name: str) -> Callable:
-        weight_name = f"{name}.weight"
-
+    def _hook(self, weight_name: str, head: bool = False) -> Callable:
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> None:
-            x = inputs[0]
+            x = rms_norm(output.float()) if head else inputs[0]
             if self._last is not None and self._last[0] is x:
                 xtx = self._last[1]
             else:
@@ -102,13 +106,15 @@ class HessianCollector:
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, batches: Iterable[Tensor], chunk_seqs: int = 0) -> dict[str, Tensor]:
+def collect_hessians(model: nn.Module, batches: Iterable[Tensor], chunk_seqs: int = 0,
+                     tied_head: bool = False) -> dict[str, Tensor]:
     """Run ``model`` (fp32, no autocast, eval mode) on each [B, T] token batch and return the
-    layer-input Hessian of every Linear weight. ``chunk_seqs`` > 0 feeds batches in pieces of
-    that many sequences (bounded activation memory; the same sums)."""
+    layer-input Hessian of every Linear weight (and with ``tied_head`` of GPT's tied output head,
+    under ``tok_emb.weight``). ``chunk_seqs`` > 0 feeds batches in pieces of that many sequences
+    (bounded activation memory; the same sums)."""
     was_training = model.training
     model.eval()
-    col = HessianCollector(model)
+    col = HessianCollector(model, tied_head)
     try:
         for x in batches:
             step = chunk_seqs if chunk_seqs > 0 else x.shape[0]
@@ -146,7 +152,8 @@ def calibration_hessians(cfg: RunConfig, sd: dict[str, Tensor], *, device: str |
     model = GPT(cfg.model)
     model.load_state_dict(sd, strict=True)
     model = model.float().to(device)  # fp32 (a bf16 embedding table too), no autocast
-    hess = collect_hessians(model, (b.to(device) for b in batches), chunk_seqs=cfg.eval.eval_batch_seqs)
+    hess = collect_hessians(model, (b.to(device) for b in batches), chunk_seqs=cfg.eval.eval_batch_seqs,
+                            tied_head=cfg.quant.gptq_tied_head)
     info = {"split": "train", "data_dir": str(data_dir), "files": train_shards_read(loader, loader.tokens_read),
             "batches": nb, "tokens": nb * tcfg.micro_batch_tokens, "device": str(device),
             "layers": len(hess), "seconds": time.perf_counter() - t0}

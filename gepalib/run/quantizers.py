@@ -1,11 +1,12 @@
 """Quantizers x compressors on one trained run, in memory: bytes against round-trip val_bpb.
 
     from gepalib.run import quantizers as Q
-    rows = Q.compare_quantizers(rd, modes=("faithful", "per_row", "gptq"),
-                                compressors=("zstd", "brotli", "rans"))
+    rows = Q.compare_quantizers(rd, ["faithful", "per_row", "gptq"], ["zstd", "brotli", "rans"])
+    rows = Q.compare_quantizers(rd, {"gptq+head": {"quant_mode": "gptq", "gptq_tied_head": True}})
 
-For every ``quant_mode`` the run's EMA weights are quantized once (``gptq`` first collects
-its calibration Hessians from the training shards, see :mod:`gepalib.quant.hessian`); each
+For every quantizer (a ``quant_mode``, or a name given to a set of quant fields) the run's EMA
+weights are quantized once (``gptq`` first collects its calibration Hessians from the training
+shards, see :mod:`gepalib.quant.hessian`); each
 compressor then writes the artifact bytes (re-read and checked byte-exact), and the weights
 loaded back from those bytes are scored once with the non-overlapping evaluation (every
 compressor is lossless, so they all give the same weights). Nothing is written to the run's
@@ -19,7 +20,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
@@ -53,14 +54,29 @@ def _cached(rd: RunDir, key: str) -> dict | None:
     return row if row.get("recorded_at", 0.0) >= os.path.getmtime(rd.ema_weights) else None
 
 
-def compare_quantizers(run: RunDir | str | os.PathLike, modes: Sequence[str] = MODES,
+def variant_settings(variants: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``["faithful", "gptq"]`` -> ``{"faithful": {"quant_mode": "faithful"}, ...}``; a mapping of
+    names to quant fields (e.g. ``{"gptq+head": {"quant_mode": "gptq", "gptq_tied_head": True}}``)
+    is checked and kept."""
+    out = {v: {"quant_mode": v} for v in variants} if not isinstance(variants, Mapping) else \
+        {str(k): dict(v) for k, v in variants.items()}
+    for name, kv in out.items():
+        bad = sorted(set(kv) - QUANT_FIELDS) + (["compressor"] if "compressor" in kv else [])
+        if bad or "quant_mode" not in kv:
+            raise ValueError(f"quantizer {name!r}: give its quant_mode and only quant fields other than "
+                             f"compressor; got {sorted(kv)}")
+    return out
+
+
+def compare_quantizers(run: RunDir | str | os.PathLike, variants: Sequence[str] | Mapping[str, Mapping[str, Any]] = MODES,
                        compressors: Sequence[str] = COMPRESSORS, *, force: bool = False, log: Log = print,
                        **overrides: Any) -> list[dict[str, Any]]:
-    """One row per (mode, compressor) for the run: ``model_bytes`` (the artifact file),
+    """One row per (quantizer, compressor) for the run: ``model_bytes`` (the artifact file),
     ``total_bytes`` (+ code bytes), ``fits``, ``val_bpb`` of the weights loaded back,
     ``float_ema_bpb`` and ``quant_gap_bpb`` when the float EMA stage was scored on the same
-    tokens, and the seconds spent (calibration, quantization, compression). ``overrides``:
-    quant fields (e.g. ``gptq_damp``) and ``val_tokens``/``eval_seq_len``."""
+    tokens, and the seconds spent (calibration, quantization, compression). ``variants``: quant
+    modes, or names mapped to quant fields (:func:`variant_settings`). ``overrides``: quant
+    fields for every variant (e.g. ``gptq_damp``) and ``val_tokens``/``eval_seq_len``."""
     rd = as_rundir(run)
     run_cfg = rd.load_config()
     bad = sorted(k for k in overrides if k not in QUANT_FIELDS | {"val_tokens", "eval_seq_len"}
@@ -69,27 +85,28 @@ def compare_quantizers(run: RunDir | str | os.PathLike, modes: Sequence[str] = M
         raise ValueError(f"compare_quantizers: overrides may set quant fields (not quant_mode/compressor), "
                          f"val_tokens or eval_seq_len; got {bad}")
     base = override(run_cfg, **overrides) if overrides else run_cfg
+    variants = variant_settings(variants)
     rows: list[dict[str, Any]] = []
-    sd = hessians = calib = val = None
-    steps = run_cfg.train.steps
+    sd = val = None
+    calibrations: dict[tuple, tuple] = {}  # (calib batches, tied head) -> (hessians, info)
     float_row = rd.stages().get("float_ema")
-    for mode in modes:
-        cfgs = {c: override(base, quant_mode=mode, compressor=c) for c in compressors}
+    for name, kv in variants.items():
+        cfgs = {c: override(base, **kv, compressor=c) for c in compressors}
         todo = {c: cfg for c, cfg in cfgs.items() if force or _cached(rd, _key(cfg)) is None}
-        for c, cfg in cfgs.items():
-            if c not in todo:
-                rows.append(_cached(rd, _key(cfg)))
+        rows += [{**_cached(rd, _key(cfg)), "quantizer": name} for c, cfg in cfgs.items() if c not in todo]
         if not todo:
             continue
+        qcfg = next(iter(todo.values())).quant
         if sd is None:
             sd = load_weights(rd, "ema")
-        t_cal = 0.0
-        if mode == "gptq":
-            if hessians is None:
-                hessians, calib = calibration_hessians(base, sd, log=log)
-            t_cal = calib["seconds"]
+        hessians, calib = None, None
+        if qcfg.quant_mode == "gptq":
+            ck = (qcfg.gptq_calib_batches, qcfg.gptq_tied_head)
+            if ck not in calibrations:
+                calibrations[ck] = calibration_hessians(next(iter(todo.values())), sd, log=log)
+            hessians, calib = calibrations[ck]
         t0 = time.perf_counter()
-        qm = quantize_state_dict(sd, next(iter(todo.values())).quant, hessians=hessians if mode == "gptq" else None)
+        qm = quantize_state_dict(sd, qcfg, hessians=hessians)
         t_quant = time.perf_counter() - t0
         bpb = None
         for c, cfg in todo.items():
@@ -101,22 +118,23 @@ def compare_quantizers(run: RunDir | str | os.PathLike, modes: Sequence[str] = M
                 val = val or _val_data(base)
                 bpb = _score(cfg, dequantize(back), val)
             ledger = size_ledger(len(data), code_bytes(c))
-            row = {"run": str(rd.path), "steps": steps, "quant_mode": mode, "compressor": c,
-                   "model_bytes": ledger["model_bytes"], "total_bytes": ledger["total_bytes"], "fits": ledger["fits"],
-                   "val_bpb": bpb["val_bpb"], "val_loss": bpb["val_loss"], "tokens": bpb["tokens"],
-                   "calib_seconds": t_cal, "quantize_seconds": t_quant, "compress_seconds": t_comp,
-                   "eval_seconds": bpb["seconds"], "recorded_at": time.time()}
-            if calib is not None and mode == "gptq":
+            row = {"run": str(rd.path), "steps": run_cfg.train.steps, "quantizer": name,
+                   "quant_mode": qcfg.quant_mode, "compressor": c, "model_bytes": ledger["model_bytes"],
+                   "total_bytes": ledger["total_bytes"], "fits": ledger["fits"], "val_bpb": bpb["val_bpb"],
+                   "val_loss": bpb["val_loss"], "tokens": bpb["tokens"],
+                   "calib_seconds": calib["seconds"] if calib else 0.0, "quantize_seconds": t_quant,
+                   "compress_seconds": t_comp, "eval_seconds": bpb["seconds"], "recorded_at": time.time()}
+            if calib is not None:
                 row["calib_tokens"], row["calib_files"] = calib["tokens"], calib["files"]
             if float_row and float_row.get("tokens") == bpb["tokens"]:
                 row["float_ema_bpb"] = float_row["val_bpb"]
                 row["quant_gap_bpb"] = bpb["val_bpb"] - float_row["val_bpb"]
             rd.update_summary(quantizers={_key(cfg): row})
-            log(f"quantizer:{mode} compressor:{c} model_bytes:{row['model_bytes']} val_bpb:{row['val_bpb']:.6f} "
-                f"quantize_s:{t_quant:.2f} calib_s:{t_cal:.2f} compress_s:{t_comp:.2f}")
+            log(f"quantizer:{name} compressor:{c} model_bytes:{row['model_bytes']} val_bpb:{row['val_bpb']:.6f} "
+                f"quantize_s:{t_quant:.2f} calib_s:{row['calib_seconds']:.2f} compress_s:{t_comp:.2f}")
             rows.append(row)
-    order = {(m, c): i for i, (m, c) in enumerate((m, c) for m in modes for c in compressors)}
-    return sorted(rows, key=lambda r: order[r["quant_mode"], r["compressor"]])
+    order = {(m, c): i for i, (m, c) in enumerate((m, c) for m in variants for c in compressors)}
+    return sorted(rows, key=lambda r: order[r["quantizer"], r["compressor"]])
 
 
 def _val_data(cfg: RunConfig) -> tuple:
