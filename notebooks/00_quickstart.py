@@ -25,13 +25,17 @@ figures_dir = "figures"
 steps = 100                    # training steps: the ladder's first rung
 warmdown_frac = 0.4
 val_every = 20
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("00_quickstart", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
@@ -40,7 +44,7 @@ base = run.base_config(preset, scale, data_dir, overrides)
 # Rank 0's output streams below; every rank's log is kept in `<run>/logs/`.
 
 # %%
-cfg = run.with_length(base, steps, warmdown_frac, val_every, seed=42)
+cfg = plan.configs[0]  # = run.with_length(base, steps, warmdown_frac, val_every, seed=42)
 rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)
 rd
 

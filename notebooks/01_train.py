@@ -26,6 +26,7 @@ steps = 400                    # training steps: the ladder's last rung
 warmdown_frac = 0.4
 val_every = 20
 seed = 42
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
@@ -33,13 +34,16 @@ from gepalib.findings import plots as P
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("01_train", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfg = run.with_length(base, steps, warmdown_frac, val_every, seed=seed)
+cfg = plan.configs[0]  # = run.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 print(f"run_key:{run.run_key(cfg)} steps:{cfg.train.steps} warmdown:{cfg.train.warmdown} "
       f"batch_tokens:{cfg.train.batch_tokens} seq_len:{cfg.train.seq_len}")
 rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)

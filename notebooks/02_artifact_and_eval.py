@@ -26,6 +26,7 @@ steps = 400                    # the run of 01_train
 warmdown_frac = 0.4
 val_every = 20
 seed = 42
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 import pandas as pd
@@ -37,13 +38,16 @@ from gepalib.quant.artifact import load_artifact
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("02_artifact_and_eval", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfg = run.with_length(base, steps, warmdown_frac, val_every, seed=seed)
+cfg = plan.configs[0]  # = run.with_length(base, steps, warmdown_frac, val_every, seed=seed)
 rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)
 run.ensure_artifact(rd)
 

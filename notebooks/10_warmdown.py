@@ -27,6 +27,7 @@ warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
 ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
 val_every = 20                 # validation interval in steps, the same for every run
 seeds = [42, 43]
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
@@ -37,13 +38,17 @@ from gepalib.findings.report import save_finding
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("10_warmdown", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfgs = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
+cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
+#                                            ladder_warmdown)
 longest = cfgs[0].train.steps
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 

@@ -32,6 +32,7 @@ sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs
 adamw = {"ttt_optimizer": "adamw", "ttt_lr": 5e-05, "ttt_epochs": 1,
          "ttt_freeze_blocks": 0}  # PR #456: AdamW 5e-5, 1 epoch, nothing frozen
 ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score (8 chunks); None: the run's own
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
@@ -42,13 +43,17 @@ from gepalib.findings.report import save_finding
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("12_sgd_vs_adamw", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfgs = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
+cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
+#                                            ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 settings = {"sgd": sgd, "adamw": adamw}
 rows = {name: [run.ensure_stages(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **kv)

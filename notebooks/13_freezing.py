@@ -30,6 +30,7 @@ sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs
        "ttt_freeze_blocks": 1}  # PR #461: SGD 0.002, 3 epochs, freeze 2 of 11 (~18%: 1 of tiny's 6)
 ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score (8 chunks); None: the run's own
 freeze_blocks = [0, 1, 2, 3]    # frozen leading blocks to compare
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
@@ -39,13 +40,17 @@ from gepalib.findings.report import save_finding
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("13_freezing", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfgs = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
+cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
+#                                            ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 frozen, gains = [], []
 for k in freeze_blocks:

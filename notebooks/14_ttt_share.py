@@ -35,6 +35,7 @@ ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score
 share_base = "int6_sliding"    # int6_sliding | float_live | float_ema | int6_roundtrip
 baseline_bpb: "Optional[float]" = None  # None: measure a same-scale baseline; 1.224 at full scale
 baseline_steps = 50            # training steps of the same-scale baseline
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
@@ -45,14 +46,17 @@ from gepalib.findings.report import save_finding
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("14_ttt_share", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfgs = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
-                           warmdowns=ladder_warmdown)
+cfgs = plan.configs  # = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed],
+#                                      val_every=val_every, warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = [run.ensure_stages(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **ttt) for rd in rds]
 float_bpb = [run.stage_bpb(rd, share_base, r) for rd, r in zip(rds, rows)]
@@ -61,7 +65,8 @@ list(zip(ladder_steps, float_bpb, final_bpb))
 
 # %%
 if baseline_bpb is None:
-    bcfg = run.baseline_config(run.with_length(base, baseline_steps, warmdown_frac, val_every, seed=seed))
+    bcfg = plan.extra["baseline"]  # = run.baseline_config(run.with_length(base, baseline_steps,
+    #                                       warmdown_frac, val_every, seed=seed))
     brd = run.launch(bcfg, nproc=nproc, runs_root=runs_root)
     baseline = run.stage_bpb(brd, share_base, run.ensure_stages(brd, sliding=True, nproc=nproc,
                                                              val_tokens=ttt_val_tokens))

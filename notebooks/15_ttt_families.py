@@ -55,6 +55,7 @@ families = {
                   "ttt_lora_batch_docs": 16},
 }
 cost_seeds = 1                 # bases (the first ones) on which wall time and peak memory are measured
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
@@ -65,7 +66,10 @@ from gepalib.run.params import check_parameters
 from gepalib.run.ttt_cost import ttt_cost
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("15_ttt_families", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
@@ -74,7 +78,8 @@ settings = {name: {"ttt_scoring": ttt_scoring, **kv,
             for name, kv in families.items()}
 
 # %%
-cfgs = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown)
+cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
+#                                            ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = {name: [run.ensure_stages(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **kv)
                for rd in rds] for name, kv in settings.items()}

@@ -40,6 +40,7 @@ quantizers = {                 # name -> quant fields (quant_mode and its settin
 compressors = ["zstd", "brotli", "rans"]  # zstd-22 (as run), brotli-11, rANS
 quant_overrides = {}           # quant fields for every mode, e.g. {"gptq_damp": 0.05, "gptq_calib_batches": 16}
 frontier_bytes = "model_bytes"  # model_bytes (the artifact) | total_bytes (+ the code bytes, the challenge's rule)
+dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 import pandas as pd
@@ -50,14 +51,17 @@ from gepalib.run import quantizers as Q
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.plan_notebook("16_quantizers", globals())  # every run and evaluation below
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
+# %%
 P.set_style()
 run.ensure_data(data_dir)
 base = run.base_config(preset, scale, data_dir, overrides)
 
 # %%
-cfgs = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
-                           warmdowns=ladder_warmdown)
+cfgs = plan.configs  # = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed],
+#                                      val_every=val_every, warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = [r for rd in rds for r in Q.compare_quantizers(rd, quantizers, compressors, **quant_overrides)]
 df = pd.DataFrame(rows)[["steps", "quantizer", "compressor", "model_bytes", "total_bytes", "fits", "val_bpb",

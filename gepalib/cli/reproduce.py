@@ -39,6 +39,12 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     params = load_parameters_file(args.parameters) if args.parameters else {}
     params.update(parse_params(args.param or []))
+    if args.plan:
+        from gepalib.run.bill import format_bill, plan_reproduce
+
+        print(format_bill(plan_reproduce(args.notebooks, quick=args.quick, runs_root=args.runs_root,
+                                         data_dir=args.data_dir, figures=args.figures, parameters=params)))
+        return 0
     res = reproduce(args.notebooks, quick=args.quick, out=args.out, figures=args.figures, runs_root=args.runs_root,
                     data_dir=args.data_dir, parameters=params, log_output=args.verbose)
     failed = [r for r in res["notebooks"] if r["status"] != "ok"]
@@ -56,6 +62,7 @@ examples:
   gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
   gepa reproduce --notebooks 10_warmdown 11_compressibility
   gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown -p nproc=8
+  gepa reproduce --plan --parameters notebooks/12_sgd_vs_adamw.gpu.yaml --notebooks 12_sgd_vs_adamw
 
 Executed notebooks go to --out (the sources in notebooks/ stay output-free); the runs' progress
 lines are echoed as they come (--verbose: every line of output). A notebook that fails is
@@ -80,4 +87,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                    help="one notebook parameter (YAML value), e.g. -p nproc=2")
     p.add_argument("--verbose", action="store_true", help="echo the notebooks' cell output")
+    p.add_argument("--plan", action="store_true",
+                   help="list every run and evaluation the notebooks would launch (commands, what is reused) "
+                        "and the estimated GPU-hours and wall time; train nothing")
     p.set_defaults(func=cmd_reproduce)

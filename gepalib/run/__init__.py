@@ -9,7 +9,9 @@
 Modules: :mod:`~gepalib.run.stages` (the stage ledger), :mod:`~gepalib.run.pipeline`
 (quantize and evaluate a run in-process), :mod:`~gepalib.run.launch` (torchrun),
 :mod:`~gepalib.run.results` (tables), :mod:`~gepalib.run.configs` (the notebooks'
-experiment plans), :mod:`~gepalib.run.notebooks` (``gepa reproduce``). A run's identity
+experiment plans), :mod:`~gepalib.run.notebooks` (``gepa reproduce``),
+:mod:`~gepalib.run.plans` (what each notebook trains and evaluates) and
+:mod:`~gepalib.run.bill` (its GPU-hours, ``gepa reproduce --plan``). A run's identity
 is :func:`gepalib.rundir.identity` (see docs/runs.md).
 
 ``run.run_key`` (the notebooks' name) is :func:`~gepalib.rundir.identity_hash`. Note that
@@ -22,7 +24,9 @@ from gepalib.run.configs import (BASELINE_SWITCHES, SCALES, base_config, baselin
                                  longest_rung_configs, scale_overrides, with_length)
 from gepalib.run.launch import (KILL_GRACE_S, TAIL_LINES, RunFailed, ensure_artifact, ensure_stages, launch,
                                 launch_many, run_streamed, torchrun_command)
+from gepalib.run.bill import format_bill, load_rates, plan_reproduce, price_plans, stop_if_dry_run
 from gepalib.run.notebooks import NOTEBOOKS, execute_notebook, load_parameters_file, reproduce
+from gepalib.run.plans import PLANNERS, plan_notebook
 from gepalib.run.pipeline import describe_artifact, evaluate_run, quantize_run
 from gepalib.run.results import (artifact_bytes, load_metrics, load_runs, mean_trajectory, run_record,
                                  stage_table)
@@ -32,12 +36,13 @@ from gepalib.run.stages import (STAGES, find_stage, format_ledger, stage_bpb, st
 run_key = identity_hash  # the notebooks' name for a run's identity hash
 
 __all__ = [
-    "BASELINE_SWITCHES", "BOOKKEEPING_FIELDS", "IDENTITY_SECTIONS", "KILL_GRACE_S", "NOTEBOOKS",
-    "PATH_FIELDS", "RESUMABLE_FIELDS", "SCALES", "STAGES", "TAIL_LINES", "RunFailed", "artifact_bytes",
-    "base_config", "baseline_config", "default_run_dir", "describe_artifact", "ensure_artifact", "ensure_data",
-    "ensure_stages", "evaluate_run", "execute_notebook", "find_stage", "format_ledger", "identity",
-    "identity_diff", "identity_hash", "is_finished", "ladder_configs", "launch", "launch_many", "load_metrics",
-    "load_parameters_file", "load_runs", "longest_rung_configs", "mean_trajectory", "quantize_run",
-    "reproduce", "run_key", "run_record", "run_streamed", "scale_overrides", "stage_bpb", "stage_config",
-    "stage_kinds", "stage_settings", "stage_table", "torchrun_command", "ttt_gain", "with_length",
+    "BASELINE_SWITCHES", "BOOKKEEPING_FIELDS", "IDENTITY_SECTIONS", "KILL_GRACE_S", "NOTEBOOKS", "PATH_FIELDS",
+    "PLANNERS", "RESUMABLE_FIELDS", "RunFailed", "SCALES", "STAGES", "TAIL_LINES", "artifact_bytes", "base_config",
+    "baseline_config", "default_run_dir", "describe_artifact", "ensure_artifact", "ensure_data", "ensure_stages",
+    "evaluate_run", "execute_notebook", "find_stage", "format_bill", "format_ledger", "identity", "identity_diff",
+    "identity_hash", "is_finished", "ladder_configs", "launch", "launch_many", "load_metrics",
+    "load_parameters_file", "load_rates", "load_runs", "longest_rung_configs", "mean_trajectory", "plan_notebook",
+    "plan_reproduce", "price_plans", "quantize_run", "reproduce", "run_key", "run_record", "run_streamed",
+    "scale_overrides", "stage_bpb", "stage_config", "stage_kinds", "stage_settings", "stage_table",
+    "stop_if_dry_run", "torchrun_command", "ttt_gain", "with_length",
 ]

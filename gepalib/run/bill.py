@@ -1,0 +1,368 @@
+"""Know the bill before paying it: every run and evaluation the notebooks would launch, what is
+already on disk, and the GPU-hours and wall time of the rest (``gepa reproduce --plan``).
+
+    plans = [run.plan_notebook(n, params) for n in names]      # gepalib.run.plans
+    bill = run.price_plans(plans)                              # nothing is trained
+    print(run.format_bill(bill))
+
+**What is reused.** A training run whose content-addressed directory holds the finished run
+costs nothing; an interrupted one costs the steps after its newest checkpoint. An evaluation
+whose stage rows are in the run's ledger with the same settings costs nothing (the lookups of
+:func:`gepalib.run.ensure_stages`). Runs and evaluations that several notebooks share are
+priced once, by the first notebook that makes them.
+
+**Rates** (:func:`load_rates`). ``bench/results/gpu.json`` when it holds a GPU measurement
+(``bench/gpu_check.py``, not ``--tiny``): its per-GPU training tokens/s (compiled when it
+ran), evaluation tokens/s and TTT seconds per chunk. Otherwise the submission's 4xA100-40GB
+run: 10,011 s for 20,000 steps of 786,432 tokens (500.6 ms/step, 392.8k tokens/s per GPU)
+and 2,066 s for its TTT evaluation, whose forward-token work (969,088 windows of 2,048 tokens
+scored, 18,920 SGD steps of 32,768 tokens at 3x a forward) gives ~465k forward tokens/s per
+GPU for the (eager) evaluations. The trainer's periodic validation runs compiled: a forward
+is a third of a training step's FLOPs, so 3x the training rate. With a measurement, the
+evaluations take its non-overlapping rate and TTT its seconds per chunk. Other model sizes
+scale by training FLOPs per token (6 x matmul
+parameters + 6 L d T attention). Wall time is GPU-seconds / nproc (no communication cost,
+no compile time: a first-order estimate to decide on, not a promise).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gepalib import checkpoint as ckpt
+from gepalib.config import RunConfig, get_preset, override, project_root, resolve_path
+from gepalib.data import list_shards, read_shard_header, val_keep
+from gepalib.findings.reference import HEADLINE
+from gepalib.run.launch import torchrun_command
+from gepalib.run.plans import NotebookPlan, PlannedEval
+from gepalib.run.stages import find_stage, stage_kinds, stage_settings
+from gepalib.rundir import RunDir, default_run_dir, is_finished
+
+FINEWEB_VAL_TOKENS = HEADLINE["val_targets"] + 1  # the submission's val split (62,021,633 tokens)
+SUBMISSION_GPUS = 4
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Per-GPU throughputs at gepa11's size (other sizes scale by FLOPs per token)."""
+
+    source: str
+    gpu: str  # what one GPU-hour is an hour of
+    train_tok_s: float  # training tokens / s
+    val_tok_s: float  # the trainer's periodic validation (compiled on CUDA): tokens / s
+    eval_tok_s: float  # evaluations of gepa eval / ensure_stages (eager): forward tokens / s
+    ttt_train_tok_s: float  # TTT training tokens / s (one forward + backward each)
+
+
+def submission_rates() -> Rates:
+    step_s = HEADLINE["train_seconds"] / HEADLINE["steps"]
+    train = 786_432 / step_s / SUBMISSION_GPUS
+    score_work = HEADLINE["sliding_windows"] * 2048
+    ttt_work = 3 * HEADLINE["ttt_steps"] * 32_768
+    fwd = (score_work + ttt_work) / (HEADLINE["eval_seconds"] * SUBMISSION_GPUS)
+    return Rates(f"the submission's 4xA100 run ({1000 * step_s:.1f} ms/step, TTT eval {HEADLINE['eval_seconds']} s)",
+                 "A100-40GB", train, 3 * train, fwd, fwd / 3)
+
+
+def load_rates(path: str | os.PathLike | None = None) -> Rates:
+    """Rates from ``bench/results/gpu.json`` when it is a GPU measurement, else the submission's."""
+    p = Path(path) if path else project_root() / "bench" / "results" / "gpu.json"
+    try:
+        res = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return submission_rates()
+    train = (res.get("parts") or {}).get("train") or {}
+    run = train.get("compiled") or train.get("eager")
+    if res.get("tiny", True) or not run or not run.get("tokens_per_s"):
+        return submission_rates()
+    sub = submission_rates()
+    modes = ((res.get("parts") or {}).get("eval") or {}).get("modes") or {}
+    ev = (res.get("parts") or {}).get("eval") or {}
+    val = modes.get("nonoverlapping", {}).get("tokens_per_s")
+    ttt = modes.get("ttt", {})
+    chunk, epochs = ev.get("chunk_tokens"), ev.get("ttt_epochs")
+    ttt_rate = chunk * epochs / ttt["train_s_per_chunk"] if ttt.get("train_s_per_chunk") and chunk and epochs else None
+    kind = "compiled" if "compiled" in train else "eager"
+    return Rates(f"{p.name}: {res.get('device_name', 'GPU')} ({kind}, {run['ms_per_step_median']:.1f} ms per "
+                 f"{train.get('micro_batch_tokens', 98_304):,}-token micro-step)", res.get("device_name", "GPU"),
+                 float(run["tokens_per_s"]), 3 * float(run["tokens_per_s"]), float(val or sub.eval_tok_s),
+                 float(ttt_rate or sub.ttt_train_tok_s))
+
+
+# ---------------------------------------------------------------------------
+# Sizes
+
+
+def flops_per_token(cfg: RunConfig) -> float:
+    """Training FLOPs per token: 6 x the matmul parameters (tied head counted, lookup tables not)
+    + 6 L d T for causal attention."""
+    m, T = cfg.model, cfg.train.seq_len
+    kv = m.num_kv_heads * m.head_dim
+    block = 2 * m.model_dim * m.model_dim + 2 * m.model_dim * kv + 2 * m.model_dim * m.mlp_hidden
+    n = m.num_layers * block + m.vocab_size * m.model_dim
+    n += m.bigram_dim * m.model_dim if m.bigram else 0
+    n += m.ve_dim * kv if m.ve_layers else 0
+    return 6.0 * n + 6.0 * m.num_layers * m.model_dim * T
+
+
+GEPA11_FLOPS = flops_per_token(get_preset("gepa11"))
+
+
+def val_targets(cfg: RunConfig, val_tokens: int | None = None) -> tuple[int | None, str]:
+    """Validation targets a run scores (its val_tokens cap, or ``val_tokens``) and a note."""
+    T = cfg.eval.eval_seq_len or cfg.train.seq_len
+    cap = cfg.data.val_tokens if val_tokens is None else val_tokens
+    d = resolve_path(cfg.data.data_dir)
+    shards = list_shards(d, "val") if d.is_dir() else []
+    note = ""
+    if shards:
+        total = sum(read_shard_header(s) for s in shards)
+    elif "fineweb10B" in d.name:
+        total, note = FINEWEB_VAL_TOKENS, "FineWeb's val split (not downloaded yet)"
+    else:
+        return None, f"{d}: no validation shards, evaluation not priced"
+    return val_keep(total, T, cap or 0) - 1, note
+
+
+# ---------------------------------------------------------------------------
+# Pricing
+
+
+@dataclass
+class Item:
+    notebook: str
+    what: str  # train | eval
+    label: str
+    status: str  # new | resume from step k | reused | shared with <notebook>
+    gpu_s: float
+    nproc: int
+    run_dir: str
+    command: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def wall_s(self) -> float:
+        return self.gpu_s / max(1, self.nproc)
+
+
+def train_command(rd: Path, nproc: int) -> list[str]:
+    """The command :func:`gepalib.run.launch` runs for a run directory."""
+    args = ["gepalib", "train", "--run-dir", str(rd), "--config", str(rd / "logs" / "launch_config.json")]
+    return torchrun_command(args, nproc, rd / "logs" / "torchrun")
+
+
+def _eval_points(tc, start: int) -> list[int]:
+    pts = [0] if start == 0 else []
+    if tc.val_every > 0:
+        pts += list(range((start // tc.val_every + 1) * tc.val_every, tc.steps, tc.val_every))
+    return pts + [tc.steps]
+
+
+def price_training(cfg: RunConfig, start: int, rates: Rates) -> tuple[float, str]:
+    """GPU-seconds of training ``cfg`` from step ``start``: the steps (+ the compile warm-up) and
+    the periodic validation (live, EMA when ``val_ema`` and always at the end)."""
+    tc, ratio = cfg.train, flops_per_token(cfg) / GEPA11_FLOPS
+    steps = tc.steps - start + (tc.compile_warmup if tc.compile and start < tc.steps else 0)
+    train_s = steps * tc.batch_tokens * ratio / rates.train_tok_s
+    n, note = val_targets(cfg)
+    pts = _eval_points(tc, start)
+    passes = sum(1 if s == 0 else (2 if s == tc.steps or cfg.eval.val_ema else 1) for s in pts)
+    val_s = passes * (n or 0) * ratio / rates.val_tok_s
+    return train_s + val_s, f"{steps} steps {train_s / 3600:.2f} GPU-h + {passes} validation passes " \
+                            f"{val_s / 3600:.2f} GPU-h" + (f" ({note})" if note else "")
+
+
+def price_eval(cfg: RunConfig, ev: PlannedEval, rates: Rates, kinds: list[str]) -> tuple[float, str]:
+    """GPU-seconds of the stage ``kinds`` (roundtrip | sliding | ttt) of ``ev`` on the run ``cfg``."""
+    ratio = flops_per_token(cfg) / GEPA11_FLOPS
+    e = override(cfg, **ev.overrides) if ev.overrides and ev.kind != "quantizers" else cfg
+    n, note = val_targets(e)
+    if n is None:
+        return 0.0, note
+    T, stride = e.eval.eval_seq_len or e.train.seq_len, e.eval.eval_stride
+    secs, parts = 0.0, []
+    for k in kinds:
+        if k == "roundtrip":
+            s = n / rates.eval_tok_s * max(1, len(ev.modes))
+        elif k == "sliding" or (k == "ttt" and e.ttt.ttt_scoring == "sliding"):
+            s = n * T / stride / rates.eval_tok_s  # every window's forward
+        else:  # streaming scoring: about one forward per token
+            s = n / rates.eval_tok_s
+        if k == "ttt":
+            chunks = math.ceil(n / e.ttt.ttt_chunk_tokens)
+            s += (chunks - 1) * e.ttt.ttt_chunk_tokens * e.ttt.ttt_epochs / rates.ttt_train_tok_s
+        secs += s * ratio
+        parts.append(k)
+    fam = "" if e.ttt.ttt_family == "full" or "ttt" not in kinds else f" ({e.ttt.ttt_family}: priced as full TTT)"
+    return secs, "+".join(parts) + f" on {n:,} targets" + fam + (f" ({note})" if note else "")
+
+
+def _missing_kinds(rd: RunDir, ev: PlannedEval) -> list[str]:
+    """Which of the evaluation's stage kinds are not yet in the run's ledger (``ensure_stages``
+    records the round trip again with its settings, so it comes with every missing kind)."""
+    if ev.kind in ("quantizers", "ttt_cost"):  # measured afresh every time
+        return ["roundtrip"] if ev.kind == "quantizers" else ["ttt"]
+    want = ["roundtrip"] + (["sliding"] if ev.sliding else []) + (["ttt"] if ev.ttt else [])
+    if not rd.exists() or not is_finished(rd):
+        return want
+    cfg = rd.load_config()
+    cfg = override(cfg, **ev.overrides) if ev.overrides else cfg
+    kinds = stage_kinds(cfg)
+    missing = [k for k in want if find_stage(rd, kinds[k][0], stage_settings(cfg, kinds[k][1])) is None]
+    return want if missing else []
+
+
+def _has_artifact(rd: RunDir) -> bool:
+    return rd.artifact.exists() and rd.ema_weights.exists() and \
+        rd.artifact.stat().st_mtime >= rd.ema_weights.stat().st_mtime
+
+
+def price_plans(plans: list[NotebookPlan], rates: Rates | None = None) -> dict[str, Any]:
+    """Every run and evaluation of ``plans`` with its status and price (nothing is run)."""
+    rates = rates or load_rates()
+    items: list[Item] = []
+    seen_runs: dict[str, str] = {}
+    seen_evals: dict[tuple, str] = {}
+    for plan in plans:
+        runs = plan.all_runs()
+        for label, cfg in runs:
+            rd = default_run_dir(cfg, plan.runs_root)
+            key = str(rd)
+            t = cfg.train
+            desc = f"{cfg.preset} steps {t.steps} (warmdown {t.warmdown}) seed {t.seed}"
+            if key in seen_runs:
+                items.append(Item(plan.notebook, "train", desc, f"shared with {seen_runs[key]}", 0.0, plan.nproc, key))
+                continue
+            seen_runs[key] = plan.notebook
+            r = RunDir(rd)
+            if r.exists() and is_finished(r):
+                status, start = "reused (finished)", t.steps
+            else:
+                last = ckpt.list_checkpoints(r.checkpoints) if r.exists() else []
+                start = last[-1][0] if last else 0
+                status = f"resume from step {start}" if start else "new"
+            gpu_s, detail = (0.0, "") if start >= t.steps else price_training(cfg, start, rates)
+            items.append(Item(plan.notebook, "train", desc, status, gpu_s, plan.nproc, key,
+                              train_command(rd, plan.nproc) if start < t.steps else [], detail))
+        for ev in plan.evals:
+            label, cfg = runs[ev.run]
+            rd = RunDir(default_run_dir(cfg, plan.runs_root))
+            key = (str(rd.path), ev.kind, ev.sliding, ev.ttt, json.dumps(ev.overrides, sort_keys=True, default=str),
+                   ev.modes, ev.compressors)
+            what = {"stages": " + ".join(["sliding"] * ev.sliding + ["TTT"] * ev.ttt) or "round trip",
+                    "ttt_cost": "TTT", "quantizers": "quantizers"}.get(ev.kind, ev.kind)
+            name = f"{ev.label + ': ' if ev.label else ''}{what} on {cfg.preset} steps {cfg.train.steps} " \
+                   f"seed {cfg.train.seed}"
+            if key in seen_evals and ev.kind != "ttt_cost":
+                items.append(Item(plan.notebook, "eval", name, f"shared with {seen_evals[key]}", 0.0, plan.nproc,
+                                  str(rd.path)))
+                continue
+            seen_evals[key] = plan.notebook
+            akey = (str(rd.path), "artifact")
+            if ev.kind in ("artifact", "stages") and akey not in seen_evals:  # ensure_artifact comes first
+                seen_evals[akey] = plan.notebook
+                done = _has_artifact(rd)
+                a_s, a_detail = (0.0, "") if done else price_eval(cfg, PlannedEval(ev.run, "artifact"), rates,
+                                                                   ["roundtrip"])
+                items.append(Item(plan.notebook, "eval", f"int6 artifact of {cfg.preset} steps {cfg.train.steps} "
+                                  f"seed {cfg.train.seed}", "reused" if done else "new", a_s, 1, str(rd.path), [],
+                                  "quantize + " + a_detail if a_detail else ""))
+            if ev.kind == "artifact":
+                continue
+            missing = _missing_kinds(rd, ev)
+            gpu_s, detail = price_eval(cfg, ev, rates, missing) if missing else (0.0, "")
+            if ev.kind == "quantizers":
+                detail = f"{len(ev.modes)} quant modes x {len(ev.compressors)} compressors; " + detail
+            items.append(Item(plan.notebook, "eval", name, "reused (in the ledger)" if not missing else "new",
+                              gpu_s, plan.nproc if ev.kind != "ttt_cost" else 1, str(rd.path), [], detail))
+    total = sum(i.gpu_s for i in items)
+    return {"rates": rates, "items": items, "gpu_hours": total / 3600, "wall_hours": sum(i.wall_s for i in items) / 3600,
+            "train_runs": sum(1 for i in items if i.what == "train" and i.gpu_s > 0),
+            "reused_runs": sum(1 for i in items if i.what == "train" and i.gpu_s == 0),
+            "evals": sum(1 for i in items if i.what == "eval" and i.gpu_s > 0)}
+
+
+def _hours(s: float) -> str:
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
+
+
+def format_bill(bill: dict[str, Any], *, commands: bool = True) -> str:
+    """The bill as text: one line per run/evaluation (and its command), notebook subtotals, the total."""
+    out, rates = [], bill["rates"]
+    by_nb: dict[str, list[Item]] = {}
+    for i in bill["items"]:
+        by_nb.setdefault(i.notebook, []).append(i)
+    for nb, items in by_nb.items():
+        out.append(f"notebook {nb}:")
+        for i in items:
+            out.append(f"  {i.what:<5} {i.label}  nproc {i.nproc}  [{i.status}]  "
+                       f"{i.gpu_s / 3600:.2f} GPU-h, wall {_hours(i.wall_s)}" + (f"  ({i.detail})" if i.detail else ""))
+            if i.what == "train":
+                out.append(f"        run_dir {i.run_dir}")
+            if commands and i.command:
+                out.append("        $ " + " ".join(i.command))
+        sub = sum(i.gpu_s for i in items)
+        out.append(f"  subtotal {nb}: {sub / 3600:.2f} GPU-h, wall {_hours(sum(i.wall_s for i in items))}")
+    out.append(f"total: {bill['train_runs']} runs to train ({bill['reused_runs']} reused or shared), "
+               f"{bill['evals']} evaluations; {bill['gpu_hours']:.2f} GPU-h ({rates.gpu}), "
+               f"wall {_hours(bill['wall_hours'] * 3600)}")
+    out.append(f"rates: {rates.source}; per GPU: train {rates.train_tok_s:,.0f} tok/s, validation "
+               f"{rates.val_tok_s:,.0f} tok/s, evaluation {rates.eval_tok_s:,.0f} forward tok/s, TTT train {rates.ttt_train_tok_s:,.0f} tok/s at gepa11's size; wall = GPU time / nproc, "
+               f"no communication or compile time")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# A notebook's dry run
+
+
+def _skip_cell(lines: list[str]) -> list[str]:
+    return ["pass\n"]
+
+
+def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
+    """With ``dry_run``: print the notebook's bill and run nothing more -- in Jupyter/papermill
+    every later cell of this kernel becomes a no-op (an IPython input transformer; the run
+    completes without an error); as a plain script the process exits 0."""
+    if not dry_run:
+        return
+    print(format_bill(price_plans([plan])), flush=True)
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        get_ipython = lambda: None  # noqa: E731
+    ip = get_ipython()
+    if ip is None:
+        sys.exit(0)
+    if _skip_cell not in ip.input_transformers_post:
+        ip.input_transformers_post.append(_skip_cell)
+    print(f"dry run: {plan.notebook}'s remaining cells are skipped", flush=True)
+
+
+def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, runs_root: str = "runs",
+                   data_dir: str = "data/sotu_sp1024", figures: str = "figures",
+                   parameters: dict[str, Any] | None = None, rates: Rates | None = None) -> dict[str, Any]:
+    """The bill of ``gepa reproduce`` with the same arguments: each notebook gets the parameters
+    :func:`gepalib.run.notebooks.reproduce` would inject, and nothing runs."""
+    from gepalib.run.notebooks import NOTEBOOKS, QUICK_COMMON, QUICK_PARAMETERS
+    from gepalib.run.plans import plan_notebook
+
+    names = [n for n in NOTEBOOKS if n in (notebooks or NOTEBOOKS)]
+    unknown = sorted(set(notebooks or ()) - set(NOTEBOOKS))
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
+    data_dir = str((parameters or {}).get("data_dir", data_dir))
+    plans = []
+    for name in names:
+        params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": figures}
+        if quick:
+            params.update(QUICK_COMMON)
+            params.update(QUICK_PARAMETERS.get(name, {}))
+        params.update(parameters or {})
+        plans.append(plan_notebook(name, params))
+    return price_plans(plans, rates)

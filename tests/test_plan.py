@@ -1,0 +1,235 @@
+"""The bill before the run: what each notebook trains and evaluates (gepalib.run.plans), what
+is reused, and the GPU-hours of the rest (gepalib.run.bill, ``gepa reproduce --plan``)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gepalib import run
+from gepalib.config import get_preset
+from gepalib.fsio import atomic_write_json
+from gepalib.run import bill as B
+from gepalib.run import plans as PL
+from gepalib.rundir import RunDir, default_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+NB_DIR = REPO / "notebooks"
+GPU_YAMLS = sorted(NB_DIR.glob("*.gpu.yaml"))
+TRAIN_LINE = re.compile(r"^  train (\S+) steps (\d+) \(warmdown (\d+)\) seed (\d+)  nproc (\d+)  \[([^\]]+)\]")
+
+
+def yaml_name(path: Path) -> str:
+    return path.name.removesuffix(".gpu.yaml")
+
+
+def expected_runs(name: str, p: dict) -> list[tuple[int, int, int]]:
+    """(steps, warmdown, seed) of the training runs a notebook makes with the full-scale parameters,
+    worked out from the YAML itself (not from the registry)."""
+    ls, lw = p.get("ladder_steps"), p.get("ladder_warmdown")
+    if name in ("00_quickstart", "01_train", "02_artifact_and_eval"):
+        return [(p["steps"], round(p.get("warmdown_frac", 0.4) * p["steps"]), p.get("seed", 42))]
+    longest = max(range(len(ls)), key=lambda i: ls[i])
+    if name in ("10_warmdown", "12_sgd_vs_adamw", "13_freezing", "15_ttt_families"):
+        return [(ls[longest], lw[longest], s) for s in p["seeds"]]
+    runs = [(s, w, p["seed"]) for s, w in zip(ls, lw)]
+    if name == "14_ttt_share" and p.get("baseline_bpb") is None:
+        runs.append((p["baseline_steps"], round(p["warmdown_frac"] * p["baseline_steps"]), p["seed"]))
+    return runs
+
+
+def expected_evals(name: str, p: dict) -> int:
+    """Evaluation lines: one int6 artifact per evaluated run, then each evaluation call."""
+    n_runs = len(expected_runs(name, p))
+    return {"00_quickstart": 2, "01_train": 0, "02_artifact_and_eval": 2, "10_warmdown": 0,
+            "11_compressibility": n_runs, "12_sgd_vs_adamw": n_runs * 3,
+            "13_freezing": n_runs * (1 + len(p.get("freeze_blocks", []))), "14_ttt_share": 2 * n_runs,
+            "15_ttt_families": n_runs * (1 + len(p.get("families", {}))) + len(p.get("families", {}))
+            * min(p.get("cost_seeds", 1), n_runs),
+            "16_quantizers": n_runs}[name]
+
+
+@pytest.mark.parametrize("path", GPU_YAMLS, ids=yaml_name)
+def test_plan_of_every_gpu_yaml_lists_what_the_notebook_launches(path, tmp_path, capsys):
+    """``gepa reproduce --plan --parameters X.gpu.yaml`` lists the full-scale runs (steps,
+    warmdown, seed, nproc, the torchrun command) and evaluations of the notebook, all new in an
+    empty runs root, and a positive bill; nothing is written."""
+    from gepalib.cli import main
+
+    name, p = yaml_name(path), yaml.safe_load(path.read_text())
+    if name not in PL.PLANNERS:
+        pytest.fail(f"{name} has no planner in gepalib.run.plans")
+    assert main(["reproduce", "--plan", "--parameters", str(path), "--notebooks", name,
+                 "--runs-root", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    trains = [TRAIN_LINE.match(ln).groups() for ln in out.splitlines() if TRAIN_LINE.match(ln)]
+    assert [(int(s), int(w), int(seed)) for _, s, w, seed, _, _ in trains] == expected_runs(name, p)
+    assert {(pre, int(n), st) for pre, _, _, _, n, st in trains} == {("gepa11", p["nproc"], "new")}
+    assert out.count(f"--nproc-per-node {p['nproc']} ") == len(trains)
+    assert sum(1 for ln in out.splitlines() if ln.startswith("  eval ")) == expected_evals(name, p)
+    total = re.search(r"^total: (\d+) runs to train \(0 reused or shared\), (\d+) evaluations; ([\d.]+) GPU-h",
+                      out, re.M)
+    assert total and int(total.group(1)) == len(trains) and float(total.group(3)) > 10.0
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+
+
+def test_the_bill_of_the_submission_run_is_its_own_cost():
+    """gepa11 at full scale, priced with the submission's rates: its 20,000 steps cost what the
+    submission took (10,011 s on 4 A100s) plus the 20 warm-up steps; validation is priced apart."""
+    rates = B.submission_rates()
+    cfg = run.with_length(run.base_config("gepa11", "full", "data/fineweb10B_sp1024"), 20000, 0.4, 500)
+    gpu_s, detail = B.price_training(cfg, 0, rates)
+    train_s = 20020 * 786432 / rates.train_tok_s
+    assert train_s == pytest.approx(4 * 10011 * 20020 / 20000, rel=1e-9)
+    passes = 1 + 39 * 2 + 2  # step 0 (live = EMA), 39 periodic (live + EMA), the final (both)
+    assert gpu_s == pytest.approx(train_s + passes * 62_021_632 / rates.val_tok_s, rel=1e-9)
+    assert "20020 steps" in detail and f"{passes} validation passes" in detail
+    # without the EMA in periodic validation: one pass each
+    from gepalib.config import override
+
+    fewer, _ = B.price_training(override(cfg, val_ema=False), 0, rates)
+    assert fewer == pytest.approx(train_s + (1 + 39 + 2) * 62_021_632 / rates.val_tok_s, rel=1e-9)
+    # a resumed run pays for the steps left (and the warm-up again)
+    half, _ = B.price_training(cfg, 10000, rates)
+    assert half < gpu_s / 2 + 0.05 * gpu_s
+
+
+def test_flops_per_token_matches_the_bench_count():
+    """The bill scales by the same FLOPs per token as bench/common.py counts on the real models."""
+    from bench.common import flops_per_token, matmul_params
+    from gepalib.model import GPT
+
+    for preset in ("gepa11", "tiny", "baseline9"):
+        cfg = get_preset(preset)
+        m = cfg.model
+        want = flops_per_token(matmul_params(GPT(m)), m.num_layers, m.model_dim, cfg.train.seq_len)
+        assert B.flops_per_token(cfg) == pytest.approx(want, rel=1e-12), preset
+
+
+def test_measured_gpu_results_replace_the_submission_rates(tmp_path):
+    # the committed bench/results/gpu.json is a CPU --tiny run: not a GPU measurement
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({"tiny": True, "parts": {"train": {"eager": {"tokens_per_s": 5.0}}}}))
+    assert B.load_rates(tiny) == B.submission_rates()
+    assert B.load_rates(tmp_path / "missing.json") == B.submission_rates()
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({
+        "tiny": False, "device_name": "NVIDIA H100 80GB HBM3",
+        "parts": {"train": {"micro_batch_tokens": 98304,
+                            "eager": {"tokens_per_s": 4e5, "ms_per_step_median": 245.0},
+                            "compiled": {"tokens_per_s": 8e5, "ms_per_step_median": 122.9}},
+                  "eval": {"chunk_tokens": 32768, "ttt_epochs": 10, "stride": 64,
+                           "modes": {"nonoverlapping": {"tokens_per_s": 2e6},
+                                     "ttt": {"train_s_per_chunk": 0.5, "score_s_per_chunk": 0.1}}}}}))
+    r = B.load_rates(gpu)
+    assert (r.gpu, r.train_tok_s, r.val_tok_s, r.eval_tok_s) == ("NVIDIA H100 80GB HBM3", 8e5, 2.4e6, 2e6)
+    assert r.ttt_train_tok_s == pytest.approx(32768 * 10 / 0.5) and "compiled" in r.source
+
+
+def _quick(steps: int, seed: int = 42):
+    return run.with_length(run.base_config("tiny", "quick"), steps, 0.4, 2, seed=seed)
+
+
+def test_finished_runs_are_reused_interrupted_ones_resumed_and_shared_ones_priced_once(tmp_path):
+    root = tmp_path / "runs"
+    params = {"scale": "quick", "ladder_steps": [10, 20], "seeds": [42, 43], "val_every": 2, "runs_root": str(root)}
+    finished, partial = _quick(20, 42), _quick(20, 43)
+    rd = RunDir(default_run_dir(finished, root))
+    rd.path.mkdir(parents=True)
+    atomic_write_json(rd.config, finished.to_dict())
+    atomic_write_json(rd.summary, {"train": {"status": "complete"}})
+    rd.ema_weights.write_bytes(b"x")
+    rd2 = RunDir(default_run_dir(partial, root))
+    (rd2.checkpoints).mkdir(parents=True)
+    atomic_write_json(rd2.config, partial.to_dict())
+    (rd2.checkpoints / "step_000015.pt").write_bytes(b"x")
+    plans = [run.plan_notebook("10_warmdown", params),
+             run.plan_notebook("13_freezing", {**params, "freeze_blocks": [0, 1]})]
+    assert [c.train.seed for c in plans[0].configs] == [42, 43] and plans[0].configs == plans[1].configs
+    b = run.price_plans(plans)
+    trains = [i for i in b["items"] if i.what == "train"]
+    assert [i.status for i in trains] == ["reused (finished)", "resume from step 15",
+                                          "shared with 10_warmdown", "shared with 10_warmdown"]
+    assert trains[0].gpu_s == 0 and trains[0].command == [] and trains[1].gpu_s > 0
+    assert "5 steps" in trains[1].detail  # 20 - 15
+    assert b["train_runs"] == 1 and b["reused_runs"] == 3
+    # the finished run has no artifact or stage rows yet: its evaluations are all new
+    evals = [i for i in b["items"] if i.what == "eval" and str(rd.path) == i.run_dir]
+    assert evals and all(i.status == "new" and i.gpu_s > 0 for i in evals)
+    text = run.format_bill(b)
+    assert "[reused (finished)]" in text and "[resume from step 15]" in text and text.splitlines()[-2].startswith(
+        "total: 1 runs to train (3 reused or shared)")
+
+
+def test_the_listed_command_is_the_one_launch_runs(tmp_path, monkeypatch):
+    """bill.train_command is exactly the torchrun command gepalib.run.launch executes."""
+    launch_mod = __import__("gepalib.run.launch", fromlist=["run_streamed"])
+    seen = {}
+
+    def fake(cmd, **kw):
+        seen["cmd"] = list(cmd)
+        return 0, ""
+
+    monkeypatch.setattr(launch_mod, "run_streamed", fake)
+    cfg = _quick(4)
+    with pytest.raises(run.RunFailed, match="not complete"):
+        run.launch(cfg, nproc=2, runs_root=tmp_path, stream=False)
+    assert seen["cmd"] == B.train_command(default_run_dir(cfg, tmp_path), 2)
+
+
+def test_every_notebook_launches_its_plans_configs():
+    """The notebooks train ``plan.configs`` (and ``plan.extra``): the runs the plan lists are the
+    runs they launch, whatever the parameters."""
+    import ast
+
+    for name in PL.PLANNERS:
+        src = (NB_DIR / f"{name}.py").read_text(encoding="utf-8")
+        if "dry_run" not in src:
+            pytest.fail(f"{name}.py has no dry_run parameter")
+        assert f'run.plan_notebook("{name}", globals())' in src and "run.stop_if_dry_run(plan, dry_run)" in src
+        tree = ast.parse(src)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "ladder_configs", "longest_rung_configs", "with_length", "baseline_config"):
+                pytest.fail(f"{name}.py builds configs itself ({node.func.attr}) instead of taking plan's")
+
+
+def _cells(name: str) -> list[str]:
+    """The code cells of notebooks/<name>.py (jupytext percent format), in order."""
+    import jupytext
+
+    return [c.source for c in jupytext.read(NB_DIR / f"{name}.py").cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", ["00_quickstart", "12_sgd_vs_adamw", "14_ttt_share"])
+def test_a_dry_run_notebook_prints_its_bill_and_launches_nothing(name, monkeypatch, capsys):
+    """Executed cell by cell in an IPython shell as papermill would (parameters, injected
+    gpu.yaml parameters + dry_run, the rest): the plan is printed, no launch or data function is
+    called, every cell after the plan's is a no-op, and no cell fails."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    def refuse(*a, **k):
+        raise AssertionError("a dry run launched something")
+
+    for f in ("launch", "launch_many", "ensure_stages", "ensure_artifact", "ensure_data"):
+        monkeypatch.setattr(run, f, refuse)
+    given = {**yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text()), "dry_run": True}
+    cells = _cells(name)
+    injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in given.items())
+    shell = InteractiveShell.instance()
+    try:
+        for src in [cells[0], injected] + cells[1:]:
+            res = shell.run_cell(src, store_history=True)
+            assert res.success, (src[:200], res.error_in_exec or res.error_before_exec)
+        plan = shell.user_ns["plan"]
+        assert plan.configs == run.plan_notebook(name, given).configs
+        assert "rds" not in shell.user_ns and "rd" not in shell.user_ns  # the later cells did not run
+    finally:
+        if B._skip_cell in shell.input_transformers_post:
+            shell.input_transformers_post.remove(B._skip_cell)
+        shell.reset()
+    out = capsys.readouterr().out
+    assert f"notebook {name}:" in out and "GPU-h" in out and "dry run: " in out
