@@ -37,7 +37,8 @@ Hessian is that of the head's input RMSNorm(x_L) (the last block's output, norma
 head's 1/softcap factor scales H, which changes nothing). Its role as the input embedding is
 then left to the damping.
 
-Calibration (:func:`calibration_hessians`) runs the float model in fp32 on the CPU over
+Calibration (:func:`calibration_hessians`) runs the float model in fp32 (on the CPU unless a
+device is given; ``gepa quantize`` uses the run's device) over
 ``gptq_calib_batches`` micro-batches (``micro_batch_tokens`` each) from the start of the
 *training* stream (:class:`gepalib.data.TrainLoader`, the run's ``train_shards``); the
 validation shards are never read.

@@ -103,7 +103,8 @@ def compare_quantizers(run: RunDir | str | os.PathLike, variants: Sequence[str] 
         if qcfg.quant_mode == "gptq":
             ck = (qcfg.gptq_calib_batches, qcfg.gptq_tied_head)
             if ck not in calibrations:
-                calibrations[ck] = calibration_hessians(next(iter(todo.values())), sd, log=log)
+                calibrations[ck] = calibration_hessians(next(iter(todo.values())), sd, log=log,
+                                                        device=dist.pick_device(base.train.device))
             hessians, calib = calibrations[ck]
         t0 = time.perf_counter()
         qm = quantize_state_dict(sd, qcfg, hessians=hessians)
