@@ -190,16 +190,27 @@ class RunDir:
                      seconds: float, **extra: Any) -> dict[str, Any]:
         """Record one row of the stage ledger (summary.json -> "stages" -> name). Stage names, the
         settings a row records and the lookups are in :mod:`gepalib.run.stages`; the trainer, below
-        that layer, writes its float rows through this method too."""
-        if not (math.isfinite(val_bpb) and math.isfinite(val_loss)):
-            raise NonFiniteResult(f"stage {name}: val_bpb={val_bpb} val_loss={val_loss} is not a finite number; "
-                                  f"not recorded")
-        row = {"val_bpb": float(val_bpb), "val_loss": float(val_loss), "tokens": int(tokens),
-               "bytes": int(bytes), "seconds": float(seconds), "recorded_at": time.time(), **extra}
+        that layer, writes its float rows through :meth:`record_stages`."""
+        return self.record_stages({name: dict(val_bpb=val_bpb, val_loss=val_loss, tokens=tokens, bytes=bytes,
+                                              seconds=seconds, **extra)})
+
+    def record_stages(self, rows: dict[str, dict[str, Any]], **kv: Any) -> dict[str, Any]:
+        """Record several stage rows (each: val_bpb, val_loss, tokens, bytes, seconds, extras) and
+        merge the top-level ``kv`` (as :meth:`update_summary`) in one atomic write of summary.json.
+        A non-finite val_bpb/val_loss is refused (NonFiniteResult): it is not a result. A recorded
+        stage's earlier failure is dropped."""
         s = self.read_summary()
-        s.setdefault("stages", {})[name] = row
-        if name in s.get("failures", {}):  # the stage measured now: its failure is history
-            del s["failures"][name]
+        for name, r in rows.items():
+            bpb, loss = r["val_bpb"], r["val_loss"]
+            if not (math.isfinite(bpb) and math.isfinite(loss)):
+                raise NonFiniteResult(f"stage {name}: val_bpb={bpb} val_loss={loss} is not a finite number; "
+                                      f"not recorded")
+            row = {**r, "val_bpb": float(bpb), "val_loss": float(loss), "tokens": int(r["tokens"]),
+                   "bytes": int(r["bytes"]), "seconds": float(r["seconds"]), "recorded_at": time.time()}
+            s.setdefault("stages", {})[name] = row
+            s.get("failures", {}).pop(name, None)  # the stage measured now: its failure is history
+        for k, v in kv.items():
+            s[k] = {**s[k], **v} if isinstance(v, dict) and isinstance(s.get(k), dict) else v
         atomic_write_json(self.summary, s)
         return s
 
@@ -208,6 +219,13 @@ class RunDir:
         failed stage leaves a trace but never a result row."""
         row = {"error": str(error), "recorded_at": time.time(), **extra}
         return self.update_summary(failures={name: row})
+
+    def clear_failure(self, name: str) -> None:
+        """Forget ``name``'s recorded failure (it has succeeded since)."""
+        s = self.read_summary()
+        if name in s.get("failures", {}):
+            del s["failures"][name]
+            atomic_write_json(self.summary, s)
 
     def try_record_failure(self, name: str, error: str, **extra: Any) -> bool:
         """:meth:`record_failure` when summary.json can be written (a full or read-only disk may
@@ -388,7 +406,8 @@ def lock_run_dir(run_dir: str | os.PathLike, command: str, *, is_main: bool = Tr
                  device: torch.device | None = None) -> RunLock | None:
     """Rank 0 takes :class:`RunLock` (it is the only writer); under torchrun every rank then
     learns whether it did and all raise together, so no rank waits in a collective for a
-    rank that gave up. Returns the lock on rank 0, None elsewhere."""
+    rank that gave up. The holder then deletes the temp files a killed writer left. Returns
+    the lock on rank 0, None elsewhere."""
     lock, err = None, None
     if is_main:
         try:
@@ -401,6 +420,8 @@ def lock_run_dir(run_dir: str | os.PathLike, command: str, *, is_main: bool = Tr
             raise RunDirLocked(f"{run_dir}: rank 0 could not lock the run directory (its error says why)")
     if err is not None:
         raise err
+    if lock is not None:  # the temp files of a writer that was killed (none is live now)
+        RunDir(run_dir).remove_stale_temps()
     if lock is not None and lock.stale:
         s = lock.stale
         print(f"run_dir:{Path(run_dir)} took over the lock left by `gepa {s.get('command', '?')}` (pid "

@@ -24,9 +24,7 @@ import copy
 import math
 import os
 import random
-import shutil
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +45,8 @@ from gepalib.fsio import atomic_torch_save, atomic_write_json
 from gepalib.model import GPT
 from gepalib.optim import build_optimizers, format_group_table, set_lr
 from gepalib.plan import check_data_dir, make_plan
-from gepalib.rundir import RunDir, identity_diff, identity_hash
-from gepalib.trainlog import Logger, append_metrics, environment, git_commit, truncate_metrics
+from gepalib.rundir import RunDir, identity_diff, identity_hash, is_finished, lock_run_dir
+from gepalib.trainlog import Logger, append_metrics, environment, truncate_metrics, write_header
 
 TIMING_KEYS = ("ms_per_step", "tok_per_s", "train_time_s", "eval_s")
 
@@ -107,20 +105,30 @@ class Trainer:
         self.fingerprint = identity_hash(cfg, resume=True)
         self.faults = FaultHooks.from_env() if faults is None else faults
         self.log: Logger | None = None
-        self.complete = self._open_run_dir(resume)
-        if self.complete is not None:
-            return
-        self._build()
-        warm_signum = self._compile_warmup() if tc.compile_warmup > 0 else 0
-        self.stop = StopFlag(warm_signum)  # a signal during warm-up stops the run after its first real step
-        self.ema = EMA(self.model, tc.ema_decay)
-        self.steps_done, self.train_time = 0, 0.0
-        if self.resumed_from is not None:
-            self._resume(self.resumed_from)
-        if self.main and resume:  # without a checkpoint nothing logged so far survives (not even step 0)
-            truncate_metrics(self.rd, self.steps_done if self.resumed_from is not None else -1)
-        dist.barrier()
-        self._open_log()
+        self.notes: list[str] = []  # resume warnings, for train.log once it is open
+        # the one writer of the run dir from here on (a second trainer, quantize or eval fails at once)
+        self.lock = lock_run_dir(self.rd.path, "train", is_main=self.main, device=self.dev)
+        try:
+            self.complete = self._open_run_dir(resume)
+            if self.complete is not None:
+                self._release()
+                return
+            self._build()
+            warm_signum = self._compile_warmup() if tc.compile_warmup > 0 else 0
+            self.stop = StopFlag(warm_signum)  # a signal during warm-up stops the run after its first real step
+            self.ema = EMA(self.model, tc.ema_decay)
+            self.steps_done, self.train_time = 0, 0.0
+            if self.resumed_from is not None:
+                self._resume(self.resumed_from)
+            if self.main and resume:  # without a checkpoint nothing logged so far survives (not even step 0)
+                truncate_metrics(self.rd, self.steps_done if self.resumed_from is not None else -1)
+            dist.barrier()
+            self._open_log()
+        except BaseException as e:
+            if isinstance(e, OSError):  # a full or read-only disk: recorded when summary.json can be written
+                self._record_failed(f"{e} (before step {getattr(self, 'steps_done', 0) + 1})")
+            self.close()
+            raise
 
     # -- construction -----------------------------------------------------------
     def _open_run_dir(self, resume: bool) -> dict[str, Any] | None:
@@ -135,9 +143,11 @@ class Trainer:
                                  f"use a new --run-dir, or --no-resume to overwrite it")
         summary = rd.read_summary() if resume else {}
         done = summary.get("train", {})
-        complete = bool(resume and done.get("status") == "complete" and rd.ema_weights.exists()
-                        and done.get("fingerprint") == fp)
-        self.resumed_from = ckpt.latest_checkpoint(rd.checkpoints) if resume else None
+        # finished, and its weights verify (damaged ones are written again from the last checkpoint)
+        complete = bool(resume and done.get("fingerprint") == fp and is_finished(rd, verify=True))
+        self.resumed_from, damaged = None, []
+        if resume and not complete:  # the newest checkpoint whose checksum verifies
+            self.resumed_from, damaged, self.notes = ckpt.resume_point(rd.checkpoints)
         ckpt.check_same_resume_point(self.resumed_from, complete, rd.path, self.dev)
         if complete:
             if self.main:
@@ -145,11 +155,13 @@ class Trainer:
             return summary
         dist.barrier()
         if self.main:
+            for line in self.notes:
+                print(line, flush=True)
+            for p in damaged:  # kept as <name>.damaged for inspection, out of the resume path
+                ckpt.set_aside(p)
             rd.path.mkdir(parents=True, exist_ok=True)
             if not resume:
-                for p in (rd.metrics, rd.log, rd.summary, rd.ema_weights, rd.live_weights):
-                    p.unlink(missing_ok=True)
-                shutil.rmtree(rd.checkpoints, ignore_errors=True)
+                rd.clear_training()
             atomic_write_json(rd.config, self.cfg.to_dict())
             atomic_write_json(rd.env, {**environment(self.info, self.plan.accum), "data": self.data_info})
         dist.barrier()
@@ -198,7 +210,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         # Load on the CPU: the RNG states must stay CPU tensors (torch.set_rng_state rejects a
         # CUDA tensor), and load_state_dict moves model, EMA and optimizer state to their devices.
-        ck = ckpt.load_checkpoint(path, map_location="cpu")
+        # (Its checksum was verified when it was chosen.)
+        ck = ckpt.load_checkpoint(path, map_location="cpu", verify=False)
         if ck.get("fingerprint") != self.fingerprint:
             raise ValueError(f"checkpoint {path} belongs to a different config (fingerprint "
                              f"{ck.get('fingerprint')} != {self.fingerprint}); use --no-resume or a new --run-dir")
@@ -214,23 +227,8 @@ class Trainer:
         self.steps_done, self.train_time = int(ck["step"]), float(ck["train_time"])
 
     def _open_log(self) -> None:
-        cfg, tc, plan, rd, d = self.cfg, self.cfg.train, self.plan, self.rd, self.data_info
-        self.log = log = Logger(rd, self.main, tc.steps, self.steps_done, tc.progress)
-        log.line(f"==== gepalib train {'resume' if self.steps_done else 'start'} step:{self.steps_done}/{tc.steps} "
-                 f"time:{time.strftime('%Y-%m-%dT%H:%M:%S')}")
-        log.line(f"run_dir:{rd.path} preset:{cfg.preset} fingerprint:{self.fingerprint} git:{git_commit()} "
-                 f"host:{socket.gethostname()}")
-        log.line(f"torch:{torch.__version__} device:{self.dev} world_size:{self.info.world_size} accum:{plan.accum} "
-                 f"micro_batch_tokens:{plan.micro_tokens} batch_tokens:{tc.batch_tokens} seq_len:{plan.seq_len} "
-                 f"autocast:{tc.autocast} compile:{tc.compile}")
-        if plan.note:
-            log.line(f"plan: {plan.note}")
-        log.line(f"params:{self.n_params} data_dir:{d['data_dir']} train_tokens:{d['train_tokens']} "
-                 f"val_targets:{self.val_tokens.numel() - 1}")
-        for ln in format_group_table(self.group_table).splitlines():
-            log.line("group " + ln, echo=False)
-        if self.resumed_from is not None:
-            log.line(f"resumed_from:{self.resumed_from}")
+        self.log = Logger(self.rd, self.main, self.cfg.train.steps, self.steps_done, self.cfg.train.progress)
+        write_header(self.log, self, format_group_table(self.group_table))
 
     # -- one step -----------------------------------------------------------------
     def _update(self, step: int, stop: StopFlag, faults: FaultHooks | None) -> tuple[float, bool, str | None]:
@@ -297,9 +295,16 @@ class Trainer:
         kind = "non_finite_loss" if not math.isfinite(loss) else "non_finite_grad"
         self.log.line(f"step:{n}/{total} error:{kind} loss:{loss}")
         self.log.line(msg)
-        if self.main:
-            self.rd.update_summary(train={"status": "failed", "error": msg, "fingerprint": self.fingerprint})
+        self._record_failed(msg)
         raise NonFiniteLoss(msg)
+
+    def _record_failed(self, msg: str) -> None:
+        """summary.json's train status "failed" with the message (when summary.json can be written)."""
+        if self.main:
+            try:
+                self.rd.update_summary(train={"status": "failed", "error": msg, "fingerprint": self.fingerprint})
+            except OSError:
+                pass  # the failure itself may be a full or read-only disk
 
     # -- evaluation and checkpoints ----------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -316,6 +321,12 @@ class Trainer:
                "val_bpb_ema": emar.val_bpb, "eval_s": time.perf_counter() - t0}
         self.log.line(f"step:{s}/{tc.steps} val_loss:{live.val_loss:.4f} val_bpb:{live.val_bpb:.4f} "
                       f"val_loss_ema:{emar.val_loss:.4f} val_bpb_ema:{emar.val_bpb:.4f} eval_s:{row['eval_s']:.1f}")
+        if not all(math.isfinite(row[k]) for k in ("val_loss", "val_bpb", "val_loss_ema", "val_bpb_ema") if k in row):
+            msg = (f"non-finite validation loss at step {s}/{tc.steps} (live {live.val_loss}, EMA {emar.val_loss}); "
+                   f"nothing recorded. Last good checkpoint: {ckpt.latest_checkpoint(self.rd.checkpoints) or 'none'}")
+            self.log.line(f"step:{s}/{tc.steps} error:non_finite_val_loss")
+            self._record_failed(msg)
+            raise NonFiniteLoss(msg)
         return {"step": s, "row": row, "live": live, "ema": emar}
 
     def save(self) -> Path | None:
@@ -378,6 +389,9 @@ class Trainer:
                         self.log.line(f"step:{step}/{tc.steps} wallclock_cap:{tc.max_wallclock}s reached")
                         break
             return self._finish(last_eval)
+        except OSError as e:  # a full or read-only disk: recorded when summary.json can still be written
+            self._record_failed(f"{e} (after step {self.steps_done}/{tc.steps})")
+            raise
         finally:
             self.close()
 
@@ -404,11 +418,11 @@ class Trainer:
                   "accum": self.plan.accum, "fingerprint": self.fingerprint, "device": str(self.dev),
                   "final_val_bpb": live.val_bpb, "final_val_bpb_ema": ema.val_bpb}
         if self.main:
-            atomic_torch_save(self.ema.export(), rd.ema_weights)
-            atomic_torch_save({k: v.cpu() for k, v in self.model.state_dict().items()}, rd.live_weights)
-            rd.record_stage("float_live", **live.as_row(), source="train")
-            rd.record_stage("float_ema", **ema.as_row(), source="train")
-            summary = rd.update_summary(train=result)
+            atomic_torch_save(self.ema.export(), rd.ema_weights, checksum=True)
+            atomic_torch_save({k: v.cpu() for k, v in self.model.state_dict().items()}, rd.live_weights, checksum=True)
+            # one write: the float rows and the train result appear together or not at all
+            summary = rd.record_stages({"float_live": {**live.as_row(), "source": "train"},
+                                        "float_ema": {**ema.as_row(), "source": "train"}}, train=result)
             self.log.line(f"final steps:{step} train_time:{self.train_time:.1f}s float_live_bpb:{live.val_bpb:.6f} "
                           f"float_ema_bpb:{ema.val_bpb:.6f}")
         else:
@@ -417,9 +431,16 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Close train.log and the progress bar (run() does; call it after stepping by hand)."""
+        """Close train.log and the progress bar and release the run dir (run() does; call it
+        after stepping by hand, or use the Trainer as a context manager)."""
         if self.log is not None:
             self.log.close()
+        self._release()
+
+    def _release(self) -> None:
+        lock, self.lock = getattr(self, "lock", None), None
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> Trainer:
         return self

@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +384,265 @@ def test_tiny_run_learns_below_unigram_entropy(sotu_data_dir, tmp_path):
     rows = RunDir(tmp_path / "run").read_metrics()
     vals = [r["val_bpb"] for r in rows if "val_bpb" in r]
     assert vals == sorted(vals, reverse=True)  # monotone at steps 0, 100, 200, 300
+
+
+# ---------------------------------------------------------------------------
+# One writer per run dir, checksummed checkpoints, failed writes, paths typed on the command line
+
+
+def quick(data_dir, steps=8, **kw):
+    """The 'quick' scale (a 56k-parameter model): checkpoints every 2 steps, the newest 2 kept."""
+    from gepalib import run
+
+    base = run.base_config("tiny", "quick", str(data_dir))
+    return override(run.with_length(base, steps, 0.5, val_every=4),
+                    **{"checkpoint_every": 2, "keep_checkpoints": 2, "train_shards": 1, **kw})
+
+
+def quick_flags(data_dir, run_dir, steps=8):
+    cfg = quick(data_dir, steps)
+    args = ["train", "--run-dir", str(run_dir), "--preset", "tiny", "--data-dir", str(data_dir)]
+    for sec in ("model", "train", "data", "eval"):
+        for k, v in cfg.to_dict()[sec].items():
+            if k != "data_dir":
+                args += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def quick_base(sotu_data_dir, tmp_path_factory):
+    """An uninterrupted quick run (8 steps, checkpoints 6 and 8 kept)."""
+    rd = RunDir(tmp_path_factory.mktemp("quick") / "base")
+    train(quick(sotu_data_dir), rd.path)
+    return rd
+
+
+def same_weights(a: RunDir, b: RunDir) -> bool:
+    for f in ("model_ema.pt", "model_live.pt"):
+        x, y = torch.load(a.path / f, weights_only=True), torch.load(b.path / f, weights_only=True)
+        if set(x) != set(y) or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return no_timing(a.read_metrics()) == no_timing(b.read_metrics())
+
+
+LOCK_HOLDER = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "train",
+                         "started": "2026-01-01T00:00:00"}).encode())
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_run_lock_is_exclusive_names_its_holder_and_is_taken_over_from_the_dead(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from gepalib.rundir import RunDirLocked, RunLock, lock_run_dir
+
+    d, host = tmp_path / "run", socket.gethostname()
+    a = RunLock(d, "train").acquire()
+    rec = json.loads((d / "run.lock").read_text())
+    assert (rec["pid"], rec["host"], rec["command"]) == (os.getpid(), host, "train")
+    with pytest.raises(RunDirLocked, match=rf"in use by `gepa train` \(pid {os.getpid()} on host {re.escape(host)}"):
+        RunLock(d, "eval").acquire()
+    a.release()
+    assert (d / "run.lock").read_text() == ""  # released: no holder recorded
+    with RunLock(d, "eval") as b:
+        assert b.stale == {}  # a cleanly released lock leaves nothing to take over
+    # another process holds it (flock + record): named; SIGKILLed, the kernel drops its flock
+    p = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(d / "run.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirLocked, match=rf"pid {p.pid} on host {re.escape(host)}, since 2026-01-01"):
+            lock_run_dir(d, "quantize")
+    finally:
+        p.kill()
+        p.wait()
+    lock = lock_run_dir(d, "quantize")  # its record is still in the file: a stale lock, taken over
+    assert lock.stale["pid"] == p.pid
+    assert f"took over the lock left by `gepa train` (pid {p.pid} on host {host}, no longer running)" in \
+        capsys.readouterr().out
+    assert json.loads((d / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_a_second_writer_of_a_run_dir_fails_at_once(sotu_data_dir, tmp_path):
+    """While a trainer holds a run dir, a second `gepa train` (a separate process, here with
+    --no-resume, which would delete the first one's checkpoints), `gepa quantize` and a recording
+    `gepa eval` fail at once naming the holder; the first run then finishes as if alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from gepalib.rundir import RunDirLocked
+    from gepalib.run.pipeline import evaluate_run, quantize_run
+
+    rd = RunDir(tmp_path / "run")
+    cfg = quick(sotu_data_dir)
+    with Trainer(cfg, rd.path) as t:
+        for _ in range(2):
+            t.step()
+        t.save()
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "gepalib", *quick_flags(sotu_data_dir, rd.path), "--no-resume"],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 1, r.stderr
+        assert f"in use by `gepa train` (pid {os.getpid()} on host {socket.gethostname()}" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert time.monotonic() - t0 < 120  # at once: before any data or model is loaded
+        assert [s for s, _ in ckpt.list_checkpoints(rd.checkpoints)] == [2]
+        with pytest.raises(RunDirLocked, match="in use by `gepa train`"):
+            quantize_run(rd.path)
+        with pytest.raises(RunDirLocked):
+            evaluate_run(rd.path, weights="ema")
+        while t.steps_done < cfg.train.steps:
+            t.step()
+    assert rd.log.read_text().count("==== gepalib train") == 1
+    # the finished run dir is free again
+    train(cfg, rd.path)
+
+
+def test_damaged_checkpoint_is_reported_and_the_one_before_used(quick_base, sotu_data_dir, tmp_path,
+                                                                 monkeypatch, capsys):
+    """64 zeroed bytes inside the newest checkpoint: its checksum fails, it is set aside, the run
+    resumes from the previous one and ends bit-identical to the uninterrupted run."""
+    rd = RunDir(tmp_path / "run")
+    monkeypatch.setenv(SIGNAL_ENV, "6")
+    with pytest.raises(TrainInterrupted):
+        train(quick(sotu_data_dir), rd.path)
+    monkeypatch.delenv(SIGNAL_ENV)
+    assert [s for s, _ in ckpt.list_checkpoints(rd.checkpoints)] == [4, 6]
+    assert all(ckpt.verify_checkpoint(p) == (True, None) for _, p in ckpt.list_checkpoints(rd.checkpoints))
+    p = rd.checkpoints / "step_000006.pt"
+    data = bytearray(p.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(64)
+    p.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        ckpt.load_checkpoint(p)
+    capsys.readouterr()
+    train(quick(sotu_data_dir), rd.path)
+    out = capsys.readouterr().out
+    assert "warning: checkpoint step_000006.pt is damaged, not resuming from it" in out and "sha256 mismatch" in out
+    assert "resuming from step_000004.pt instead" in out
+    assert "resumed_from:" in rd.log.read_text() and "step_000006.pt is damaged" in rd.log.read_text()
+    assert (rd.checkpoints / "step_000006.pt.damaged").exists()
+    assert same_weights(rd, quick_base)
+
+
+def test_no_usable_checkpoint_starts_over_from_step_zero(quick_base, sotu_data_dir, tmp_path, monkeypatch, capsys):
+    rd = RunDir(tmp_path / "run")
+    monkeypatch.setenv(SIGNAL_ENV, "3")
+    with pytest.raises(TrainInterrupted):
+        train(quick(sotu_data_dir, keep_checkpoints=1), rd.path)
+    monkeypatch.delenv(SIGNAL_ENV)
+    (p,) = [p for _, p in ckpt.list_checkpoints(rd.checkpoints)]
+    p.write_bytes(p.read_bytes()[:-100])  # truncated
+    capsys.readouterr()
+    train(quick(sotu_data_dir), rd.path)
+    out = capsys.readouterr().out
+    assert "step_000003.pt is damaged" in out and "truncated" in out
+    assert f"no usable checkpoint left in {rd.checkpoints}: starting again from step 0" in out
+    assert same_weights(rd, quick_base)
+
+
+def test_damaged_weights_are_refused_and_written_again(quick_base, sotu_data_dir, tmp_path, capsys):
+    from gepalib.cli import main as cli_main
+
+    rd = RunDir(tmp_path / "run")
+    shutil.copytree(quick_base.path, rd.path)
+    data = bytearray(rd.ema_weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rd.ema_weights.write_bytes(bytes(data))
+    for cmd in (["quantize", str(rd.path), "--report", "none"], ["eval", str(rd.path), "--weights", "ema"]):
+        assert cli_main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"{rd.ema_weights}: sha256 mismatch" in err and "gepa train" in err, err
+    assert "int6_roundtrip" not in rd.stages() and not rd.artifact.exists()
+    assert rd.read_summary()["failures"]["quantize"]["error_type"] == "DamagedFile"
+    train(quick(sotu_data_dir), rd.path)  # finished, but its weights do not verify: written again
+    assert "writing the weights again" in capsys.readouterr().out
+    assert same_weights(rd, quick_base)
+    assert cli_main(["quantize", str(rd.path), "--report", "none"]) == 0
+    assert "quantize" not in rd.read_summary()["failures"]  # done now: the failure is history
+
+
+def test_full_disk_and_read_only_run_dir_fail_with_one_line(quick_base, sotu_data_dir, tmp_path, monkeypatch,
+                                                           capsys):
+    """ENOSPC while writing a checkpoint, EROFS on the run dir: one line naming the path and the
+    cause, the failure in summary.json where it can be written, nothing half-written, and the
+    same command afterwards resumes to the uninterrupted run's result."""
+    import errno
+    import os
+
+    from gepalib.cli import main as cli_main
+
+    rd = RunDir(tmp_path / "run")
+    real_write = os.write
+
+    def full_disk(fd, data):  # every large write (the checkpoints) finds the disk full
+        if len(data) > 20_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *a, **kw):  # torch.save straight into a file finds it full too
+        if isinstance(f, (str, os.PathLike)) and str(f).startswith(str(rd.path)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 1
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(torch, "save", real_save)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gepa train: error: cannot write {rd.checkpoints / 'step_000002.pt'}: no space left on device"]
+    t = rd.read_summary()["train"]
+    assert t["status"] == "failed" and "no space left on device" in t["error"]
+    assert not list(rd.path.rglob("*.tmp")) and not rd.ema_weights.exists()
+    # a read-only run dir (we run as root, so chmod would not stop us: the OS error is raised instead)
+    real_open = os.open
+
+    def read_only(path, flags, *a, **kw):
+        if str(path).startswith(str(rd.path)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 1
+    assert capsys.readouterr().err.strip() == f"gepa train: error: cannot write {rd.lock}: read-only file system"
+    monkeypatch.setattr(os, "open", real_open)
+    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 0
+    assert same_weights(rd, quick_base)
+
+
+def test_command_line_paths_are_taken_from_the_current_directory(quick_base, sotu_data_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    """`cd /tmp/x; gepa train --run-dir r` trains into /tmp/x/r, not <checkout>/r; the defaults
+    (data/sotu_sp1024) stay in the checkout; a relative path under the checkout keeps the spelling
+    runs were always created with."""
+    from gepalib.cli import main as cli_main
+    from gepalib.config import project_root, user_path
+
+    monkeypatch.delenv("GEPA_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(quick_base.path, tmp_path / "copied")
+    assert cli_main(["eval", "copied", "--weights", "ema", "--no-record"]) == 0
+    assert f"eval_run:{tmp_path / 'copied'} " in capsys.readouterr().out
+    assert not (project_root() / "copied").exists()
+    assert cli_main(quick_flags(sotu_data_dir, "rel/run", steps=2)) == 0
+    assert RunDir(tmp_path / "rel" / "run").read_summary()["train"]["status"] == "complete"
+    assert user_path("x/y") == tmp_path / "x" / "y" and user_path("/abs/p", under_root=True) == Path("/abs/p")
+    monkeypatch.chdir(project_root())
+    assert user_path("data/sotu_sp1024", under_root=True) == Path("data/sotu_sp1024")
+    assert user_path("data/sotu_sp1024") == project_root() / "data" / "sotu_sp1024"

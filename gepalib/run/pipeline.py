@@ -177,6 +177,7 @@ def _quantize(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, report: str, evalu
         out["compression"] = rep
         _log_compression(rep, log, bounds_first=False)
     rd.update_summary(**out)
+    rd.clear_failure("quantize")
     del sd
     if evaluate:
         out["stage"] = roundtrip_eval(rd, run_cfg, cfg, info, log)
