@@ -28,7 +28,7 @@ from gepalib.config import RunConfig, override, resolve_path
 from gepalib.data import load_val_tokens
 from gepalib.eval.windows import eval_nonoverlapping
 from gepalib.quant import artifact as A
-from gepalib.quant.gptq import dequantize, quantize_state_dict
+from gepalib.quant.gptq import EMBED_NAME, dequantize, quantize_state_dict
 from gepalib.quant.hessian import calibration_hessians
 from gepalib.quant.report import code_bytes, size_ledger
 from gepalib.rundir import RunDir, as_rundir
@@ -88,7 +88,9 @@ def compare_quantizers(run: RunDir | str | os.PathLike, variants: Sequence[str] 
     variants = variant_settings(variants)
     rows: list[dict[str, Any]] = []
     sd = val = None
-    calibrations: dict[tuple, tuple] = {}  # (calib batches, tied head) -> (hessians, info)
+    calibrations: dict[int, tuple] = {}  # calib batches -> (hessians, info), the head's too if any variant wants it
+    heads = {override(base, **kv).quant.gptq_calib_batches for kv in variants.values()
+             if override(base, **kv).quant.gptq_tied_head}
     float_row = rd.stages().get("float_ema")
     for name, kv in variants.items():
         cfgs = {c: override(base, **kv, compressor=c) for c in compressors}
@@ -101,11 +103,13 @@ def compare_quantizers(run: RunDir | str | os.PathLike, variants: Sequence[str] 
             sd = load_weights(rd, "ema")
         hessians, calib = None, None
         if qcfg.quant_mode == "gptq":
-            ck = (qcfg.gptq_calib_batches, qcfg.gptq_tied_head)
-            if ck not in calibrations:
-                calibrations[ck] = calibration_hessians(next(iter(todo.values())), sd, log=log,
-                                                        device=dist.pick_device(base.train.device))
-            hessians, calib = calibrations[ck]
+            nb = qcfg.gptq_calib_batches
+            if nb not in calibrations:
+                cal_cfg = override(next(iter(todo.values())), gptq_tied_head=nb in heads)
+                calibrations[nb] = calibration_hessians(cal_cfg, sd, log=log, device=dist.pick_device(base.train.device))
+            hessians, calib = calibrations[nb]
+            if not qcfg.gptq_tied_head:
+                hessians = {k: v for k, v in hessians.items() if k != EMBED_NAME}
         t0 = time.perf_counter()
         qm = quantize_state_dict(sd, qcfg, hessians=hessians)
         t_quant = time.perf_counter() - t0
