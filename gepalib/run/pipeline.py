@@ -154,8 +154,8 @@ def _quantize(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, report: str, evalu
     qcfg = cfg.quant
     sd = load_weights(rd, "ema")
     hessians = calib = None
-    if qcfg.quant_mode == "gptq":  # full GPTQ: layer-input Hessians from training batches (fp32, CPU)
-        hessians, calib = calibration_hessians(cfg, sd, log=log)
+    if qcfg.quant_mode == "gptq":  # full GPTQ: layer-input Hessians from training batches (fp32)
+        hessians, calib = calibration_hessians(cfg, sd, device=dist.pick_device(cfg.train.device), log=log)
 
     t0 = time.perf_counter()
     qm = quantize_state_dict(sd, qcfg, hessians=hessians)
