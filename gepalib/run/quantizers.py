@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
@@ -38,6 +38,7 @@ MODES = ("faithful", "per_row", "gptq")
 COMPRESSORS = ("zstd", "brotli", "rans")
 QUANT_FIELDS = {f.name for f in dataclasses.fields(RunConfig().quant)}
 Log = Callable[[str], Any]
+Variants = Union[Sequence[str], Mapping[str, Mapping[str, Any]]]  # quant modes, or names -> quant fields
 
 
 def _key(cfg: RunConfig) -> str:
@@ -54,7 +55,7 @@ def _cached(rd: RunDir, key: str) -> dict | None:
     return row if row.get("recorded_at", 0.0) >= os.path.getmtime(rd.ema_weights) else None
 
 
-def variant_settings(variants: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def variant_settings(variants: Variants) -> dict[str, dict[str, Any]]:
     """``["faithful", "gptq"]`` -> ``{"faithful": {"quant_mode": "faithful"}, ...}``; a mapping of
     names to quant fields (e.g. ``{"gptq+head": {"quant_mode": "gptq", "gptq_tied_head": True}}``)
     is checked and kept."""
@@ -68,7 +69,7 @@ def variant_settings(variants: Sequence[str] | Mapping[str, Mapping[str, Any]]) 
     return out
 
 
-def compare_quantizers(run: RunDir | str | os.PathLike, variants: Sequence[str] | Mapping[str, Mapping[str, Any]] = MODES,
+def compare_quantizers(run: RunDir | str | os.PathLike, variants: Variants = MODES,
                        compressors: Sequence[str] = COMPRESSORS, *, force: bool = False, log: Log = print,
                        **overrides: Any) -> list[dict[str, Any]]:
     """One row per (quantizer, compressor) for the run: ``model_bytes`` (the artifact file),
@@ -106,7 +107,8 @@ def compare_quantizers(run: RunDir | str | os.PathLike, variants: Sequence[str] 
             nb = qcfg.gptq_calib_batches
             if nb not in calibrations:
                 cal_cfg = override(next(iter(todo.values())), gptq_tied_head=nb in heads)
-                calibrations[nb] = calibration_hessians(cal_cfg, sd, log=log, device=dist.pick_device(base.train.device))
+                calibrations[nb] = calibration_hessians(cal_cfg, sd, log=log,
+                                                        device=dist.pick_device(base.train.device))
             hessians, calib = calibrations[nb]
             if not qcfg.gptq_tied_head:
                 hessians = {k: v for k, v in hessians.items() if k != EMBED_NAME}
