@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +39,24 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device=cuda requested but CUDA is not available")
+        cuda_settings()
         return torch.device("cuda", local_rank)
     if name == "cpu":
         return torch.device("cpu")
     raise ValueError(f"unknown device {name!r} (auto | cpu | cuda)")
+
+
+def cuda_settings() -> None:
+    """The submission's CUDA math settings, for every CUDA code path (training, evaluation, TTT):
+    TF32 for fp32 matmuls and convolutions, and SDPA pinned to flash attention by leaving out
+    cuDNN attention (the dispatcher's order is then flash, memory-efficient, math). Unlike the
+    submission, memory-efficient and math stay enabled as fallbacks for the calls flash cannot
+    take (the banded masks of streaming evaluation, fp32 inputs without autocast)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_flash_sdp(True)
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def init(device: str = "auto") -> DistInfo:
@@ -124,3 +139,77 @@ def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
     base, rem = divmod(n, world)
     start = rank * base + min(rank, rem)
     return start, start + base + (1 if rank < rem else 0)
+
+
+# ---------------------------------------------------------------------------
+# Replicas: the same weights on every rank; gradients averaged in buckets
+
+
+def tensor_checksums(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """int64 [len(tensors), 2]: per tensor, the sum of its bytes read as int16 words, and the
+    same sum weighted by (position mod 251) + 1. Exact integer arithmetic (|sum| < 2^55 for
+    any tensor below 2^31 elements), so equal tensors give equal checksums on every device and
+    rank; a flipped bit or two swapped values change them."""
+    rows = []
+    for t in tensors.values():
+        t = t.detach().reshape(-1)
+        if t.dtype == torch.bool or t.element_size() == 1:
+            w16 = t.to(torch.int16)
+        else:
+            w16 = t.contiguous().view(torch.int16)
+        v = w16.to(torch.int64)
+        pos = torch.arange(v.numel(), device=v.device, dtype=torch.int64) % 251 + 1
+        rows.append(torch.stack([v.sum(), (v * pos).sum()]))
+    if not rows:
+        return torch.zeros((0, 2), dtype=torch.int64)
+    return torch.stack(rows)
+
+
+def check_replicas(tensors: Mapping[str, torch.Tensor], what: str = "the weights") -> None:
+    """Raise RuntimeError on every rank when the ranks' ``tensors`` differ (no-op in one process):
+    their :func:`tensor_checksums` are all-reduced with MIN and MAX, which agree only when every
+    rank holds the same values. The message names the first tensors that differ."""
+    if not active():
+        return
+    names = list(tensors)
+    c = tensor_checksums(tensors)
+    if c.numel() == 0:
+        return
+    lo, hi = c.clone(), c.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    bad = [names[i] for i in (lo != hi).any(1).nonzero().flatten().tolist()]
+    if bad:
+        raise RuntimeError(f"the {dist.get_world_size()} processes disagree on {what}: {len(bad)} of {len(names)} "
+                           f"tensors differ ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); every rank "
+                           f"must build the same model (same config, seed and code on every node)")
+
+
+def _fp32_mean_hook(group, bucket):
+    """DDP communication hook: each bucket summed in fp32 (bf16 gradients upcast first, as
+    the flat all-reduce did), divided by the world size, cast back to the bucket's dtype."""
+    buf = bucket.buffer()
+    t = buf if buf.dtype == torch.float32 else buf.float()
+    world = dist.get_world_size(group)
+    fut = dist.all_reduce(t, group=group, async_op=True).get_future()
+
+    def mean(f):
+        out = f.value()[0].div_(world)
+        return out if out.dtype == buf.dtype else out.to(buf.dtype)
+
+    return fut.then(mean)
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` (possibly torch.compile'd) in DistributedDataParallel, as the submission ran:
+    gradients averaged in ~25 MB buckets launched while the backward still runs (under
+    torch.compile dynamo splits the graph at the buckets so the overlap survives), each bucket
+    in fp32 (:func:`_fp32_mean_hook`). The caller sets ``require_backward_grad_sync`` so that
+    only the last micro-step of an accumulated step communicates. Every parameter must get a
+    gradient each step (no ``find_unused_parameters``)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = DDP(module, device_ids=ids, broadcast_buffers=False)
+    ddp.register_comm_hook(None, _fp32_mean_hook)
+    return ddp

@@ -14,13 +14,19 @@ One optimizer step = A micro-steps of ``micro_batch_tokens`` per rank, A =
 batch_tokens / (world_size * micro_batch_tokens); the loss is scaled by 1/A and
 gradients are averaged across ranks (one flat all-reduce), so 1, 2, 4 or 8
 processes train the same math. Then: global-norm clip, lr = base_lr * f(step)
-on every group, Muon momentum warm-up, optimizer steps, EMA update. The run
+on every group, Muon momentum warm-up, optimizer steps, EMA update.
+
+A step waits for the device once (loss, gradient norm, stop flag and clock read together,
+before the optimizers are queued). Several processes check that they built the same weights,
+then train under DDP (fp32 buckets reduced during the backward). ``compile``: torch.compile,
+and on CUDA compiled periodic validation. The run
 directory's files (config.json, metrics.jsonl, train.log, checkpoints/, weights,
 summary.json): docs/runs.md. Stopping early and its test hooks: gepalib.faults.
 """
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 import random
@@ -56,18 +62,21 @@ TIMING_KEYS = ("ms_per_step", "tok_per_s", "train_time_s", "eval_s")
 
 
 def reduce_grads(params: list[torch.nn.Parameter], extras: torch.Tensor) -> torch.Tensor:
-    """Average gradients across ranks with one flat fp32 all-reduce; ``extras`` ride along (averaged)."""
+    """Average ``params``' gradients across ranks with one flat fp32 all-reduce (the trainer
+    passes none when DDP averaged them during the backward) and the ``extras`` vector in its
+    own dtype; returns the averaged extras."""
     if not dist.active():
         return extras
     grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [extras.float()])
-    dist.all_reduce_mean(flat)
-    off = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[off:off + n].view_as(g))
-        off += n
-    return flat[off:]
+    if grads:
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce_mean(flat)
+        off = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[off:off + n].view_as(g))
+            off += n
+    return dist.all_reduce_mean(extras.clone())
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,11 @@ class Trainer:
                 self._release()
                 return
             self._build()
+            self.train_time, self._tail, self._t_clock = 0.0, 0.0, 0.0  # the clock: see step()
             warm_signum = self._compile_warmup() if tc.compile_warmup > 0 else 0
             self.stop = StopFlag(warm_signum)  # a signal during warm-up stops the run after its first real step
             self.ema = EMA(self.model, tc.ema_decay)
-            self.steps_done, self.train_time = 0, 0.0
+            self.steps_done, self.train_time, self._tail = 0, 0.0, 0.0
             if self.resumed_from is not None:
                 self._resume(self.resumed_from)
             if self.main and resume:  # without a checkpoint nothing logged so far survives (not even step 0)
@@ -184,10 +194,24 @@ class Trainer:
         self.params = list(self.model.parameters())
         self.n_params = sum(p.numel() for p in self.params)
         self.optimizers, self.group_table = build_optimizers(self.model, tc)
-        if dev.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.fwd = torch.compile(self.model, dynamic=False) if tc.compile else self.model
+        # (TF32 and the flash SDPA pin: gepalib.dist.cuda_settings, run when a CUDA device is picked)
+        self.compiled = self._compiled(self.model) if tc.compile else None
+        self.fwd = self.model if self.compiled is None else self.compiled
+        graphs = self.compiled is not None and dev.type == "cuda"  # compiled validation on CUDA only
+        self.eval_live = self.compiled if graphs else self.model
+        self.eval_ema = self._compiled(self.eval_model) if graphs else self.eval_model
+        self.ddp = None
+        if self.info.is_distributed:  # checked before DDP, which would copy rank 0's weights over a mismatch
+            dist.check_replicas(self.model.state_dict(), "the initial weights")
+            self.ddp = self.fwd = dist.data_parallel(self.fwd, dev)
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module | None:
+        """torch.compile(module), or None (eager, said in train.log) where inductor cannot run."""
+        if self.dev.type == "cuda" and importlib.util.find_spec("triton") is None:
+            if not any("triton" in n for n in self.notes):
+                self.notes.append("compile: triton is not installed, so the model runs eagerly")
+            return None
+        return torch.compile(module, dynamic=False)
 
     def _compile_warmup(self) -> int:
         """``compile_warmup`` real steps (no fault hooks), then weights, optimizer state, loader and
@@ -198,7 +222,7 @@ class Trainer:
         with StopFlag() as warm_stop:
             for s in range(tc.compile_warmup):
                 set_lr(self.optimizers, s, tc)
-                self._update(s, warm_stop, None)
+                self._update(s, warm_stop, None, None)
         self.model.load_state_dict(snap[0])
         for o, st in zip(self.optimizers, snap[1]):
             o.load_state_dict(st)
@@ -231,13 +255,17 @@ class Trainer:
         write_header(self.log, self, format_group_table(self.group_table))
 
     # -- one step -----------------------------------------------------------------
-    def _update(self, step: int, stop: StopFlag, faults: FaultHooks | None) -> tuple[float, bool, str | None]:
-        """Micro-steps, gradient all-reduce, clip, optimizer steps at 0-based ``step``.
-        Returns (global mean loss, stop requested on any rank, None or what was non-finite);
-        nothing is updated when the loss or the gradient norm is non-finite."""
+    def _update(self, step: int, stop: StopFlag, faults: FaultHooks | None,
+                t0: float | None) -> tuple[float, bool, float, str | None]:
+        """Micro-steps, gradient averaging, clip, optimizer steps at 0-based ``step``. Its one host
+        sync reads the mean loss, the stop flags, the clock (``train_time`` + this step's time since
+        ``t0``, averaged over ranks) and the gradient norm. Returns (loss, stop requested on any rank,
+        clock, None or what was non-finite); nothing is updated when loss or norm is non-finite."""
         plan, dev, tc = self.plan, self.dev, self.cfg.train
         loss_sum = torch.zeros((), device=dev)
-        for _ in range(plan.accum):
+        for i in range(plan.accum):
+            if self.ddp is not None:  # DDP reduces the gradients during the last micro-step's backward
+                self.ddp.require_backward_grad_sync = i == plan.accum - 1
             x, y = self.loader.next_batch(plan.micro_tokens, plan.seq_len)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with dist.autocast_context(dev, tc.autocast):
@@ -248,44 +276,52 @@ class Trainer:
             loss_sum += loss.detach()
         if faults is not None:
             faults.after_backward(step)
-        extras = torch.stack([loss_sum / plan.accum, torch.tensor(float(stop.signum > 0), device=dev)])
-        loss_v, stop_v = reduce_grads(self.params, extras).tolist()
-        if not math.isfinite(loss_v):
-            return loss_v, stop_v > 0, f"non-finite train loss ({loss_v})"
+        self._t_clock = time.perf_counter()
+        clock = 0.0 if t0 is None else self.train_time + self._tail + (self._t_clock - t0)
+        host = torch.tensor([float(stop.signum > 0), clock], dtype=torch.float64)
+        extras = torch.cat([(loss_sum / plan.accum).double().view(1), host.to(dev, non_blocking=True)])
+        extras = reduce_grads(self.params if self.ddp is None else [], extras)
         grads = [p for p in self.params if p.grad is not None]
         if tc.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(grads, tc.grad_clip)
         else:  # the same check without clipping (the reduced grads are identical on every rank)
             gnorm = torch.linalg.vector_norm(torch.stack(
                 [torch.linalg.vector_norm(g.grad, dtype=torch.float32) for g in grads]))
-        if not math.isfinite(gnorm.item()):
-            return loss_v, stop_v > 0, f"non-finite gradient norm ({gnorm.item()}) at a finite loss ({loss_v:.4f})"
+        loss_v, stop_v, clock, gnorm_v = torch.cat([extras, gnorm.double().view(1)]).tolist()  # the sync
+        loss_v = float(np.float32(loss_v))  # the fp32 mean, as averaged in fp32
+        if not math.isfinite(loss_v):
+            return loss_v, stop_v > 0, clock, f"non-finite train loss ({loss_v})"
+        if not math.isfinite(gnorm_v):
+            return loss_v, stop_v > 0, clock, f"non-finite gradient norm ({gnorm_v}) at a finite loss ({loss_v:.4f})"
         for opt in self.optimizers:
             opt.step()
         self.model.zero_grad(set_to_none=True)
-        return loss_v, stop_v > 0, None
+        return loss_v, stop_v > 0, clock, None
 
     def step(self) -> StepResult:
         """One optimizer step and the EMA update. Raises NonFiniteLoss (nothing applied, the
-        failure recorded in train.log and summary.json) on a NaN/inf loss or gradient norm."""
+        failure recorded in train.log and summary.json) on a NaN/inf loss or gradient norm.
+        ``train_time`` is the clock agreed at the step's sync (the same on every rank); the rest of
+        the step (queueing the optimizers) counts into the next step's clock."""
         if self.complete is not None:
             raise RuntimeError(f"run {self.rd.path} is already complete; nothing to step")
-        tc, dev = self.cfg.train, self.dev
+        tc = self.cfg.train
         t0 = time.perf_counter()
         f = set_lr(self.optimizers, self.steps_done, tc, self.train_time)
-        loss, stop_req, bad = self._update(self.steps_done, self.stop, self.faults)
+        loss, stop_req, clock, bad = self._update(self.steps_done, self.stop, self.faults, t0)
         if bad:
             self._fail(bad, loss)
         self.ema.update()
         self.steps_done += 1
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        dt = time.perf_counter() - t0
-        self.train_time += dt
-        if tc.max_wallclock > 0 and self.info.is_distributed:  # every rank must see the same clock
-            self.train_time = float(dist.broadcast(torch.tensor([self.train_time], dtype=torch.float64,
-                                                                device=dev))[0])
-        return StepResult(loss, f, dt, stop_req)
+        self.train_time = clock
+        t1 = time.perf_counter()
+        self._tail = t1 - self._t_clock
+        return StepResult(loss, f, t1 - t0, stop_req)
+
+    @property
+    def elapsed(self) -> float:
+        """Training seconds so far: ``train_time`` plus the last step's tail (see :meth:`step`)."""
+        return self.train_time + self._tail
 
     def _fail(self, what: str, loss: float) -> None:
         n, total = self.steps_done + 1, self.cfg.train.steps
@@ -307,22 +343,29 @@ class Trainer:
                 pass  # the failure itself may be a full or read-only disk
 
     # -- evaluation and checkpoints ----------------------------------------------
-    def evaluate(self) -> dict[str, Any]:
-        """Live and EMA weights on the validation tokens (non-overlapping windows), logged."""
+    def evaluate(self, ema: bool | None = None) -> dict[str, Any]:
+        """Live and EMA weights on the validation tokens (non-overlapping windows), logged.
+        ``ema``: score the EMA weights too (default: the ``val_ema`` field; the final
+        evaluation always does). Without it the result's ``ema`` is None."""
         t0, s, tc = time.perf_counter(), self.steps_done, self.cfg.train
         bs, T = self.cfg.eval.eval_batch_seqs, self.plan.eval_seq_len
-        live = eval_nonoverlapping(self.model, self.val_tokens, self.luts, T, bs, autocast=tc.autocast)
+        live = eval_nonoverlapping(self.eval_live, self.val_tokens, self.luts, T, bs, autocast=tc.autocast)
+        emar = None
         if s == 0 and self.resumed_from is None:
             emar = live  # the EMA equals the initial weights exactly
-        else:
+        elif self.cfg.eval.val_ema if ema is None else ema:
             self.eval_model.load_state_dict(self.ema.export())
-            emar = eval_nonoverlapping(self.eval_model, self.val_tokens, self.luts, T, bs, autocast=tc.autocast)
-        row = {"val_loss": live.val_loss, "val_bpb": live.val_bpb, "val_loss_ema": emar.val_loss,
-               "val_bpb_ema": emar.val_bpb, "eval_s": time.perf_counter() - t0}
+            emar = eval_nonoverlapping(self.eval_ema, self.val_tokens, self.luts, T, bs, autocast=tc.autocast)
+        row = {"val_loss": live.val_loss, "val_bpb": live.val_bpb}
+        if emar is not None:
+            row.update(val_loss_ema=emar.val_loss, val_bpb_ema=emar.val_bpb)
+        row["eval_s"] = time.perf_counter() - t0
+        ema_part = "" if emar is None else f"val_loss_ema:{emar.val_loss:.4f} val_bpb_ema:{emar.val_bpb:.4f} "
         self.log.line(f"step:{s}/{tc.steps} val_loss:{live.val_loss:.4f} val_bpb:{live.val_bpb:.4f} "
-                      f"val_loss_ema:{emar.val_loss:.4f} val_bpb_ema:{emar.val_bpb:.4f} eval_s:{row['eval_s']:.1f}")
+                      f"{ema_part}eval_s:{row['eval_s']:.1f}")
         if not all(math.isfinite(row[k]) for k in ("val_loss", "val_bpb", "val_loss_ema", "val_bpb_ema") if k in row):
-            msg = (f"non-finite validation loss at step {s}/{tc.steps} (live {live.val_loss}, EMA {emar.val_loss}); "
+            msg = (f"non-finite validation loss at step {s}/{tc.steps} (live {live.val_loss}, "
+                   f"EMA {emar.val_loss if emar is not None else 'not scored'}); "
                    f"nothing recorded. Last good checkpoint: {ckpt.latest_checkpoint(self.rd.checkpoints) or 'none'}")
             self.log.line(f"step:{s}/{tc.steps} error:non_finite_val_loss")
             self._record_failed(msg)
@@ -335,7 +378,7 @@ class Trainer:
         if self.main:
             state = {"fingerprint": self.fingerprint, "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
                      "ema": self.ema.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
-                     "loader": self.loader.state_dict(), "rng": ckpt.capture_rng(), "train_time": self.train_time}
+                     "loader": self.loader.state_dict(), "rng": ckpt.capture_rng(), "train_time": self.elapsed}
             path = ckpt.save_checkpoint(self.rd.checkpoints, self.steps_done, state, keep=self.cfg.train.keep_checkpoints)
             self.log.line(f"step:{self.steps_done}/{self.cfg.train.steps} checkpoint:{path}", echo=False)
         dist.barrier()
@@ -375,7 +418,7 @@ class Trainer:
                         row = {"step": step, "tokens": step * tc.batch_tokens, "lr": r.lr_mult, "train_loss": r.loss,
                                "ms_per_step": ms, "tok_per_s": tok_s, "train_time_s": self.train_time}
                         if do_val:
-                            last_eval = self.evaluate()
+                            last_eval = self.evaluate(ema=True if final else None)
                             row.update(last_eval["row"])
                         if self.main:
                             append_metrics(rd, row)
@@ -410,11 +453,11 @@ class Trainer:
     def _finish(self, last_eval: dict[str, Any] | None) -> dict[str, Any]:
         """Final evaluation (unless the last step was just evaluated), weights, stages, summary."""
         step, tc, rd = self.steps_done, self.cfg.train, self.rd
-        if last_eval is None or last_eval["step"] != step:
-            last_eval = self.evaluate()
+        if last_eval is None or last_eval["step"] != step or last_eval["ema"] is None:
+            last_eval = self.evaluate(ema=True)
         live, ema = last_eval["live"], last_eval["ema"]
         result = {"status": "complete", "steps": step, "tokens": step * tc.batch_tokens,
-                  "train_seconds": self.train_time, "params": self.n_params, "world_size": self.info.world_size,
+                  "train_seconds": self.elapsed, "params": self.n_params, "world_size": self.info.world_size,
                   "accum": self.plan.accum, "fingerprint": self.fingerprint, "device": str(self.dev),
                   "final_val_bpb": live.val_bpb, "final_val_bpb_ema": ema.val_bpb}
         if self.main:
@@ -423,7 +466,7 @@ class Trainer:
             # one write: the float rows and the train result appear together or not at all
             summary = rd.record_stages({"float_live": {**live.as_row(), "source": "train"},
                                         "float_ema": {**ema.as_row(), "source": "train"}}, train=result)
-            self.log.line(f"final steps:{step} train_time:{self.train_time:.1f}s float_live_bpb:{live.val_bpb:.6f} "
+            self.log.line(f"final steps:{step} train_time:{self.elapsed:.1f}s float_live_bpb:{live.val_bpb:.6f} "
                           f"float_ema_bpb:{ema.val_bpb:.6f}")
         else:
             summary = {"train": result, "stages": {"float_live": live.as_row(), "float_ema": ema.as_row()}}
