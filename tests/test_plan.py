@@ -227,6 +227,10 @@ def test_a_dry_run_notebook_prints_its_bill_and_launches_nothing(name, monkeypat
         plan = shell.user_ns["plan"]
         assert plan.configs == run.plan_notebook(name, given).configs
         assert "rds" not in shell.user_ns and "rd" not in shell.user_ns  # the later cells did not run
+        # interactively: dry_run = False and the plan cell again, and cells run as usual
+        assert shell.run_cell("x = 1").success and "x" not in shell.user_ns
+        assert shell.run_cell("dry_run = False").success and shell.run_cell(cells[1]).success
+        assert shell.run_cell("x = 1").success and shell.user_ns["x"] == 1
     finally:
         if B._skip_cell in shell.input_transformers_post:
             shell.input_transformers_post.remove(B._skip_cell)

@@ -322,21 +322,30 @@ def format_bill(bill: dict[str, Any], *, commands: bool = True) -> str:
 
 
 def _skip_cell(lines: list[str]) -> list[str]:
-    return ["pass\n"]
+    """Every cell becomes a no-op, except those that mention ``dry_run`` (the parameters cell and
+    the plan's: setting ``dry_run = False`` and running the plan cell again undoes the skip)."""
+    return lines if any("dry_run" in ln for ln in lines) else ["pass\n"]
+
+
+def _ipython():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
 
 
 def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
     """With ``dry_run``: print the notebook's bill and run nothing more -- in Jupyter/papermill
     every later cell of this kernel becomes a no-op (an IPython input transformer; the run
-    completes without an error); as a plain script the process exits 0."""
+    completes without an error) until the cell calling this runs with ``dry_run`` False; as a
+    plain script the process exits 0."""
+    ip = _ipython()
     if not dry_run:
+        if ip is not None and _skip_cell in ip.input_transformers_post:
+            ip.input_transformers_post.remove(_skip_cell)
         return
     print(format_bill(price_plans([plan])), flush=True)
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        get_ipython = lambda: None  # noqa: E731
-    ip = get_ipython()
     if ip is None:
         sys.exit(0)
     if _skip_cell not in ip.input_transformers_post:
