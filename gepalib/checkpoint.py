@@ -16,13 +16,14 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from gepalib import dist
-from gepalib.fsio import DamagedFile, atomic_torch_save, checksum_path, verify_file
+from gepalib.fsio import DamagedFile, atomic_torch_save, atomic_write_json, checksum_path, verify_file
+from gepalib.rundir import RunDir, identity_diff, identity_hash, is_finished
 
 CKPT_RE = re.compile(r"^step_(\d{6,})\.pt$")
 FORMAT = "gepalib-train-ckpt-v1"
@@ -186,3 +187,41 @@ def check_same_resume_point(latest: Path | None, complete: bool, run_dir: Path, 
         raise ValueError(f"ranks disagree on where to resume in {run_dir} (this rank: checkpoint "
                          f"{latest.name if latest else 'none'}, complete={complete}); the run directory "
                          f"must be on a filesystem that every node shares")
+
+
+def open_for_training(rd: RunDir, cfg: Any, fingerprint: str, resume: bool, *, main: bool, device: torch.device,
+                      env: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+    """The trainer's first look at its run dir (the caller holds its lock): refuse a different
+    config (``resume``); is the run already complete (its weights verifying)? else the newest
+    checkpoint that verifies (the damaged ones reported and set aside); without ``resume`` start
+    over; write config.json and env.json (``env()``, rank 0). Returns (the summary when the run is
+    complete else None, the checkpoint to resume from or None, the warning lines)."""
+    if rd.exists() and resume:
+        old = rd.load_config()
+        if identity_hash(old, resume=True) != fingerprint:
+            diff = "; ".join(identity_diff(old, cfg, resume=True)[:8])
+            raise ValueError(f"run dir {rd.path} was created with a different config ({diff}); "
+                             f"use a new --run-dir, or --no-resume to overwrite it")
+    summary = rd.read_summary() if resume else {}
+    done = summary.get("train", {})
+    # finished, and its weights verify (damaged ones are written again from the last checkpoint)
+    complete = bool(resume and done.get("fingerprint") == fingerprint and is_finished(rd, verify=True))
+    path, damaged, notes = resume_point(rd.checkpoints) if resume and not complete else (None, [], [])
+    check_same_resume_point(path, complete, rd.path, device)
+    if complete:
+        if main:
+            print(f"run {rd.path} already complete (steps:{done['steps']}); nothing to do", flush=True)
+        return summary, None, notes
+    dist.barrier()
+    if main:
+        for line in notes:
+            print(line, flush=True)
+        for p in damaged:  # kept as <name>.damaged for inspection, out of the resume path
+            set_aside(p)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            rd.clear_training()
+        atomic_write_json(rd.config, cfg.to_dict())
+        atomic_write_json(rd.env, env())
+    dist.barrier()
+    return None, path, notes

@@ -47,11 +47,12 @@ from gepalib.data import TrainLoader, load_val_tokens
 from gepalib.ema import EMA
 from gepalib.eval.windows import eval_nonoverlapping
 from gepalib.faults import FaultHooks, NonFiniteLoss, StopFlag, TrainInterrupted
-from gepalib.fsio import atomic_torch_save, atomic_write_json
+from gepalib.fsio import atomic_torch_save
 from gepalib.model import GPT
 from gepalib.optim import build_optimizers, format_group_table, set_lr
 from gepalib.plan import check_data_dir, make_plan
-from gepalib.rundir import RunDir, identity_diff, identity_hash, is_finished, lock_run_dir
+from gepalib.rundir import RunDir, identity_hash
+from gepalib.runlock import lock_run_dir
 from gepalib.trainlog import Logger, append_metrics, environment, truncate_metrics, write_header
 
 TIMING_KEYS = ("ms_per_step", "tok_per_s", "train_time_s", "eval_s")
@@ -120,7 +121,7 @@ class Trainer:
         try:
             self.complete = self._open_run_dir(resume)
             if self.complete is not None:
-                self._release()
+                self.close()
                 return
             self._build()
             self.train_time, self._tail, self._t_clock = 0.0, 0.0, 0.0  # the clock: see step()
@@ -142,40 +143,12 @@ class Trainer:
 
     # -- construction -----------------------------------------------------------
     def _open_run_dir(self, resume: bool) -> dict[str, Any] | None:
-        """Refuse a different config, find the resume point, write config.json and env.json.
-        Returns the summary when the run dir already holds this finished run."""
-        rd, fp = self.rd, self.fingerprint
-        if rd.exists() and resume:
-            old = rd.load_config()
-            if identity_hash(old, resume=True) != fp:
-                diff = "; ".join(identity_diff(old, self.cfg, resume=True)[:8])
-                raise ValueError(f"run dir {rd.path} was created with a different config ({diff}); "
-                                 f"use a new --run-dir, or --no-resume to overwrite it")
-        summary = rd.read_summary() if resume else {}
-        done = summary.get("train", {})
-        # finished, and its weights verify (damaged ones are written again from the last checkpoint)
-        complete = bool(resume and done.get("fingerprint") == fp and is_finished(rd, verify=True))
-        self.resumed_from, damaged = None, []
-        if resume and not complete:  # the newest checkpoint whose checksum verifies
-            self.resumed_from, damaged, self.notes = ckpt.resume_point(rd.checkpoints)
-        ckpt.check_same_resume_point(self.resumed_from, complete, rd.path, self.dev)
-        if complete:
-            if self.main:
-                print(f"run {rd.path} already complete (steps:{done['steps']}); nothing to do", flush=True)
-            return summary
-        dist.barrier()
-        if self.main:
-            for line in self.notes:
-                print(line, flush=True)
-            for p in damaged:  # kept as <name>.damaged for inspection, out of the resume path
-                ckpt.set_aside(p)
-            rd.path.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                rd.clear_training()
-            atomic_write_json(rd.config, self.cfg.to_dict())
-            atomic_write_json(rd.env, {**environment(self.info, self.plan.accum), "data": self.data_info})
-        dist.barrier()
-        return None
+        """Refuse a different config, find the resume point (a checkpoint that verifies), write
+        config.json and env.json. Returns the summary when the run dir holds this finished run."""
+        complete, self.resumed_from, self.notes = ckpt.open_for_training(
+            self.rd, self.cfg, self.fingerprint, resume, main=self.main, device=self.dev,
+            env=lambda: {**environment(self.info, self.plan.accum), "data": self.data_info})
+        return complete
 
     def _build(self) -> None:
         """Validation tokens, byte tables, train loader, seeded model init, optimizers."""
@@ -335,12 +308,8 @@ class Trainer:
         raise NonFiniteLoss(msg)
 
     def _record_failed(self, msg: str) -> None:
-        """summary.json's train status "failed" with the message (when summary.json can be written)."""
-        if self.main:
-            try:
-                self.rd.update_summary(train={"status": "failed", "error": msg, "fingerprint": self.fingerprint})
-            except OSError:
-                pass  # the failure itself may be a full or read-only disk
+        if self.main:  # when summary.json can be written (the failure may be a full or read-only disk)
+            self.rd.try_update_summary(train={"status": "failed", "error": msg, "fingerprint": self.fingerprint})
 
     # -- evaluation and checkpoints ----------------------------------------------
     def evaluate(self, ema: bool | None = None) -> dict[str, Any]:
@@ -478,12 +447,8 @@ class Trainer:
         after stepping by hand, or use the Trainer as a context manager)."""
         if self.log is not None:
             self.log.close()
-        self._release()
-
-    def _release(self) -> None:
-        lock, self.lock = getattr(self, "lock", None), None
-        if lock is not None:
-            lock.release()
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
 
     def __enter__(self) -> Trainer:
         return self

@@ -37,16 +37,17 @@ from gepalib.faults import WRITE_ENV
 from gepalib.fsio import loads_strict, verify_file
 from gepalib.quant.artifact import load_artifact_state_dict
 from gepalib.run.launch import _descendants
-from gepalib.rundir import RunDir, RunLock
+from gepalib.rundir import RunDir, is_finished
+from gepalib.runlock import RunLock
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = random.Random(20260101)
-COUNT = {"faults": 0, "checks": 0, "runs": 0}
+COUNT = {"faults": 0, "checks": 0, "runs": 0, "stale_build_dirs": 0}
 _CTX = mp.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "torch._dynamo", "gepalib.cli", "gepalib.train", "gepalib.run.pipeline",
-                             "gepalib.run.notebooks"])
+_CTX.set_forkserver_preload(["torch", "torch._dynamo", "sentencepiece", "gepalib.cli", "gepalib.train",
+                             "gepalib.run.pipeline", "gepalib.run.notebooks", "gepalib.prepare"])
 
 
 def check(cond: bool, what: str) -> None:
@@ -58,7 +59,8 @@ def check(cond: bool, what: str) -> None:
 def report_counts(request):
     yield
     line = (f"fault injection: {COUNT['faults']} faults injected, {COUNT['checks']} invariant checks, "
-            f"{COUNT['runs']} gepa processes")
+            f"{COUNT['runs']} gepa processes" + (f"; prepare left {COUNT['stale_build_dirs']} hidden build "
+                                                 f"dir(s) of killed builds" if COUNT["stale_build_dirs"] else ""))
     cap = request.config.pluginmanager.get_plugin("capturemanager")
     if cap is None:
         print(line)
@@ -161,6 +163,20 @@ def gepa(tmp: Path, argv: list[str], *, env: dict[str, str] | None = None, kill_
     writes = w.read_text().splitlines() if w.exists() else []
     check("Traceback" not in out, f"gepa {' '.join(argv)} printed a traceback:\n{out}")
     return Run(p.exitcode, out, writes, killed, time.monotonic() - t0)
+
+
+def kill_at_random(tmp: Path, argv: list[str], wall: float, fresh=None, tries: int = 6) -> Run:
+    """``gepa argv`` SIGKILLed at a seeded random moment of a run that takes about ``wall``
+    seconds; a run that ends before it (the machine's load varies) is tried again, each time
+    after ``fresh()`` (which puts the state back) and with a shorter window."""
+    for i in range(tries):
+        if fresh is not None:
+            fresh()
+        r = gepa(tmp, argv, kill_after=RNG.uniform(0.05, 0.95) * wall * 0.7 ** i)
+        if r.killed:
+            return r
+        wall = min(wall, r.wall)
+    pytest.fail(f"gepa {' '.join(argv)} always ended before a kill in [0, {wall:.2f}] s")
 
 
 def fault_run(tmp: Path, argv: list[str], k: int, what: str = "kill") -> Run:
@@ -298,7 +314,8 @@ def test_train_killed_at_random_moments_resumes_bit_identical(ref, tmp_path):
     argv = train_argv(ref, rd)
     wall = ref["train_run"].wall
     for _ in range(3):  # killed three times in a row, then left to finish
-        gepa(tmp_path, argv, kill_after=RNG.uniform(0.05, 0.95) * wall)
+        kill_at_random(tmp_path, argv, wall, fresh=lambda: shutil.rmtree(rd, ignore_errors=True) if
+                       rd.exists() and is_finished(RunDir(rd)) else None)  # it ended first: start over
         if rd.exists():
             check_files(rd, settled=False)
     r = gepa(tmp_path, argv)
@@ -369,11 +386,16 @@ def test_quantize_killed_or_failed(ref, tmp_path):
     want = ref["rd"] / "final_model.int6.gpz"
     n_writes = len(ref["q"].writes)
     for n in range(4):
-        rd = copy_trained(ref, tmp_path / f"run{n}", quantized=False)
+        rd = tmp_path / f"run{n}"
         argv = ["quantize", str(rd), "--report", "none"]
+
+        def fresh() -> None:
+            shutil.rmtree(rd, ignore_errors=True)
+            copy_trained(ref, rd, quantized=False)
         if n < 2:
-            r = gepa(tmp_path, argv, kill_after=RNG.uniform(0.1, 0.95) * ref["q"].wall)
+            r = kill_at_random(tmp_path, argv, ref["q"].wall, fresh)
         else:
+            fresh()
             r = fault_run(tmp_path, argv, RNG.randint(1, n_writes), "kill" if n == 2 else "enospc")
         if n == 3:
             check_failed_cleanly(r, "no space left on device")
@@ -395,11 +417,16 @@ def test_eval_and_ttt_killed_or_failed(ref, tmp_path, stage):
                                                                                        ref["ttt"])
     want = stage_rows(ref["rd"])[name]
     for n in range(3):
-        rd = copy_trained(ref, tmp_path / f"run{n}", quantized=True)
+        rd = tmp_path / f"run{n}"
         argv = ["eval", str(rd), flag]
+
+        def fresh() -> None:
+            shutil.rmtree(rd, ignore_errors=True)
+            copy_trained(ref, rd, quantized=True)
         if n < 2:
-            r = gepa(tmp_path, argv, kill_after=RNG.uniform(0.1, 0.95) * r0.wall)
+            r = kill_at_random(tmp_path, argv, r0.wall, fresh)
         else:  # the stage row's write fails (the roundtrip row was written first)
+            fresh()
             r = fault_run(tmp_path, argv, 2, "enospc")
             check_failed_cleanly(r, "no space left on device")
             s = RunDir(rd).read_summary()
@@ -472,7 +499,7 @@ def test_prepare_killed_at_random_moments(tmp_path):
     want = read_manifest(tmp_path / "ref")["files"]
     out = tmp_path / "data"
     for _ in range(2):
-        gepa(tmp_path, argv + ["--out", str(out)], kill_after=RNG.uniform(0.1, 0.95) * ref.wall)
+        kill_at_random(tmp_path, argv + ["--out", str(out)], ref.wall, fresh=lambda: shutil.rmtree(out, True))
         if out.exists():  # the dataset appears whole (built aside, renamed into place) or not at all
             check_manifest_files(out, read_manifest(out), sha256=True)
             check(True, "dataset whole")
@@ -483,6 +510,8 @@ def test_prepare_killed_at_random_moments(tmp_path):
     check_manifest_files(out, read_manifest(out), sha256=True)
     check(read_manifest(out)["files"] == want, "the dataset differs from the uninterrupted build")
     check_files(out, settled=True)
+    # (a killed build leaves its hidden build directory next to the dataset; counted, not refused)
+    COUNT["stale_build_dirs"] = len([p for p in tmp_path.iterdir() if p.name.startswith(".data.build-")])
 
 
 def test_reproduce_one_notebook_failed_then_killed_then_finished(sotu_data_dir, tmp_path):

@@ -443,7 +443,7 @@ def test_run_lock_is_exclusive_names_its_holder_and_is_taken_over_from_the_dead(
     import subprocess
     import sys
 
-    from gepalib.rundir import RunDirLocked, RunLock, lock_run_dir
+    from gepalib.runlock import RunDirLocked, RunLock, lock_run_dir
 
     d, host = tmp_path / "run", socket.gethostname()
     a = RunLock(d, "train").acquire()
@@ -482,7 +482,7 @@ def test_a_second_writer_of_a_run_dir_fails_at_once(sotu_data_dir, tmp_path):
     import sys
     import time
 
-    from gepalib.rundir import RunDirLocked
+    from gepalib.runlock import RunDirLocked
     from gepalib.run.pipeline import evaluate_run, quantize_run
 
     rd = RunDir(tmp_path / "run")

@@ -20,7 +20,7 @@ from gepalib.cli.common import add_override_args, collect_overrides  # noqa: F40
 from gepalib.download import DownloadError
 from gepalib.faults import NonFiniteLoss, NonFiniteResult, TrainInterrupted
 from gepalib.fsio import WriteFailed, os_reason
-from gepalib.rundir import RunDirLocked
+from gepalib.runlock import RunDirLocked
 
 # Modules that contribute subcommands, in help order.
 CLI_MODULES = ["gepalib.cli.data", "gepalib.cli.train", "gepalib.cli.quant", "gepalib.cli.eval", "gepalib.cli.reproduce",

@@ -14,7 +14,7 @@ the non-overlapping evaluation always, the sliding-window, streaming and score-f
 evaluations on request, each recorded as a stage row (rank 0 writes; see docs/evaluation.md).
 
 Both hold the run directory's lock while they run (one writer at a time, see
-:class:`gepalib.rundir.RunLock`), check the float weights' checksums and finiteness before
+:class:`gepalib.runlock.RunLock`), check the float weights' checksums and finiteness before
 using them, and never record a NaN/inf number: a stage that fails (non-finite result, full or
 read-only disk) is recorded under ``failures`` in summary.json when it can be written, and
 the error is raised (``gepa`` exits non-zero).
@@ -43,7 +43,8 @@ from gepalib.quant import artifact as A
 from gepalib.quant.gptq import quantize_state_dict
 from gepalib.quant.hessian import calibration_hessians
 from gepalib.quant.report import code_bytes, compression_report, kv_lines, size_ledger
-from gepalib.rundir import RunDir, identity_hash, lock_run_dir
+from gepalib.rundir import RunDir, identity_hash
+from gepalib.runlock import lock_run_dir
 from gepalib.run.stages import (COMMON_FIELDS, ROUNDTRIP_STAGE, SLIDING_FIELDS, STAGE_BASE, STREAM_FIELDS, TTT_FIELDS,
                                 WEIGHTS, format_ledger, roundtrip_stage_name, settings_of, stage_name)
 
