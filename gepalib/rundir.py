@@ -166,9 +166,21 @@ class RunDir:
         shutil.rmtree(self.checkpoints, ignore_errors=True)
 
     def read_summary(self) -> dict[str, Any]:
+        """summary.json. One written before JSON was strict may hold NaN: such a stage row is read
+        as that stage's failure (it is no result) and any other NaN as null."""
         if not self.summary.exists():
             return {}
-        return loads_strict(self.summary.read_text(encoding="utf-8"), str(self.summary))
+        text = self.summary.read_text(encoding="utf-8")
+        try:
+            return loads_strict(text, str(self.summary))
+        except ValueError:
+            s = json.loads(text)  # NaN / Infinity from an older version
+        for name, row in list(s.get("stages", {}).items()):
+            if not all(isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) for k in ("val_bpb", "val_loss")):
+                del s["stages"][name]
+                s.setdefault("failures", {})[name] = {"error": f"recorded as val_bpb={row.get('val_bpb')} by an "
+                                                               f"older version: not a result", "recorded_at": 0.0}
+        return json.loads(json.dumps(s), parse_constant=lambda c: None)
 
     def update_summary(self, **kv: Any) -> dict[str, Any]:
         """Merge top-level keys into summary.json (dicts are merged one level deep)."""

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gepalib import run, rundir
 from gepalib.run.launch import _alive
@@ -266,3 +267,74 @@ def test_load_runs_and_metrics(two_proc_run):
     assert list(steps) == [0, 2, 4] and per.shape == (2, 3) and (mean == per[0]).all()
     with pytest.raises(FileNotFoundError):
         run.load_runs(root / "does-not-exist")
+
+
+# ---------------------------------------------------------------------------
+# Strict JSON and whole files (no processes)
+
+
+def test_json_is_strict_everywhere(tmp_path):
+    """NaN/inf is refused where JSON is written (naming where it is), never written as a bare NaN;
+    a summary.json an older version wrote with NaN reads with that stage as a failure."""
+    import json
+    import math
+
+    from gepalib.fsio import atomic_write_json, loads_strict
+    from gepalib.faults import NonFiniteResult
+    from gepalib.trainlog import append_metrics
+
+    with pytest.raises(ValueError, match=r"non-finite number at stages\.float_ema\.val_bpb"):
+        atomic_write_json(tmp_path / "s.json", {"stages": {"float_ema": {"val_bpb": float("nan")}}})
+    assert not list(tmp_path.iterdir())
+    rd = RunDir(tmp_path)
+    with pytest.raises(ValueError, match="non-finite number at val_bpb"):
+        append_metrics(rd, {"step": 3, "val_bpb": float("inf")})
+    with pytest.raises(NonFiniteResult, match="stage int6_sliding: val_bpb=nan"):
+        rd.record_stage("int6_sliding", val_bpb=float("nan"), val_loss=1.0, tokens=1, bytes=1, seconds=0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        loads_strict('{"a": NaN}')
+    assert json.loads(get_preset("tiny").to_json())  # config.json too
+    # written by an older version: the NaN row is no result, the file is rewritten strict
+    rd.summary.write_text('{"stages": {"float_ema": {"val_bpb": NaN, "val_loss": 7.0, "tokens": 1, "bytes": 1, '
+                          '"seconds": 0}, "float_live": {"val_bpb": 3.0, "val_loss": 7.0}}, "train": {"x": Infinity}}')
+    s = rd.read_summary()
+    assert set(s["stages"]) == {"float_live"} and "older version" in s["failures"]["float_ema"]["error"]
+    assert s["train"]["x"] is None
+    rd.record_stage("float_ema", val_bpb=3.5, val_loss=7.1, tokens=1, bytes=1, seconds=0.0)
+    s = loads_strict(rd.summary.read_text())
+    assert math.isfinite(s["stages"]["float_ema"]["val_bpb"]) and "float_ema" not in s["failures"]
+
+
+def test_a_torn_last_metrics_row_is_left_out(tmp_path):
+    """A kill during an append leaves at most a torn last line: it is dropped (and the resume
+    rewrites the file); a bad line elsewhere is an error naming file and line."""
+    rd = RunDir(tmp_path)
+    rd.metrics.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "val_b')
+    assert [r["step"] for r in rd.read_metrics()] == [0, 1]
+    rd.metrics.write_text('{"step": 0}\n{"step": 1\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON row"):
+        rd.read_metrics()
+
+
+def test_checksummed_writes_verify_and_a_failed_write_names_its_path(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from gepalib import fsio
+
+    p = tmp_path / "w.pt"
+    digest = fsio.atomic_torch_save({"a": torch.ones(3)}, p, checksum=True)
+    assert fsio.verify_file(p) and fsio.file_sha256(p)[0] == digest
+    p.write_bytes(p.read_bytes()[:-1])
+    with pytest.raises(fsio.DamagedFile, match=r"w\.pt: sha256 mismatch \(\d+ bytes, \d+ written \(truncated\)"):
+        fsio.verify_file(p)
+    (tmp_path / "plain").write_bytes(b"x")
+    assert fsio.verify_file(tmp_path / "plain") is False  # written without a checksum: nothing to verify
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, b: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(fsio.WriteFailed) as ei:
+        fsio.atomic_write_json(tmp_path / "x.json", {"a": 1})
+    monkeypatch.setattr(os, "write", real)
+    assert str(ei.value) == f"cannot write {tmp_path / 'x.json'}: no space left on device"
+    assert ei.value.errno == errno.ENOSPC
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["plain", "w.pt", "w.pt.sha256.json"]
