@@ -47,7 +47,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from gepalib.config import RunConfig, load_config, resolve_path
 from gepalib.faults import NonFiniteResult
