@@ -129,14 +129,15 @@ def test_measured_gpu_results_replace_the_submission_rates(tmp_path):
     assert r.ttt_train_tok_s == pytest.approx(32768 * 10 / 0.5) and "compiled" in r.source
 
 
-def _quick(steps: int, seed: int = 42):
-    return run.with_length(run.base_config("tiny", "quick"), steps, 0.4, 2, seed=seed)
+def _quick(steps: int, seed: int = 42, data_dir: str | None = None):
+    return run.with_length(run.base_config("tiny", "quick", data_dir), steps, 0.4, 2, seed=seed)
 
 
-def test_finished_runs_are_reused_interrupted_ones_resumed_and_shared_ones_priced_once(tmp_path):
+def test_finished_runs_are_reused_interrupted_ones_resumed_and_shared_ones_priced_once(tmp_path, sotu_data_dir):
     root = tmp_path / "runs"
-    params = {"scale": "quick", "ladder_steps": [10, 20], "seeds": [42, 43], "val_every": 2, "runs_root": str(root)}
-    finished, partial = _quick(20, 42), _quick(20, 43)
+    params = {"scale": "quick", "ladder_steps": [10, 20], "seeds": [42, 43], "val_every": 2, "runs_root": str(root),
+              "data_dir": str(sotu_data_dir)}  # evaluations are priced from the validation shards
+    finished, partial = _quick(20, 42, str(sotu_data_dir)), _quick(20, 43, str(sotu_data_dir))
     rd = RunDir(default_run_dir(finished, root))
     rd.path.mkdir(parents=True)
     atomic_write_json(rd.config, finished.to_dict())
