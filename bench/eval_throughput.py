@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gepalib.config import get_preset, override, resolve_path  # noqa: E402
+from gepalib.config import get_preset, override  # noqa: E402
+from gepalib.paths import resolve_path  # noqa: E402
 
 STRIDE = 64
 

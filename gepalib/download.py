@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gepalib.config import resolve_path
+from gepalib.paths import resolve_path
 from gepalib.data import ShardError, load_tokenizer, read_shard, sha256_file
 from gepalib.fsio import atomic_write_json
 

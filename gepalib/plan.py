@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gepalib.config import RunConfig, resolve_path
+from gepalib.config import RunConfig
+from gepalib.paths import resolve_path
 from gepalib.data import verify_dataset
 
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from gepalib.config import resolve_path
+from gepalib.paths import resolve_path
 from gepalib.data import check_manifest_files, sha256_file, write_shard
 from gepalib.fsio import atomic_write_bytes, atomic_write_json
 

@@ -47,7 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gepalib.config import RunConfig, load_config, resolve_path
+from gepalib.config import RunConfig, load_config
+from gepalib.paths import resolve_path
 from gepalib.faults import NonFiniteResult
 from gepalib.fsio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
                           DamagedFile, checksum_path, json_default, loads_strict, remove_stale_temps, verify_file)

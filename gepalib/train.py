@@ -42,7 +42,8 @@ import torch
 from gepalib import checkpoint as ckpt
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
-from gepalib.config import RunConfig, resolve_path
+from gepalib.config import RunConfig
+from gepalib.paths import resolve_path
 from gepalib.data import TrainLoader, load_val_tokens
 from gepalib.ema import EMA
 from gepalib.eval.windows import eval_nonoverlapping

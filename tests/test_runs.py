@@ -38,7 +38,7 @@ def test_run_key_covers_what_decides_the_weights(tmp_path):
                {"compressor": "lzma"}, {"quant_mode": "per_row"}, {"data_dir": "data/other"}):
         assert run.run_key(override(cfg, **kv)) != run.run_key(cfg), kv
     # the same data directory spelled relative or absolute is the same run
-    from gepalib.config import resolve_path
+    from gepalib.paths import resolve_path
 
     absolute = override(cfg, data_dir=str(resolve_path(cfg.data.data_dir)))
     assert run.run_key(absolute) == run.run_key(cfg)

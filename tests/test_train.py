@@ -632,7 +632,7 @@ def test_command_line_paths_are_taken_from_the_current_directory(quick_base, sot
     (data/sotu_sp1024) stay in the checkout; a relative path under the checkout keeps the spelling
     runs were always created with."""
     from gepalib.cli import main as cli_main
-    from gepalib.config import project_root, user_path
+    from gepalib.paths import project_root, user_path
 
     monkeypatch.delenv("GEPA_HOME", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from gepalib import dist
-from gepalib.config import user_path
+from gepalib.paths import user_path
 from gepalib.cli.common import add_override_args, collect_overrides  # noqa: F401
 from gepalib.download import DownloadError
 from gepalib.faults import NonFiniteLoss, NonFiniteResult, TrainInterrupted

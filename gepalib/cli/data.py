@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from gepalib.cli.common import add_parser
-from gepalib.config import resolve_path
+from gepalib.paths import resolve_path
 from gepalib.data import validate_data_dir
 from gepalib.download import download_fineweb
 from gepalib.prepare import prepare_jsonl, prepare_sotu, summary_lines

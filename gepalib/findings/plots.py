@@ -30,7 +30,7 @@ if ("MPLBACKEND" not in os.environ and not os.environ.get("DISPLAY")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gepalib.config import resolve_path  # noqa: E402
+from gepalib.paths import resolve_path  # noqa: E402
 from gepalib.findings import reference as R  # noqa: E402
 from gepalib.findings.analysis import trajectory, trajectory_from_metrics  # noqa: E402
 from gepalib.findings.verdicts import published_results  # noqa: E402
@@ -332,7 +332,7 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | os.PathLike = "figure
 
     The figure is laid out first (:func:`fit_layout`) and saved with a tight bounding
     box, so labels that stick out of the canvas are kept, not clipped. Relative ``out_dir`` resolves under the project root (``$GEPA_HOME`` or the
-    checkout, see :func:`gepalib.config.resolve_path`). Returns the paths written.
+    checkout, see :func:`gepalib.paths.resolve_path`). Returns the paths written.
     """
     if not _NAME_RE.match(name) or name.lower().endswith(tuple(f".{f}" for f in _METADATA)):
         raise ValueError(f"save_figure: bad figure name {name!r} (letters, digits, _ . -; no extension, no '/')")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from gepalib.config import resolve_path
+from gepalib.paths import resolve_path
 from gepalib.findings.verdicts import findings_markdown
 from gepalib.fsio import atomic_write_json, atomic_write_text
 

@@ -52,7 +52,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from gepalib.config import QuantConfig, RunConfig, resolve_path
+from gepalib.config import QuantConfig, RunConfig
+from gepalib.paths import resolve_path
 from gepalib.data import TrainLoader
 from gepalib.model import GPT, rms_norm
 from gepalib.quant.gptq import EMBED_NAME, QMAX, QMIN, candidate_scales, gptq_lite_per_row

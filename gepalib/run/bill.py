@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from gepalib import checkpoint as ckpt
-from gepalib.config import RunConfig, get_preset, override, project_root, resolve_path
+from gepalib.config import RunConfig, get_preset, override
+from gepalib.paths import project_root, resolve_path
 from gepalib.data import list_shards, read_shard_header, val_keep
 from gepalib.findings.reference import HEADLINE
 from gepalib.run.launch import torchrun_command

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from gepalib.config import RunConfig, get_preset, override, resolve_path
+from gepalib.config import RunConfig, get_preset, override
+from gepalib.paths import resolve_path
 from gepalib.data import validate_data_dir
 from gepalib.prepare import prepare_sotu
 

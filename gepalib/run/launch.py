@@ -45,7 +45,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 import gepalib
-from gepalib.config import FIELD_INDEX, RunConfig, project_root, resolve_path
+from gepalib.config import FIELD_INDEX, RunConfig
+from gepalib.paths import project_root, resolve_path
 from gepalib.fsio import atomic_write_text
 from gepalib.rundir import RunDir, as_rundir, default_run_dir, identity_diff, is_finished
 from gepalib.run.pipeline import evaluate_run, quantize_run

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from gepalib.config import project_root, resolve_path
+from gepalib.paths import project_root, resolve_path
 from gepalib.findings.report import FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
 from gepalib.run.configs import ensure_data
 

@@ -31,7 +31,8 @@ import torch
 
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
-from gepalib.config import FIELD_INDEX, RunConfig, override, resolve_path
+from gepalib.config import FIELD_INDEX, RunConfig, override
+from gepalib.paths import resolve_path
 from gepalib.data import load_val_tokens
 from gepalib.eval.streaming import eval_streaming
 from gepalib.eval.ttt import run_ttt

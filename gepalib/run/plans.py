@@ -18,7 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from gepalib.config import RunConfig, project_root
+from gepalib.config import RunConfig
+from gepalib.paths import project_root
 from gepalib.run.configs import base_config, baseline_config, ladder_configs, longest_rung_configs, with_length
 
 

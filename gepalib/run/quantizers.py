@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
-from gepalib.config import RunConfig, override, resolve_path
+from gepalib.config import RunConfig, override
+from gepalib.paths import resolve_path
 from gepalib.data import load_val_tokens
 from gepalib.eval.windows import eval_nonoverlapping
 from gepalib.quant import artifact as A

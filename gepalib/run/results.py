@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gepalib.config import FIELD_INDEX, resolve_path
+from gepalib.config import FIELD_INDEX
+from gepalib.paths import resolve_path
 from gepalib.findings import trajectory_from_metrics
 from gepalib.rundir import RunDir, as_rundir, identity_hash
 from gepalib.run.stages import ledger_order

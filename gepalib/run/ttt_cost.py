@@ -28,7 +28,7 @@ import torch
 
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
-from gepalib.config import resolve_path
+from gepalib.paths import resolve_path
 from gepalib.data import load_val_tokens
 from gepalib.eval.ttt import run_ttt
 from gepalib.run.pipeline import build_model, load_weights
