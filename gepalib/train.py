@@ -43,42 +43,21 @@ from gepalib import checkpoint as ckpt
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
 from gepalib.config import RunConfig
-from gepalib.paths import resolve_path
 from gepalib.data import TrainLoader, load_val_tokens
 from gepalib.ema import EMA
+from gepalib.dist import reduce_grads  # module-level name: the failure tests hook it here
 from gepalib.eval.windows import eval_nonoverlapping
 from gepalib.faults import FaultHooks, NonFiniteLoss, StopFlag, TrainInterrupted
 from gepalib.fsio import atomic_torch_save
 from gepalib.model import GPT
 from gepalib.optim import build_optimizers, format_group_table, set_lr
+from gepalib.paths import resolve_path
 from gepalib.plan import check_data_dir, make_plan
 from gepalib.rundir import RunDir, identity_hash
 from gepalib.runlock import lock_run_dir
 from gepalib.trainlog import Logger, append_metrics, environment, truncate_metrics, write_header
 
 TIMING_KEYS = ("ms_per_step", "tok_per_s", "train_time_s", "eval_s")
-
-
-# ---------------------------------------------------------------------------
-# One step's pieces
-
-
-def reduce_grads(params: list[torch.nn.Parameter], extras: torch.Tensor) -> torch.Tensor:
-    """Average ``params``' gradients across ranks with one flat fp32 all-reduce (the trainer
-    passes none when DDP averaged them during the backward) and the ``extras`` vector in its
-    own dtype; returns the averaged extras."""
-    if not dist.active():
-        return extras
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
-        dist.all_reduce_mean(flat)
-        off = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[off:off + n].view_as(g))
-            off += n
-    return dist.all_reduce_mean(extras.clone())
 
 
 @dataclass(frozen=True)

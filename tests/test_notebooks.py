@@ -146,6 +146,14 @@ def test_findings_records_and_table(tmp_path):
     assert text.count("| **agrees** |") == 2
     assert "Not computed: F1 (10_warmdown), F3 (12_sgd_vs_adamw), F4 (13_freezing)." in text
     assert "| 14_ttt_share | ok | 3 |" in text
+    # the TTT families' records get their own section
+    from gepalib.findings import families as FA
+    gains = {fam: [-1e-3, -1.2e-3, -0.9e-3] for fam in ("full", "lora_doc", "phased", "phased+lora_doc")}
+    gains["lora_doc"] = [-20e-3, -19e-3, -21e-3]
+    report.save_finding(FA.verdict_family(gains, "E1"), tmp_path)
+    text = report.write_findings_md(tmp_path).read_text()
+    assert "## Beyond the submission" in text and text.index("## Beyond") > text.index("F5")
+    assert "E1" in text.split("## Beyond the submission")[1]
     (tmp_path / "finding_F2.json").write_text("{not json")
     with pytest.raises(ValueError, match="finding_F2.json"):
         report.load_findings(tmp_path)

@@ -18,6 +18,9 @@ from gepalib.fsio import atomic_write_json, atomic_write_text
 # Finding id -> the notebook that computes it.
 FINDINGS = {"F1": "10_warmdown", "F2": "11_compressibility", "F3": "12_sgd_vs_adamw", "F4": "13_freezing",
             "F5": "14_ttt_share"}
+# Beyond the submission: the challenge's later TTT families (gepalib.findings.families).
+EXTENSIONS = {"E1": "15_ttt_families", "E2": "15_ttt_families"}
+ALL_RECORDS = {**FINDINGS, **EXTENSIONS}
 
 
 def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figures", **extra: Any) -> Path:
@@ -32,9 +35,10 @@ def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figu
 
 
 def load_findings(figures_dir: str | os.PathLike = "figures") -> dict[str, dict[str, Any]]:
-    """{finding id: record} for every ``finding_F*.json`` in ``figures_dir``."""
+    """{finding id: record} for every ``finding_F*.json`` and ``finding_E*.json`` in ``figures_dir``."""
     out = {}
-    for p in sorted(resolve_path(figures_dir).glob("finding_F*.json")):
+    d = resolve_path(figures_dir)
+    for p in sorted([*d.glob("finding_F*.json"), *d.glob("finding_E*.json")]):
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
@@ -57,7 +61,10 @@ def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_ro
     missing = [f"{f} ({FINDINGS[f]})" for f in FINDINGS if f not in recs]
     if missing:
         lines += ["", "Not computed: " + ", ".join(missing) + "."]
-    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in FINDINGS if f in recs and recs[f].get("criterion")]
+    ext = [recs[e] for e in EXTENSIONS if e in recs]
+    if ext:
+        lines += ["", "## Beyond the submission", "", findings_markdown(ext).rstrip("\n")]
+    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in ALL_RECORDS if f in recs and recs[f].get("criterion")]
     if crit:
         lines += ["", "Verdict criteria (computed by `gepalib.findings`):", *crit]
     if notebook_rows:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from gepalib.paths import project_root, resolve_path
-from gepalib.findings.report import FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
+from gepalib.findings.report import ALL_RECORDS, FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
 from gepalib.run.configs import ensure_data
 
 NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
@@ -152,7 +152,7 @@ def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, ou
     ensure_data(data_dir)
     fig_dir = resolve_path(figures)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    for f, nb in FINDINGS.items():  # a stale verdict must not survive a failed re-run
+    for f, nb in ALL_RECORDS.items():  # a stale verdict must not survive a failed re-run
         if nb in names:
             (fig_dir / f"finding_{f}.json").unlink(missing_ok=True)
     rows = []
