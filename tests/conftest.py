@@ -80,3 +80,28 @@ def luts(sotu_data_dir):
     from gepalib.bpb import build_byte_luts
 
     return build_byte_luts(sotu_data_dir / "tokenizer.model", 1024)
+
+
+def run_two_ranks(script_text: str, tmp_path: Path, tokenizer: Path, timeout: float = 240):
+    """Run ``script_text`` as two gloo ranks (argv: tests dir, tokenizer, output file) and
+    return what rank 0 saved with ``torch.save`` to the output file."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(script_text)
+    out = tmp_path / "res.pt"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(repo / "tests"), str(tokenizer), str(out)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    logs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    return torch.load(out, weights_only=True)

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_two_ranks
 import torch
 
 from gepalib.config import get_preset, override
@@ -436,32 +437,10 @@ dist.shutdown()
 
 
 def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from gepalib.eval.windows import eval_nonoverlapping
     from gepalib.eval.streaming import eval_streaming
+    from gepalib.eval.windows import eval_nonoverlapping
 
-    script = tmp_path / "worker.py"
-    script.write_text(DIST_SCRIPT)
-    out = tmp_path / "res.pt"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    repo = Path(__file__).resolve().parents[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
-        procs.append(subprocess.Popen([sys.executable, str(script), str(repo / "tests"),
-                                       str(sotu_data_dir / "tokenizer.model"), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    got = torch.load(out, weights_only=True)
+    got = run_two_ranks(DIST_SCRIPT, tmp_path, sotu_data_dir / "tokenizer.model")
 
     cfg = tiny_cfg(ttt_batch_seqs=1, ttt_epochs=2)
     split = tiny_cfg(ttt_batch_seqs=3, ttt_chunk_tokens=96, ttt_epochs=2, ttt_grad_clip=0.0)

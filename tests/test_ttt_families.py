@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_two_ranks
 import torch
 import torch.nn.functional as F
 
@@ -426,29 +427,7 @@ def family_cases():
 
 
 def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "worker.py"
-    script.write_text(DIST_SCRIPT)
-    out = tmp_path / "res.pt"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    repo = Path(__file__).resolve().parents[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
-        procs.append(subprocess.Popen([sys.executable, str(script), str(repo / "tests"),
-                                       str(sotu_data_dir / "tokenizer.model"), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    logs = [p.communicate(timeout=240)[0].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    got = torch.load(out, weights_only=True)
+    got = run_two_ranks(DIST_SCRIPT, tmp_path, sotu_data_dir / "tokenizer.model")
     for name, cfg in family_cases().items():
         w = run_ttt(tiny_model(cfg), doc_stream(), luts, T, cfg.ttt, cfg.eval, return_token_losses=True)
         g = got[name]
