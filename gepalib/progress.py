@@ -16,12 +16,19 @@ from typing import Iterable, Iterator, TypeVar
 
 import torch
 
-from gepalib.trainlog import use_progress_bar
-
 T = TypeVar("T")
 BAR_DELAY_S = 2.0
 LOG_EVERY_S = 30.0
 MODES = ("auto", "bar", "log", "off")
+
+
+def use_progress_bar(progress: str) -> bool:
+    """``auto``: a bar only on a TTY and not under CI (papermill/Jupyter stderr is not a TTY)."""
+    if progress == "bar":
+        return True
+    if progress == "log":
+        return False
+    return bool(sys.stderr.isatty()) and not os.environ.get("CI")
 
 
 def _rank() -> int:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 import gepalib
 from gepalib import dist
 from gepalib.fsio import atomic_write_text, dumps_strict, write_failed
+from gepalib.progress import use_progress_bar
 from gepalib.rundir import RunDir
 
 
@@ -93,15 +94,6 @@ class Logger:
                 f.close()
             except OSError:
                 pass  # its last write already failed (and said so)
-
-
-def use_progress_bar(progress: str) -> bool:
-    """``auto``: a bar only on a TTY and not under CI (papermill/Jupyter stderr is not a TTY)."""
-    if progress == "bar":
-        return True
-    if progress == "log":
-        return False
-    return bool(sys.stderr.isatty()) and not os.environ.get("CI")
 
 
 def git_commit() -> str | None:
