@@ -33,7 +33,7 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the submission's quintic i
 
 
 @torch.no_grad()
-def zeropower_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+def zeropower_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: str = "bf16") -> Tensor:
     """Approximate polar factor U V^T of a 2-D matrix, in bf16 (Muon's orthogonalisation).
 
     X = G/(||G||_F + eps), transposed so rows <= cols; then ``steps`` times
@@ -44,16 +44,26 @@ def zeropower_newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Ten
     ``b*A + (c*A) @ A`` (``*`` and ``@`` bind equally, left to right), which rounds
     differently from ``c * (A @ A)``. On CUDA the iteration runs torch.compile'd, as the
     submission's (~40 eager kernels a matrix become a few fused ones; one graph per matrix
-    shape); on the CPU it runs eagerly (:func:`newton_schulz_fn`).
+    shape); on the CPU it runs eagerly (:func:`newton_schulz_fn`). ``dtype="fp32"`` runs the same
+    operations in float32 (the result is then rounded to bf16 like the bf16 one): CPUs emulate
+    bf16 matmuls, ~10x slower than fp32 for these shapes.
     """
     if G.ndim != 2:
         raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(G.shape)}")
+    if dtype not in ("bf16", "fp32"):
+        raise ValueError(f"Newton-Schulz dtype must be bf16 or fp32, got {dtype!r}")
+    if dtype == "fp32":
+        return _newton_schulz_fp32(G, steps, eps).bfloat16()
     return newton_schulz_fn(G.device.type)(G, steps, eps)
 
 
-def _newton_schulz(G: Tensor, steps: int, eps: float) -> Tensor:
+def _newton_schulz_fp32(G: Tensor, steps: int, eps: float) -> Tensor:
+    return _newton_schulz(G, steps, eps, torch.float32)
+
+
+def _newton_schulz(G: Tensor, steps: int, eps: float, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     a, b, c = NS_COEFFS
-    X = G.bfloat16()
+    X = G.to(dtype)
     X = X / (X.norm() + eps)
     transposed = G.size(0) > G.size(1)
     if transposed:
@@ -96,12 +106,14 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 weight_decay: float = 0.0, ns_steps: int = 5):
+                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: str = "bf16"):
         if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0 or ns_steps < 1:
             raise ValueError(f"Muon: bad hyper-parameters lr={lr} momentum={momentum} "
                              f"weight_decay={weight_decay} ns_steps={ns_steps}")
+        if ns_dtype not in ("bf16", "fp32"):
+            raise ValueError(f"Muon: ns_dtype must be bf16 or fp32, got {ns_dtype!r}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        ns_steps=ns_steps)
+                        ns_steps=ns_steps, ns_dtype=ns_dtype)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -138,7 +150,7 @@ class Muon(torch.optim.Optimizer):
             offset = 0
             for i, (p, u) in enumerate(zip(params, updates)):
                 if i % world == rank:
-                    o = zeropower_newton_schulz(u, steps=group["ns_steps"])
+                    o = zeropower_newton_schulz(u, steps=group["ns_steps"], dtype=group.get("ns_dtype", "bf16"))
                     o = o * muon_shape_scale(p.size(0), p.size(1))
                     flat[offset:offset + sizes[i]] = o.reshape(-1)
                 offset += sizes[i]
@@ -241,7 +253,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> tuple[list[torch.op
 
     def muon(gs: list[dict]) -> Muon:
         return Muon(gs, lr=gs[0]["lr"], momentum=tcfg.muon_momentum_start, nesterov=True,
-                    weight_decay=tcfg.muon_wd, ns_steps=tcfg.muon_ns_steps)
+                    weight_decay=tcfg.muon_wd, ns_steps=tcfg.muon_ns_steps, ns_dtype=tcfg.muon_ns_dtype)
 
     opts: list[torch.optim.Optimizer] = []
     for names, make in ((("embed",), adamw), (("scalar-enc", "scalar-dec", "scalar-other"), adamw),

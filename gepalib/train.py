@@ -55,7 +55,7 @@ from gepalib.paths import resolve_path
 from gepalib.plan import check_data_dir, make_plan
 from gepalib.rundir import RunDir, identity_hash
 from gepalib.runlock import lock_run_dir
-from gepalib.trainlog import Logger, append_metrics, environment, truncate_metrics, write_header
+from gepalib.trainlog import Logger, matrix_rms, append_metrics, environment, truncate_metrics, write_header
 
 TIMING_KEYS = ("ms_per_step", "tok_per_s", "train_time_s", "eval_s")
 
@@ -305,13 +305,13 @@ class Trainer:
         elif self.cfg.eval.val_ema if ema is None else ema:
             self.eval_model.load_state_dict(self.ema.export())
             emar = eval_nonoverlapping(self.eval_ema, self.val_tokens, self.luts, T, bs, autocast=tc.autocast)
-        row = {"val_loss": live.val_loss, "val_bpb": live.val_bpb}
+        row = {"val_loss": live.val_loss, "val_bpb": live.val_bpb, "weight_rms": matrix_rms(self.model)}
         if emar is not None:
             row.update(val_loss_ema=emar.val_loss, val_bpb_ema=emar.val_bpb)
         row["eval_s"] = time.perf_counter() - t0
         ema_part = "" if emar is None else f"val_loss_ema:{emar.val_loss:.4f} val_bpb_ema:{emar.val_bpb:.4f} "
         self.log.line(f"step:{s}/{tc.steps} val_loss:{live.val_loss:.4f} val_bpb:{live.val_bpb:.4f} "
-                      f"{ema_part}eval_s:{row['eval_s']:.1f}")
+                      f"{ema_part}weight_rms:{row['weight_rms']:.5f} eval_s:{row['eval_s']:.1f}")
         if not all(math.isfinite(row[k]) for k in ("val_loss", "val_bpb", "val_loss_ema", "val_bpb_ema") if k in row):
             msg = (f"non-finite validation loss at step {s}/{tc.steps} (live {live.val_loss}, "
                    f"EMA {emar.val_loss if emar is not None else 'not scored'}); "

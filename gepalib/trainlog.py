@@ -22,6 +22,18 @@ from gepalib.progress import use_progress_bar
 from gepalib.rundir import RunDir
 
 
+@torch.no_grad()
+def matrix_rms(model: torch.nn.Module) -> float:
+    """The RMS over every 2-D weight matrix of ``model`` (all their values together): the
+    weight-growth curve logged with each validation (``weight_rms`` in metrics.jsonl)."""
+    sq, n = 0.0, 0
+    for p in model.parameters():
+        if p.ndim == 2:
+            sq += float(p.detach().double().square().sum())
+            n += p.numel()
+    return (sq / n) ** 0.5 if n else 0.0
+
+
 def write_header(log: Logger, t: Any, group_table: str) -> None:
     """train.log's first lines for trainer ``t`` (run, versions, plan, data, optimizer groups,
     resume warnings, the checkpoint resumed from)."""

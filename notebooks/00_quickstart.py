@@ -22,9 +22,9 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-steps = 100                    # training steps: the ladder's first rung
+steps = 100                    # training steps: a short first run
 warmdown_frac = 0.4
-val_every = 20
+val_every = 25
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%

@@ -22,9 +22,9 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-steps = 400                    # training steps: the ladder's last rung
+steps = 1000                   # training steps: the ladder's longest rung (its base model, seed 42)
 warmdown_frac = 0.4
-val_every = 20
+val_every = 25
 seed = 42
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 

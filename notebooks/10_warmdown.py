@@ -10,9 +10,13 @@
 # # 10 · F1: warmdown is a first-class variable
 #
 # The submission's 20k-step trajectory improves −16.2 mBPB/kstep early, −2.0 on the late
-# plateau and −12.6 in the warmdown (≈6× the plateau). We train the longest rung of the
-# ladder (40% warmdown) with each seed, average the validation curves, and compute the same
-# per-phase rates with `gepalib.findings.phase_rates` (phase boundaries scaled to the run).
+# plateau and −12.6 in the warmdown (≈6× the plateau). The finding is about a run whose
+# constant-LR phase has *plateaued*: only then is "the warmdown gains more than the plateau"
+# a statement about the schedule. So we first **calibrate**: one run of the longest rung's
+# length at constant LR shows where this scale plateaus (`F.f1_calibration`: the smoothed
+# improvement rate falls below a third of the early rate), and the design's plateau phase must
+# start after it. Then each seed trains the design (peak LR, then a linear warmdown of 40%),
+# and the per-phase rates are compared as the submission did (`F.phase_rates`).
 
 # %% tags=["parameters"]
 preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
@@ -22,16 +26,18 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
-val_every = 20                 # validation interval in steps, the same for every run
-seeds = [42, 43]
+ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is F1's design
+warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every = 25                 # validation interval in steps, the same for every run
+seeds = [42, 43, 44]
+constant_steps = 1000          # calibration: the longest rung's length at constant LR (seed = seeds[0]); 0: skip
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
 from gepalib import findings as F
+from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
@@ -44,33 +50,46 @@ run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, 
 # %%
 P.set_style()
 run.ensure_data(data_dir)
-base = run.base_config(preset, scale, data_dir, overrides)
-
-# %%
 cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
 #                                            ladder_warmdown)
-longest = cfgs[0].train.steps
+longest, warmdown = cfgs[0].train.steps, cfgs[0].train.warmdown
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
+const_rd = run.launch(plan.extra["constant"], nproc=nproc, runs_root=runs_root) if "constant" in plan.extra else None
+steps, bpb, per_seed = run.mean_trajectory(rds, "val_bpb")
+
+# %% [markdown]
+# ## Calibration: does this scale plateau at constant LR, and before the plateau phase?
+# The phases are the submission's, scaled to the run (`F.phase_boundaries`): early from 5% of
+# the steps, plateau from 58% of the peak phase, then the warmdown. Without a constant-LR run
+# (`constant_steps = 0`) the peak-LR part of the seed-mean curve is used.
 
 # %%
-steps, bpb, per_seed = run.mean_trajectory(rds, "val_bpb")
-warmdown = cfgs[0].train.warmdown
+phases = F.phase_boundaries(longest, warmdown)
+if const_rd is not None:
+    cs, cb = run.mean_trajectory([const_rd], "val_bpb")[:2]
+else:
+    cs, cb = steps[steps <= longest - warmdown], bpb[steps <= longest - warmdown]
+cal = F.f1_calibration(cs, cb, plateau_start=phases["plateau"][0], warmdown_start=phases["warmdown"][0])
+print(F.regime_summary(cal))
+print(f"plateau_detected_step:{cal['plateau_step']} plateau_phase_start:{phases['plateau'][0]:.0f} "
+      f"early_rate:{cal['early_rate_mbpb_per_kstep']:.1f} late_rate:{cal['late_rate_mbpb_per_kstep']:.1f} mBPB/kstep")
+fig = C.f1_calibration_figure((cs, cb), (steps, bpb), cal, label=f"design (mean of {len(seeds)} seeds)")
+P.save_figure(fig, "F1_calibration", figures_dir)
+
+# %% [markdown]
+# ## Per-phase rates
+# At the end of the constant-LR run the warmdown's effect is also visible directly: the same
+# number of steps with and without the warmdown.
+
+# %%
 rates = F.phase_rates(steps, bpb, total_steps=longest, warmdown=warmdown)
 seed_rates = [F.phase_rates(steps, v, total_steps=longest, warmdown=warmdown) for v in per_seed]
 seed_ratios = [r["warmdown_to_plateau_ratio"] for r in seed_rates]
 print("per-seed warmdown/plateau ratios:", [round(r, 2) for r in seed_ratios])
+if const_rd is not None and const_rd.load_config().train.steps == longest:
+    print(f"final val_bpb: constant LR {cb[-1]:.4f}, with warmdown {bpb[-1]:.4f} "
+          f"({1000 * (bpb[-1] - cb[-1]):+.1f} mBPB)")
 F.phase_table(rates)
-
-# %% [markdown]
-# Where does this scale's plateau begin? `F.detect_plateau` finds the step where the smoothed
-# improvement rate of the peak-LR part of the curve falls below a third of its early rate
-# (None: the curve is too short or still improving); compare it with the phase boundary used above.
-
-# %%
-peak = longest - warmdown
-plateau_step = F.detect_plateau(steps[steps <= peak], bpb[steps <= peak])
-print(f"plateau_detected_step:{plateau_step} plateau_phase_start:{rates['phases']['plateau']['start']} "
-      f"warmdown_start:{peak}")
 
 # %% [markdown]
 # The published phases, for comparison:
@@ -85,11 +104,12 @@ P.save_figure(fig, "F1_warmdown", figures_dir)
 # %% [markdown]
 # ## Verdict (computed)
 # Welch over the seeds' rates (warmdown − 2 × plateau), with its 95% interval and the minimum
-# detectable effect; fewer than 3 seeds, or an MDE above the published effect scaled to this
-# run, give "inconclusive (underpowered)".
+# detectable effect; outside the regime (the calibration above), with fewer than 3 seeds, or
+# an MDE above the published effect scaled to this run: "inconclusive (underpowered)".
 
 # %%
-verdict = F.verdict_f1(seed_rates)
+verdict = F.verdict_f1(seed_rates, regime=cal["blockers"])
 save_finding(verdict, figures_dir, scale=scale, preset=preset, steps=longest, warmdown=warmdown, seeds=seeds,
-             per_seed_ratio=seed_ratios, plateau_detected_step=plateau_step, runs=[str(r.path) for r in rds])
+             per_seed_ratio=seed_ratios, calibration={k: v for k, v in cal.items() if not k.startswith("rate")},
+             runs=run.relative_paths(rds + ([const_rd] if const_rd is not None else [])))
 print(verdict["text"])

@@ -10,8 +10,13 @@
 # # 11 · F2: better-trained models compress smaller
 #
 # The submission's artifact shrinks from 14.94 MiB (9k steps) to 14.29 MiB (20k): longer
-# training with a long warmdown leaves weights that zstd compresses better. We quantize every
-# rung of the training-length ladder and fit size against steps (`findings.compressibility`).
+# training with a long warmdown leaves weights that zstd compresses better. Its ladder is far
+# past the phase where the weights grow away from their initialisation; a ladder inside that
+# phase measures the growth, not the finding. So we first **calibrate**: the weight RMS over
+# training (logged with every validation) must have stopped growing (`F.f2_calibration`: it
+# never again exceeds its value by more than 5%) before the shortest rung ends. Then we
+# quantize every rung, fit size against steps (`F.compressibility`), and show the mechanism
+# per rung: the int6 codes' entropy, the per-row scales and the weight RMS.
 
 # %% tags=["parameters"]
 preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
@@ -21,19 +26,22 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
-val_every = 20                 # validation interval in steps, the same for every run
+ladder_steps = [450, 600, 750, 1000]  # training lengths (one run each, shared by 10-16)
+warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every = 25                 # validation interval in steps, the same for every run
 seed = 42
+constant_steps = 1000          # calibration: a constant-LR run (shared with 10) whose weight RMS shows the growth phase; 0: the longest rung's
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
 from gepalib import findings as F
+from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
+from gepalib.run import study
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
@@ -43,16 +51,44 @@ run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, 
 # %%
 P.set_style()
 run.ensure_data(data_dir)
-base = run.base_config(preset, scale, data_dir, overrides)
-
-# %%
 cfgs = plan.configs  # = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed],
 #                                      val_every=val_every, warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
+const_rd = run.launch(plan.extra["constant"], nproc=nproc, runs_root=runs_root) if "constant" in plan.extra else None
+
+# %% [markdown]
+# ## Calibration: are the rungs past the weight-growth phase?
+
+# %%
+curves = {}
+if const_rd is not None:
+    curves["constant LR"] = run.mean_trajectory([const_rd], "weight_rms")[:2]
+for rd, c in zip(rds, cfgs):
+    curves[f"{c.train.steps} steps"] = run.mean_trajectory([rd], "weight_rms")[:2]
+cal_curve = curves["constant LR"] if const_rd is not None else curves[f"{max(ladder_steps)} steps"]
+cal = F.f2_calibration(*cal_curve, ladder_steps)
+print(F.regime_summary(cal))
+print(f"growth_end_step:{cal['growth_end_step']} shortest_rung:{cal['shortest_rung']}")
+fig = C.f2_calibration_figure(curves, cal, ladder_steps)
+P.save_figure(fig, "F2_calibration", figures_dir)
+
+# %% [markdown]
+# ## Artifact size per rung, and what changes in the codes
+
+# %%
 for rd in rds:
     run.ensure_artifact(rd)
 df = run.load_runs(rds)[["name", "steps", "warmdown", "float_live_bpb", "float_ema_bpb", "artifact_bytes"]]
+mech = [study.artifact_mechanism(rd) for rd in rds]
+df["code_entropy_bits"] = [m["code_entropy_bits"] for m in mech]
+df["zero_code_frac"] = [m["zero_code_frac"] for m in mech]
+df["scale_median"] = [m["scale_median"] for m in mech]
+df["weight_rms"] = [m["weight_rms"] for m in mech]
 df
+
+# %%
+fig = C.f2_mechanism_figure(mech)
+P.save_figure(fig, "F2_mechanism", figures_dir)
 
 # %%
 comp = F.compressibility(df["steps"], df["artifact_bytes"], df["float_live_bpb"])
@@ -63,11 +99,14 @@ R.f2_df()
 # %% [markdown]
 # ## Verdict (computed)
 # The slope of log(artifact size) on log(steps) over the ladder, with its 95% interval and minimum
-# detectable effect against the published slope; fewer than 3 rungs, or an MDE above the published
-# slope, give "inconclusive (underpowered)".
+# detectable effect against the published slope; outside the regime (the calibration above), with
+# fewer than 3 rungs, or an MDE above the published slope: "inconclusive (underpowered)".
 
 # %%
-verdict = F.verdict_f2(comp)
+verdict = F.verdict_f2(comp, regime=cal["blockers"])
 save_finding(verdict, figures_dir, scale=scale, preset=preset, steps=df["steps"].tolist(),
-             artifact_bytes=df["artifact_bytes"].tolist(), float_bpb=df["float_live_bpb"].tolist())
+             artifact_bytes=df["artifact_bytes"].tolist(), float_bpb=df["float_live_bpb"].tolist(),
+             code_entropy_bits=df["code_entropy_bits"].tolist(), weight_rms=df["weight_rms"].tolist(),
+             scale_median=df["scale_median"].tolist(), calibration=cal,
+             runs=run.relative_paths(rds + ([const_rd] if const_rd is not None else [])))
 print(verdict["text"])

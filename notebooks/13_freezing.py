@@ -21,22 +21,28 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
-val_every = 20                 # validation interval in steps, the same for every run
-seeds = [42, 43]
-sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
-       "ttt_freeze_blocks": 1}  # PR #461: SGD 0.002, 3 epochs, freeze 2 of 11 (~18%: 1 of tiny's 6)
-ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score (8 chunks); None: the run's own
-freeze_blocks = [0, 1, 2, 3]    # frozen leading blocks to compare
+ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
+warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every = 25                 # validation interval in steps, the same for every run
+seeds = [42, 43, 44]
+sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3, "ttt_freeze_blocks": 1,
+       "ttt_chunk_tokens": 4096}  # PR #461's SGD: where the held-out sweep starts (= 12's, so runs are shared)
+sweep_lrs = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # SGD's LRs tried on the held-out slice (= 12's); {}: no sweep
+sweep_chunk_tokens = [2048, 4096]  # tried at SGD's best LR (= 12's)
+sweep_epochs = [1, 3]          # then tried at the best chunk size (= 12's)
+ttt_val_tokens: "Optional[int]" = 131072  # scored val targets (32 chunks of 4,096); None: the run's own
+ttt_scoring = "streaming"      # streaming (cheap on a CPU) | sliding (as the submission)
+freeze_blocks = [0, 1, 2]       # frozen leading blocks to compare (tiny has 4)
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
 from gepalib import findings as F
+from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
 from gepalib.findings.report import save_finding
+from gepalib.run import study
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
@@ -52,13 +58,35 @@ base = run.base_config(preset, scale, data_dir, overrides)
 cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
 #                                            ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
+
+# %% [markdown]
+# ## Calibration: SGD's settings from the held-out sweep (shared with 12), and the regime
+
+# %%
+tuned, sweep_rows = study.tune_ttt(rds[0], {"sgd": sgd}, sweep_lrs, chunk_tokens=sweep_chunk_tokens,
+                                   epochs=sweep_epochs, scored=ttt_val_tokens)
+sgd_tuned = tuned["sgd"]
+print({f: sgd_tuned[f] for f in ("ttt_lr", "ttt_chunk_tokens", "ttt_epochs")})
+if sweep_rows:
+    fig = C.ttt_sweep_figure(sweep_rows, {"sgd": F.choose_setting(sweep_rows)},
+                             title="F4 calibration — held-out TTT sweep (SGD)")
+    P.save_figure(fig, "F4_calibration", figures_dir)
+
+# %%
+stream = ttt_scoring == "streaming"
 frozen, gains = [], []
 for k in freeze_blocks:
     for rd in rds:
-        r = run.ensure_stages(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens,
-                          **{**sgd, "ttt_freeze_blocks": k})
+        r = run.ensure_stages(rd, sliding=not stream, streaming=stream, ttt=True, nproc=nproc,
+                              val_tokens=ttt_val_tokens, **{**sgd_tuned, "ttt_freeze_blocks": k,
+                                                            "ttt_scoring": ttt_scoring})
         frozen.append(k)
         gains.append(run.ttt_gain(r))
+best_k = min(set(frozen), key=lambda k: sum(g for f, g in zip(frozen, gains) if f == k))
+n_targets = ttt_val_tokens or cfgs[0].data.val_tokens
+cal = F.ttt_calibration(-(-n_targets // sgd_tuned["ttt_chunk_tokens"]), n_targets,
+                        [g for f, g in zip(frozen, gains) if f == best_k])
+print(F.regime_summary(cal))
 list(zip(frozen, gains))
 
 # %%
@@ -73,7 +101,7 @@ P.save_figure(fig, "F4_freezing", figures_dir)
 # expected effect is a stated fraction of our best gain (`F.F4_EXPECTED_REL`).
 
 # %%
-verdict = F.verdict_f4(vs_frozen)
+verdict = F.verdict_f4(vs_frozen, regime=cal["blockers"])
 save_finding(verdict, figures_dir, scale=scale, preset=preset, seeds=seeds, frozen=frozen, gains=gains,
-             num_layers=base.model.num_layers)
+             num_layers=base.model.num_layers, settings=sgd_tuned, calibration=cal, runs=run.relative_paths(rds))
 print(verdict["text"])

@@ -13,7 +13,7 @@
 # at 20k against the naive baseline 1.224. We evaluate every ladder rung with TTT and
 # measure a same-scale naive baseline: the same model with the GEPA features off
 # (`run.baseline_config`) and a short training budget (`baseline_steps`). With `share_base =
-# "int6_sliding"` the TTT gain is isolated from quantization and the sliding window; set
+# "int6_streaming"` the TTT gain is isolated from quantization and the scoring; set
 # `"float_live"` for the submission's float→final definition.
 
 # %% tags=["parameters"]
@@ -24,25 +24,31 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-ladder_steps = [100, 200, 300, 400]  # training lengths (one run each, shared by 10, 11 and 14)
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction (full scale: 4k/5k/6k/8k)
-val_every = 20                 # validation interval in steps, the same for every run
+ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
+warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every = 25                 # validation interval in steps, the same for every run
 seed = 42
-ttt = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
-       "ttt_freeze_blocks": 1}  # the final TTT of every rung (= 12's sgd, so rows are shared)
-ttt_val_tokens: "Optional[int]" = 32768  # val targets the TTT evaluations score (8 chunks); None: the run's own
-share_base = "int6_sliding"    # int6_sliding | float_live | float_ema | int6_roundtrip
+sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3, "ttt_freeze_blocks": 1,
+       "ttt_chunk_tokens": 4096}  # PR #461's SGD: where the held-out sweep starts (= 12's, so runs are shared)
+sweep_lrs = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # SGD's LRs tried on the held-out slice (= 12's); {}: no sweep
+sweep_chunk_tokens = [2048, 4096]  # tried at SGD's best LR (= 12's)
+sweep_epochs = [1, 3]          # then tried at the best chunk size (= 12's)
+ttt_val_tokens: "Optional[int]" = 131072  # scored val targets (32 chunks of 4,096); None: the run's own
+ttt_scoring = "streaming"      # streaming (cheap on a CPU) | sliding (as the submission)
+share_base = "int6_streaming"  # int6_streaming (with streaming TTT) | int6_sliding | float_live | float_ema | int6_roundtrip
 baseline_bpb: "Optional[float]" = None  # None: measure a same-scale baseline; 1.224 at full scale
-baseline_steps = 50            # training steps of the same-scale baseline
+baseline_steps = 450           # training steps of the same-scale baseline (= the shortest rung)
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %%
 from gepalib import run
 from gepalib import findings as F
+from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
+from gepalib.run import study
 from gepalib.run.params import check_parameters
 
 check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
@@ -58,7 +64,25 @@ base = run.base_config(preset, scale, data_dir, overrides)
 cfgs = plan.configs  # = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed],
 #                                      val_every=val_every, warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
-rows = [run.ensure_stages(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **ttt) for rd in rds]
+longest_rd = rds[max(range(len(cfgs)), key=lambda i: cfgs[i].train.steps)]
+
+# %% [markdown]
+# ## Calibration: SGD's settings from the held-out sweep (shared with 12 and 13), and the regime
+
+# %%
+tuned, sweep_rows = study.tune_ttt(longest_rd, {"sgd": sgd}, sweep_lrs, chunk_tokens=sweep_chunk_tokens,
+                                   epochs=sweep_epochs, scored=ttt_val_tokens)
+ttt = {**tuned["sgd"], "ttt_scoring": ttt_scoring}
+if sweep_rows:
+    fig = C.ttt_sweep_figure(sweep_rows, {"sgd": F.choose_setting(sweep_rows)},
+                             title="F5 calibration — held-out TTT sweep (SGD)")
+    P.save_figure(fig, "F5_calibration", figures_dir)
+stream = ttt_scoring == "streaming"
+rows = [run.ensure_stages(rd, sliding=not stream, streaming=stream, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens,
+                          **ttt) for rd in rds]
+n_targets = ttt_val_tokens or cfgs[0].data.val_tokens
+cal = F.ttt_calibration(-(-n_targets // ttt["ttt_chunk_tokens"]), n_targets, [run.ttt_gain(r) for r in rows])
+print(F.regime_summary(cal))
 float_bpb = [run.stage_bpb(rd, share_base, r) for rd, r in zip(rds, rows)]
 final_bpb = [r["ttt"]["val_bpb"] for r in rows]
 list(zip(ladder_steps, float_bpb, final_bpb))
@@ -68,8 +92,8 @@ if baseline_bpb is None:
     bcfg = plan.extra["baseline"]  # = run.baseline_config(run.with_length(base, baseline_steps,
     #                                       warmdown_frac, val_every, seed=seed))
     brd = run.launch(bcfg, nproc=nproc, runs_root=runs_root)
-    baseline = run.stage_bpb(brd, share_base, run.ensure_stages(brd, sliding=True, nproc=nproc,
-                                                             val_tokens=ttt_val_tokens))
+    baseline = run.stage_bpb(brd, share_base, run.ensure_stages(brd, sliding=not stream, streaming=stream,
+                                                             nproc=nproc, val_tokens=ttt_val_tokens))
 else:
     baseline = float(baseline_bpb)
 share = F.ttt_share(float_bpb, final_bpb, baseline)
@@ -84,8 +108,9 @@ R.f5_df()
 # TTT gain below noise give "inconclusive (underpowered)".
 
 # %%
-verdict = F.verdict_f5(share)
+verdict = F.verdict_f5(share, regime=cal["blockers"])
 save_finding(verdict, figures_dir, scale=scale, preset=preset, steps=[c.train.steps for c in cfgs],
+             settings=ttt, calibration=cal, runs=run.relative_paths(rds),
              float_bpb=float_bpb, final_bpb=final_bpb, baseline_bpb=baseline, share_base=share_base,
              share=share["share"].tolist())
 print(verdict["text"])

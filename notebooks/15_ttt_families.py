@@ -16,8 +16,8 @@
 # families and their legality are described in docs/evaluation.md.
 #
 # We run every family on the same int6 base models (the ladder's longest rung, one per seed, as
-# in 12 and 13) and the same validation targets, and compare the TTT gain (TTT bpb − sliding bpb
-# of the same weights), the TTT wall time and the peak memory. `doc_local` is the reference for
+# in 12 and 13) and the same validation targets, and compare the TTT gain (TTT bpb − the same
+# scoring without TTT, same weights), the TTT wall time and the peak memory. `doc_local` is the reference for
 # the per-document families: document-local scoring with no adaptation, which separates the cost
 # of losing cross-document context from the gain of adapting.
 
@@ -29,24 +29,24 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-ladder_steps = [100, 200, 300, 400]  # training lengths; the longest is the base (shared with 10-14)
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction
-val_every = 20                 # validation interval in steps, the same for every run
-seeds = [42, 43]
-ttt_val_tokens: "Optional[int]" = 16384  # val targets every family scores (15 SOTU documents); None: the run's own
+ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
+warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every = 25                 # validation interval in steps, the same for every run
+seeds = [42, 43, 44]
+ttt_val_tokens: "Optional[int]" = 131072  # val targets every family scores (the study's regime); None: the run's own
 ttt_scoring = "streaming"      # how every family scores: streaming (cheap on a CPU) | sliding (as the submission)
-phase_docs = [5, 10]           # phase boundaries (in documents) of the phased families
+phase_docs = [32, 64, 96]      # phase boundaries (in documents) of the phased families (three phases, as PR #1855)
 families = {
-    # the submission's TTT with PR #461's settings; 512-target chunks: 32 chunks of 16,384 targets
+    # the submission's TTT (PR #461's SGD); with sweep_lrs its LR, chunk and epochs come from 12's held-out sweep
     "full": {"ttt_family": "full", "ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
-             "ttt_freeze_blocks": 1, "ttt_chunk_tokens": 512},
-    # PR #1530's shape (AdamW beta1 0, 64-target chunks, one step each) at tiny's scale: rank 8; the LR
-    # is the best of 1e-3 .. 3e-2 on seed 42's base (3e-2 diverges)
+             "ttt_freeze_blocks": 1, "ttt_chunk_tokens": 4096},
+    # PR #1530's shape (AdamW beta1 0, 64-target chunks, one step each) at tiny's scale: rank 8; with
+    # family_sweeps the LR is chosen on the held-out slice
     "lora_doc": {"ttt_family": "lora_doc", "ttt_lora_rank": 8, "ttt_lora_lr": 0.01, "ttt_lora_chunk_tokens": 64,
                  "ttt_lora_batch_docs": 16},
-    # PR #1610's global pass (SGD, momentum 0.9) over the scored prefix at each boundary; LR: the best
-    # of 2e-3 .. 1e-1 on seed 42's base
+    # PR #1610's global pass (SGD, momentum 0.9) over the scored prefix at each boundary; with
+    # family_sweeps the LR is chosen on the held-out slice
     "phased": {"ttt_family": "phased", "ttt_phase_lr": 0.01, "ttt_phase_epochs": 2, "ttt_batch_seqs": 4,
                "ttt_freeze_blocks": 1},
     "phased+lora_doc": {"ttt_family": "phased+lora_doc", "ttt_lora_rank": 8, "ttt_lora_lr": 0.01,
@@ -56,6 +56,11 @@ families = {
     "doc_local": {"ttt_family": "lora_doc", "ttt_lora_steps": 0, "ttt_lora_chunk_tokens": 64,
                   "ttt_lora_batch_docs": 16},
 }
+sweep_lrs = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # the full family's SGD sweep (= 12's, cached); {}: as given
+sweep_chunk_tokens = [2048, 4096]  # (= 12's)
+sweep_epochs = [1, 3]          # (= 12's)
+family_sweeps = {"lora_doc": {"ttt_lora_lr": [0.003, 0.01, 0.03]},
+                 "phased": {"ttt_phase_lr": [0.003, 0.01, 0.03]}}  # held-out sweeps; phased+lora_doc takes both; {}: as given
 cost_seeds = 1                 # bases (the first ones) on which wall time and peak memory are measured
 dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
@@ -64,6 +69,7 @@ from gepalib import run
 from gepalib.findings import families as FA
 from gepalib.findings import plots as P
 from gepalib.findings.report import save_finding
+from gepalib.run import study
 from gepalib.run.params import check_parameters
 from gepalib.run.ttt_cost import ttt_cost
 
@@ -83,7 +89,35 @@ settings = {name: {"ttt_scoring": ttt_scoring, **kv,
 cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
 #                                            ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
-rows = {name: [run.ensure_stages(rd, sliding=True, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens, **kv)
+
+# %% [markdown]
+# ## Calibration: every family's LR chosen on the held-out slice
+# The full family takes 12's SGD sweep (cached); each per-document and phased family sweeps its
+# own LR on the same held-out slice (targets 262,144 onwards, never scored here).
+
+# %%
+chosen = {}
+if sweep_lrs:
+    tuned, _ = study.tune_ttt(rds[0], {"sgd": families["full"]}, sweep_lrs, chunk_tokens=sweep_chunk_tokens,
+                              epochs=sweep_epochs, scored=ttt_val_tokens)
+    settings["full"] = {**settings["full"], **tuned["sgd"]}
+for fam, grid in family_sweeps.items():
+    for field, values in grid.items():
+        extra = {"ttt_phase_docs": tuple(phase_docs)} if fam.startswith("phased") else {}
+        sweep_rows = study.ttt_sweep(rds[0], [{**families[fam], **extra, field: v} for v in values],
+                                     scored=ttt_val_tokens)
+        chosen[(fam, field)] = min(sweep_rows, key=lambda r: r["val_bpb"])[field]
+        print(f"{fam}: {field} held-out gains (mBPB):",
+              {r[field]: round(1000 * r["gain"], 2) for r in sweep_rows}, "chosen", chosen[(fam, field)])
+for (fam, field), v in chosen.items():  # the composite takes each part's choice
+    for name in settings:
+        if field in families[name] and (name == fam or name == "phased+lora_doc"):
+            settings[name] = {**settings[name], field: v}
+
+# %%
+stream = ttt_scoring == "streaming"
+rows = {name: [run.ensure_stages(rd, sliding=not stream, streaming=stream, ttt=True, nproc=nproc,
+                                 val_tokens=ttt_val_tokens, **kv)
                for rd in rds] for name, kv in settings.items()}
 gains = {name: [run.ttt_gain(r) for r in rs] for name, rs in rows.items()}
 {name: [f"{1000 * g:+.2f} mBPB" for g in gs] for name, gs in gains.items()}
@@ -115,7 +149,7 @@ table
 verdicts = [FA.verdict_family(gains, e) for e in ("E1", "E2")]
 for v in verdicts:
     save_finding(v, figures_dir, scale=scale, preset=preset, seeds=seeds, gains=gains, settings=settings,
-                 costs=costs)
+                 costs=costs, runs=run.relative_paths(rds))
 print("\n".join(v["text"] for v in verdicts))
 # Full-scale parameters for notebooks/15_ttt_families.ipynb (GPUs, FineWeb):
 #   papermill notebooks/15_ttt_families.ipynb out.ipynb -f notebooks/15_ttt_families.gpu.yaml

@@ -26,10 +26,10 @@ nproc = 1                      # processes per run (torchrun --nproc-per-node)
 data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
 runs_root = "runs"             # content-addressed run directories: finished runs are reused
 figures_dir = "figures"
-ladder_steps = [100, 200, 300, 400]  # training lengths (the ladder of notebooks 10, 11 and 14)
-warmdown_frac = 0.4
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung instead of the fraction
-val_every = 20
+ladder_steps = [450, 600, 750, 1000]  # training lengths (the ladder of notebooks 10-15)
+warmdown_frac = 0.4            # used where ladder_warmdown is None
+ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every = 25
 seed = 42
 quantizers = {                 # name -> quant fields (quant_mode and its settings)
     "faithful": {"quant_mode": "faithful"},  # GPTQ-lite as the submission ran it

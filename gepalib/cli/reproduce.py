@@ -1,11 +1,13 @@
 """``gepa reproduce``: run every notebook headlessly and tabulate the five findings.
 
-    gepa reproduce                          # all notebooks, CPU defaults (< 30 min on 2 cores)
+    gepa reproduce                          # the demo: reduced parameters (< 15 min on 2 cores)
+    gepa reproduce --study                  # the calibrated study: the notebooks' own parameters (< 2 h)
     gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
     gepa reproduce --notebooks 10_warmdown 11_compressibility
     gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown
 
-Steps: prepare the embedded dataset if needed; execute each notebook with papermill
+Steps: prepare the embedded dataset if needed; train every planned run (several at once);
+execute each notebook with papermill
 (kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the sources
 in ``notebooks/`` stay output-free; each findings notebook stores its verdict as
 ``<figures>/finding_F<n>.json``; finally ``<figures>/findings.md`` tabulates them (the
@@ -39,14 +41,17 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     params = load_parameters_file(args.parameters) if args.parameters else {}
     params.update(parse_params(args.param or []))
+    if args.quick and args.study:
+        raise ValueError("--quick and --study exclude each other")
+    budget = "quick" if args.quick else ("study" if args.study else "demo")
     if args.plan:
         from gepalib.run.bill import format_bill, plan_reproduce
 
-        print(format_bill(plan_reproduce(args.notebooks, quick=args.quick, runs_root=args.runs_root,
+        print(format_bill(plan_reproduce(args.notebooks, quick=args.quick, budget=budget, runs_root=args.runs_root,
                                          data_dir=args.data_dir, figures=args.figures, parameters=params)))
         return 0
-    res = reproduce(args.notebooks, quick=args.quick, out=args.out, figures=args.figures, runs_root=args.runs_root,
-                    data_dir=args.data_dir, parameters=params, log_output=args.verbose)
+    res = reproduce(args.notebooks, budget=budget, out=args.out, figures=args.figures, runs_root=args.runs_root,
+                    data_dir=args.data_dir, parameters=params, log_output=args.verbose, workers=args.workers)
     failed = [r for r in res["notebooks"] if r["status"] != "ok"]
     print(Path(res["findings_md"]).read_text(encoding="utf-8"))
     if failed:
@@ -58,7 +63,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 EPILOG = """\
 examples:
-  gepa reproduce                          # all notebooks, CPU defaults (< 30 min on 2 cores)
+  gepa reproduce                          # the demo: reduced parameters (< 15 min on 2 cores)
+  gepa reproduce --study                  # the calibrated study: the notebooks' own parameters (< 2 h)
   gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
   gepa reproduce --notebooks 10_warmdown 11_compressibility
   gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown -p nproc=8
@@ -77,7 +83,11 @@ def add_cli(subparsers) -> None:
                                "in <figures>/findings.md.", epilog=EPILOG)
     p.add_argument("--notebooks", nargs="+", metavar="NAME", default=None,
                    help=f"a subset of: {' '.join(NOTEBOOKS)}")
+    p.add_argument("--study", action="store_true",
+                   help="the calibrated study: the notebooks' own parameters (default: the demo's reduced ones)")
     p.add_argument("--quick", action="store_true", help="smallest parameters (smoke run)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="training runs at once before the notebooks (default: one per usable core)")
     p.add_argument("--out", default="runs/notebooks", help="where executed notebooks go (default runs/notebooks)")
     p.add_argument("--figures", default="figures", help="figures and findings.md (default figures)")
     p.add_argument("--runs-root", default="runs", help="content-addressed run directories (default runs)")

@@ -9,12 +9,17 @@
   detectable effects, trends and rank correlations;
 * :mod:`gepalib.findings.verdicts`: the verdict on each finding, the findings table and
   the published numbers run through the same functions;
-* :mod:`gepalib.findings.reference`: the published numbers; :mod:`gepalib.findings.plots`: figures.
+* :mod:`gepalib.findings.calibration`: is each experiment in its finding's regime (plateau,
+  weight growth, TTT chunks and gain), and the best setting of a held-out sweep;
+* :mod:`gepalib.findings.reference`: the published numbers; :mod:`gepalib.findings.plots` and
+  :mod:`gepalib.findings.calplots`: figures.
 """
 from gepalib.findings.analysis import (EARLY_START_FRAC, PLATEAU_START_FRAC, compressibility, detect_plateau,
                                        infer_phases, phase_boundaries, phase_rates, phase_table, trajectory,
                                        trajectory_from_metrics, ttt_gain, ttt_gain_by_optimizer, ttt_gain_vs_frozen,
                                        ttt_share)
+from gepalib.findings.calibration import (choose_setting, f1_calibration, f2_calibration, growth_end,
+                                          regime_summary, ttt_calibration)
 from gepalib.findings.stats import (ALPHA, POWER, compare_settings, mean_interval, min_detectable_effect,
                                     rank_correlation, significance_text, slope_effect)
 from gepalib.findings.verdicts import (AGREES, DISAGREES, F4_EXPECTED_REL, INCONCLUSIVE, MIN_GAIN, MIN_SEEDS,
@@ -26,6 +31,8 @@ __all__ = [
     "EARLY_START_FRAC", "PLATEAU_START_FRAC", "trajectory", "trajectory_from_metrics", "detect_plateau",
     "phase_boundaries", "infer_phases", "phase_rates", "phase_table", "compressibility", "ttt_gain",
     "ttt_gain_by_optimizer", "ttt_gain_vs_frozen", "ttt_share",
+    # calibration
+    "choose_setting", "f1_calibration", "f2_calibration", "growth_end", "regime_summary", "ttt_calibration",
     # stats
     "ALPHA", "POWER", "compare_settings", "mean_interval", "min_detectable_effect", "slope_effect",
     "significance_text", "rank_correlation",

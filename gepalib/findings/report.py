@@ -49,6 +49,29 @@ def load_findings(figures_dir: str | os.PathLike = "figures") -> dict[str, dict[
     return out
 
 
+_CAL_KEYS = {"plateau_step": "plateau detected at step", "plateau_start": "plateau phase starts at",
+             "late_to_early": "late/early rate", "growth_end_step": "weight RMS stops growing at step",
+             "shortest_rung": "shortest rung", "n_chunks": "TTT chunks", "targets": "scored targets",
+             "gain_mbpb": "TTT gain (mBPB)"}
+
+
+def calibration_line(rec: dict[str, Any]) -> str | None:
+    """One markdown bullet: is the record's experiment in its finding's regime, with the numbers
+    (from ``extra.calibration``, a :mod:`gepalib.findings.calibration` result); None without one."""
+    cal = (rec.get("extra") or {}).get("calibration")
+    if not isinstance(cal, dict) or "in_regime" not in cal:
+        return None
+    nums = []
+    for k, label in _CAL_KEYS.items():
+        v = cal.get(k)
+        if v is None or isinstance(v, (list, dict)):
+            continue
+        nums.append(f"{label} {v:.2f}" if isinstance(v, float) and not float(v).is_integer() else f"{label} {v:g}"
+                    if isinstance(v, (int, float)) else f"{label} {v}")
+    head = "in regime" if cal["in_regime"] else "**not in regime**: " + "; ".join(cal.get("blockers", []))
+    return f"- **{rec['finding']}**: {head} ({', '.join(nums)})"
+
+
 def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_rows: Sequence[dict] = (),
                       note: str = "") -> Path:
     """``<figures_dir>/findings.md``: the five findings (submission, ours, verdict), which are
@@ -64,6 +87,9 @@ def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_ro
     ext = [recs[e] for e in EXTENSIONS if e in recs]
     if ext:
         lines += ["", "## Beyond the submission", "", findings_markdown(ext).rstrip("\n")]
+    cal = [ln for f in ALL_RECORDS if f in recs and (ln := calibration_line(recs[f]))]
+    if cal:
+        lines += ["", "Calibration (each experiment checked against its finding's regime before the verdict):", *cal]
     crit = [f"- **{f}**: {recs[f]['criterion']}" for f in ALL_RECORDS if f in recs and recs[f].get("criterion")]
     if crit:
         lines += ["", "Verdict criteria (computed by `gepalib.findings`):", *crit]

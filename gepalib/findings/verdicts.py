@@ -13,7 +13,9 @@ Every effect is oriented so that the published direction is negative. The rule:
 * **does not agree**: only where the experiment could have seen the published effect:
   MDE < |expected| and the interval excludes the expected effect (lies above it,
   possibly on the opposite side of 0).
-* **inconclusive (underpowered)**: everything else: fewer than ``min_seeds`` (3) seeds
+* **inconclusive (underpowered)**: everything else: the calibration says the experiment
+  is not in its finding's regime (``regime``: the blockers of
+  :mod:`gepalib.findings.calibration`), fewer than ``min_seeds`` (3) seeds
   or runs, a TTT gain that is itself below noise (its interval reaches 0, or it is under
   ``min_gain``, 1 mBPB), MDE ≥ |expected|, or an interval holding both 0 and the expected effect.
 
@@ -121,6 +123,11 @@ def _trend_mean_interval(x: Any, y: Any, alpha: float) -> dict[str, Any]:
     return {"mean": mean, "ci_low": mean - h, "ci_high": mean + h, "n": n}
 
 
+def _regime(regime: Sequence[str]) -> list[str]:
+    """Calibration blockers (gepalib.findings.calibration): the experiment is not in its regime."""
+    return [f"not in the finding's regime: {r}" for r in regime]
+
+
 def _few(n: int, min_n: int, what: str = "seeds per setting") -> list[str]:
     return [f"n={n} < {min_n} {what}"] if n < min_n else []
 
@@ -160,7 +167,8 @@ def _f1_effect(rates: Mapping[str, Any], threshold: float) -> tuple[float, float
 
 
 def verdict_f1(rates: Mapping[str, Any] | Sequence[Mapping[str, Any]], threshold: float = 2.0, *,
-               alpha: float = ALPHA, power: float = POWER, min_seeds: int = MIN_SEEDS) -> dict[str, Any]:
+               alpha: float = ALPHA, power: float = POWER, min_seeds: int = MIN_SEEDS,
+               regime: Sequence[str] = ()) -> dict[str, Any]:
     """F1 from :func:`phase_rates` of each seed's trajectory (one dict = one seed): the
     warmdown improves bpb ≥ ``threshold``× faster per step than the late plateau."""
     seeds = [rates] if isinstance(rates, Mapping) else list(rates)
@@ -171,7 +179,7 @@ def verdict_f1(rates: Mapping[str, Any] | Sequence[Mapping[str, Any]], threshold
     pe, pp, pw = _f1_effect(published_results()["F1"], threshold)
     rel = (pw - threshold * pp) / pe
     expected = rel * float(e.mean())
-    blockers = _few(len(seeds), min_seeds, "seeds") + (
+    blockers = _regime(regime) + _few(len(seeds), min_seeds, "seeds") + (
         [f"the early phase does not improve bpb ({e.mean():+.1f} mBPB/kstep)"] if e.mean() >= 0 else [])
     interval = (cmp["ci_low"], cmp["ci_high"])
     verdict, reason = judge(cmp["diff"], interval, cmp["mde"], expected, blockers,
@@ -195,13 +203,14 @@ def _elasticity(comp: Mapping[str, Any], alpha: float, power: float) -> dict[str
 
 
 def verdict_f2(comp: Mapping[str, Any], *, alpha: float = ALPHA, power: float = POWER,
-               min_runs: int = MIN_SEEDS) -> dict[str, Any]:
+               min_runs: int = MIN_SEEDS, regime: Sequence[str] = ()) -> dict[str, Any]:
     """F2 from :func:`compressibility`: the artifact shrinks with training length (the
     log-log slope of size on steps is negative)."""
     el = _elasticity(comp, alpha, power)
     expected = _elasticity(_published_f2(), alpha, power)["slope"]
     interval = (el["ci_low"], el["ci_high"])
-    verdict, reason = judge(el["slope"], interval, el["mde"], expected, _few(comp["n"], min_runs, "runs"))
+    verdict, reason = judge(el["slope"], interval, el["mde"], expected,
+                            _regime(regime) + _few(comp["n"], min_runs, "runs"))
     rho = comp["spearman_steps"]
     ours = (f"artifact {comp['relative_change']:+.2%} from shortest to longest run "
             f"(ρ={rho:+.2f}, exact p={comp['spearman_p_steps']:.3g}, n={comp['n']}); "
@@ -222,7 +231,7 @@ def verdict_f2(comp: Mapping[str, Any], *, alpha: float = ALPHA, power: float = 
 
 
 def verdict_f3(by_opt: Mapping[str, Any], *, alpha: float = ALPHA, power: float = POWER,
-               min_gain: float = MIN_GAIN, min_seeds: int = MIN_SEEDS) -> dict[str, Any]:
+               min_gain: float = MIN_GAIN, min_seeds: int = MIN_SEEDS, regime: Sequence[str] = ()) -> dict[str, Any]:
     """F3 from :func:`ttt_gain_by_optimizer`: the numerator's (SGD's) TTT gain is larger
     than the denominator's (AdamW's)."""
     num, den = by_opt["numerator"], by_opt["denominator"]
@@ -236,7 +245,7 @@ def verdict_f3(by_opt: Mapping[str, Any], *, alpha: float = ALPHA, power: float 
     expected = rel * abs(min(gn, gd))
     n = min(cmp["n_a"], cmp["n_b"])
     interval = (cmp["ci_low"], cmp["ci_high"])
-    blockers = _few(n, min_seeds) + noise
+    blockers = _regime(regime) + _few(n, min_seeds) + noise
     verdict, reason = judge(cmp["diff"], interval, cmp["mde"], expected, blockers)
     small = f"; {noise[0]}" if noise and "too small" in noise[0] else ""
     ours = (f"{num} {gn:+.4f} vs {den} {gd:+.4f} bpb ({by_opt['ratio']:.2f}×; {significance_text(cmp, alpha)})"
@@ -252,7 +261,7 @@ def verdict_f3(by_opt: Mapping[str, Any], *, alpha: float = ALPHA, power: float 
 
 def verdict_f4(vs_frozen: Mapping[str, Any], *, alpha: float = ALPHA, power: float = POWER,
                min_gain: float = MIN_GAIN, min_seeds: int = MIN_SEEDS,
-               expected_rel: float = F4_EXPECTED_REL) -> dict[str, Any]:
+               expected_rel: float = F4_EXPECTED_REL, regime: Sequence[str] = ()) -> dict[str, Any]:
     """F4 from :func:`ttt_gain_vs_frozen`: freezing ≥1 leading block gives a larger TTT gain than
     freezing none."""
     per = vs_frozen["per_freeze"]
@@ -265,7 +274,7 @@ def verdict_f4(vs_frozen: Mapping[str, Any], *, alpha: float = ALPHA, power: flo
     expected = -expected_rel * abs(per[best]["mean"])
     n = min(cmp["n_a"], cmp["n_b"])
     interval = (cmp["ci_low"], cmp["ci_high"])
-    blockers = _few(n, min_seeds) + noise
+    blockers = _regime(regime) + _few(n, min_seeds) + noise
     verdict, reason = judge(cmp["diff"], interval, cmp["mde"], expected, blockers)
     gains = ", ".join(f"freeze {k}: {v['mean']:+.4f}" for k, v in sorted(per.items()))
     small = f"; {noise[0]}" if noise and "too small" in noise[0] else ""
@@ -286,7 +295,7 @@ def _share_slope(share: Mapping[str, Any], alpha: float, power: float) -> dict[s
 
 
 def verdict_f5(share: Mapping[str, Any], *, alpha: float = ALPHA, power: float = POWER,
-               min_gain: float = MIN_GAIN, min_runs: int = MIN_SEEDS) -> dict[str, Any]:
+               min_gain: float = MIN_GAIN, min_runs: int = MIN_SEEDS, regime: Sequence[str] = ()) -> dict[str, Any]:
     """F5 from :func:`ttt_share`: the TTT share falls as the base improves (the slope of share on
     log(total gain) is negative), and TTT itself helps by more than noise."""
     sv = share["share_vs_float"]
@@ -307,7 +316,7 @@ def verdict_f5(share: Mapping[str, Any], *, alpha: float = ALPHA, power: float =
     pub_rel = _share_slope(pub, alpha, power)["slope"] / float(np.mean(pub["share"]))
     mean_share = float(np.mean(share["share"]))
     expected = pub_rel * mean_share
-    blockers = _few(n, min_runs, "runs") + noise
+    blockers = _regime(regime) + _few(n, min_runs, "runs") + noise
     if not blockers and mean_share <= 0:
         blockers.append("the mean TTT share is not positive")
     interval = (sl["ci_low"], sl["ci_high"])

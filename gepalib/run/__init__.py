@@ -28,8 +28,8 @@ from gepalib.run.bill import format_bill, load_rates, plan_reproduce, price_plan
 from gepalib.run.notebooks import NOTEBOOKS, execute_notebook, load_parameters_file, reproduce
 from gepalib.run.plans import PLANNERS, plan_notebook
 from gepalib.run.pipeline import describe_artifact, evaluate_run, quantize_run
-from gepalib.run.results import (artifact_bytes, load_metrics, load_runs, mean_trajectory, run_record,
-                                 stage_table)
+from gepalib.run.results import (artifact_bytes, load_metrics, load_runs, mean_trajectory, relative_paths,
+                                 run_record, stage_table)
 from gepalib.run.stages import (STAGES, find_stage, format_ledger, stage_bpb, stage_config, stage_kinds,
                                 stage_settings, ttt_gain)
 
@@ -42,7 +42,7 @@ __all__ = [
     "evaluate_run", "execute_notebook", "find_stage", "format_bill", "format_ledger", "identity", "identity_diff",
     "identity_hash", "is_finished", "ladder_configs", "launch", "launch_many", "load_metrics",
     "load_parameters_file", "load_rates", "load_runs", "longest_rung_configs", "mean_trajectory", "plan_notebook",
-    "plan_reproduce", "price_plans", "quantize_run", "reproduce", "run_key", "run_record", "run_streamed",
+    "plan_reproduce", "price_plans", "quantize_run", "relative_paths", "reproduce", "run_key", "run_record", "run_streamed",
     "scale_overrides", "stage_bpb", "stage_config", "stage_kinds", "stage_settings", "stage_table",
     "stop_if_dry_run", "torchrun_command", "ttt_gain", "with_length",
 ]

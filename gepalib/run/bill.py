@@ -208,7 +208,8 @@ def _missing_kinds(rd: RunDir, ev: PlannedEval) -> list[str]:
     records the round trip again with its settings, so it comes with every missing kind)."""
     if ev.kind in ("quantizers", "ttt_cost"):  # measured afresh every time
         return ["roundtrip"] if ev.kind == "quantizers" else ["ttt"]
-    want = ["roundtrip"] + (["sliding"] if ev.sliding else []) + (["ttt"] if ev.ttt else [])
+    want = ["roundtrip"] + (["sliding"] if ev.sliding else []) + (["streaming"] if ev.streaming else []) + \
+        (["ttt"] if ev.ttt else [])
     if not rd.exists() or not is_finished(rd):
         return want
     cfg = rd.load_config()
@@ -354,14 +355,16 @@ def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
     print(f"dry run: {plan.notebook}'s remaining cells are skipped", flush=True)
 
 
-def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, runs_root: str = "runs",
-                   data_dir: str = "data/sotu_sp1024", figures: str = "figures",
+def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, budget: str | None = None,
+                   runs_root: str = "runs", data_dir: str = "data/sotu_sp1024", figures: str = "figures",
                    parameters: dict[str, Any] | None = None, rates: Rates | None = None) -> dict[str, Any]:
     """The bill of ``gepa reproduce`` with the same arguments: each notebook gets the parameters
-    :func:`gepalib.run.notebooks.reproduce` would inject, and nothing runs."""
-    from gepalib.run.notebooks import NOTEBOOKS, QUICK_COMMON, QUICK_PARAMETERS
+    :func:`gepalib.run.notebooks.reproduce` would inject (``budget`` demo | study | quick), and
+    nothing runs."""
+    from gepalib.run.notebooks import NOTEBOOKS, budget_parameters
     from gepalib.run.plans import plan_notebook
 
+    budget = "quick" if quick else (budget or "demo")
     names = [n for n in NOTEBOOKS if n in (notebooks or NOTEBOOKS)]
     unknown = sorted(set(notebooks or ()) - set(NOTEBOOKS))
     if unknown:
@@ -370,9 +373,7 @@ def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, r
     plans = []
     for name in names:
         params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": figures}
-        if quick:
-            params.update(QUICK_COMMON)
-            params.update(QUICK_PARAMETERS.get(name, {}))
+        params.update(budget_parameters(name, budget))
         params.update(parameters or {})
         plans.append(plan_notebook(name, params))
     return price_plans(plans, rates)

@@ -17,16 +17,21 @@ from gepalib.prepare import prepare_sotu
 
 # Named scales: config overrides applied on top of a preset.
 #   full  -- the preset as it is (GPUs; with gepa11 this is the submission)
-#   cpu   -- the notebooks' defaults on a 2-core CPU: smaller batches, a capped
-#            validation set, an EMA horizon of ~10 steps for 100-400-step runs (tiny's
-#            0.99 averages over ~100), TTT chunks that give several chunks, and the
-#            int6 passthrough threshold scaled with the model (gepa11 keeps tensors of
-#            <= 65,536 values in float: its control vectors and the 512x128 bigram
-#            projection; tiny's 128x128 matrices would all stay float at that threshold)
+#   cpu   -- the notebooks' defaults on a 2-core CPU (the calibrated study): smaller batches,
+#            a capped validation set, an EMA horizon of ~10 steps (tiny's 0.99 averages over
+#            ~100), TTT chunks that give many chunks, the int6 passthrough threshold scaled
+#            with the model (gepa11 keeps tensors of <= 65,536 values in float: its control
+#            vectors and the 512x128 bigram projection; tiny's 128x128 matrices would all stay
+#            float at that threshold), Muon's Newton-Schulz in fp32 (CPUs emulate bf16
+#            matmuls: 0.38 s vs 0.03 s a step for tiny's matrices) and Muon's weight decay
+#            scaled to the run length: weights relax to their decay equilibrium over ~1/(lr*wd)
+#            steps; the submission's shortest ladder rung (9k steps) saw lr*wd*steps = 9 of
+#            those, a 450-step rung at wd 0.3 sees 3.4 (at 0.04 it would see 0.45: still growing)
 #   quick -- a 2-layer, 32-wide model for smoke runs and the test-suite
 SCALES: dict[str, dict[str, Any]] = {
     "full": {},
     "cpu": {"batch_tokens": 4096, "micro_batch_tokens": 4096, "val_tokens": 16384, "ema_decay": 0.9,
+            "muon_ns_dtype": "fp32", "muon_wd": 0.3,
             "muon_momentum_warmup": 50, "ttt_chunk_tokens": 4096, "passthrough_numel": 4096, "progress": "log",
             "checkpoint_every": 0, "keep_checkpoints": 1},
     "quick": {"num_layers": 2, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1, "mlp_hidden": 64,

@@ -374,11 +374,12 @@ def ensure_artifact(run: RunDir | str | os.PathLike, *, force: bool = False, rep
     return rd
 
 
-def ensure_stages(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt: bool = False, nproc: int = 1,
+def ensure_stages(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt: bool = False,
+                  streaming: bool = False, nproc: int = 1,
                   stream: bool = True, force: bool = False, threads: int | None = None,
                   **overrides: Any) -> dict[str, dict[str, Any]]:
     """Score the run's int6 artifact (quantizing first if needed) and return its stage rows
-    ``{"roundtrip": row, "sliding": row, "ttt": row}`` (the ones asked for), each with its
+    ``{"roundtrip": row, "sliding": row, "streaming": row, "ttt": row}`` (the ones asked for), each with its
     ``name`` in the ledger. Rows already recorded with the same settings are reused.
 
     ``overrides`` are eval/ttt fields (e.g. ``ttt_optimizer="adamw", ttt_freeze_blocks=0``)
@@ -391,22 +392,24 @@ def ensure_stages(run: RunDir | str | os.PathLike, *, sliding: bool = True, ttt:
     run_cfg = rd.load_config()
     cfg = stage_config(rd, **overrides)
     kinds = stage_kinds(cfg)
-    wanted = ["roundtrip"] + (["sliding"] if sliding else []) + (["ttt"] if ttt else [])
+    wanted = ["roundtrip"] + (["sliding"] if sliding else []) + (["streaming"] if streaming else []) + \
+        (["ttt"] if ttt else [])
     settings = {k: stage_settings(cfg, kinds[k][1]) for k in wanted}
     found = {k: None if force else find_stage(rd, kinds[k][0], settings[k]) for k in wanted}
     missing = [k for k in wanted if found[k] is None]
     if missing:
-        need_sliding, need_ttt = "sliding" in missing, "ttt" in missing
+        need_sliding, need_ttt, need_stream = "sliding" in missing, "ttt" in missing, "streaming" in missing
         # everything that differs from the run's own config, so the stage rows carry it
         diff = {k: v for k, v in _flat(cfg).items() if _flat(run_cfg)[k] != v}
         if nproc > 1:
-            args = ["eval", str(rd.path)] + (["--sliding"] if need_sliding else []) + (["--ttt"] if need_ttt else [])
+            args = ["eval", str(rd.path)] + (["--sliding"] if need_sliding else []) + \
+                (["--streaming"] if need_stream else []) + (["--ttt"] if need_ttt else [])
             for k, v in diff.items():
                 args += ["--" + k.replace("_", "-"), _cli_value(v)]
             _run_gepa(args, rd, nproc=nproc, what="evaluation", stream=stream, threads=threads)
         else:
             with intra_op_threads(threads):
-                evaluate_run(rd.path, sliding=need_sliding, ttt=need_ttt, weights="artifact",
+                evaluate_run(rd.path, sliding=need_sliding, ttt=need_ttt, streaming=need_stream, weights="artifact",
                              log=(lambda s: print(s, flush=True)) if stream else _quiet, **diff)
         for k in wanted:  # re-read all: the evaluation re-records the round-trip row too
             found[k] = find_stage(rd, kinds[k][0], settings[k])

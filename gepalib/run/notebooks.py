@@ -20,26 +20,67 @@ from typing import Any, Sequence, TextIO
 from gepalib.paths import project_root, resolve_path
 from gepalib.findings.report import ALL_RECORDS, FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
 from gepalib.run.configs import ensure_data
+from gepalib.run.plans import plan_notebook
+from gepalib.run.study import pretrain
 
 NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
              "12_sgd_vs_adamw", "13_freezing", "14_ttt_share", "15_ttt_families", "16_quantizers")
 KERNEL = "python3"
 
-# --quick (and the test-suite): the "quick" scale and the shortest experiments that still
-# exercise every code path (several evaluations per phase, two seeds, two ladder rungs).
+# Three budgets, one code path: every notebook's parameters cell holds the calibrated study's
+# values (``gepa reproduce --study``, ``make study``); the reduced values below are the only
+# other place parameters live. DEMO (``gepa reproduce``, ``make demo``): the same experiments,
+# shorter and with two seeds, so every verdict reads "inconclusive" and says why (< 15 min on 2
+# cores). QUICK (``--quick`` and the test-suite): the smallest runs that still exercise every
+# code path (two ladder rungs, two seeds, a one-point held-out sweep).
+_LADDER_DEMO = {"ladder_steps": [150, 300], "ladder_warmdown": [70, 120], "val_every": 25}
+_TTT_DEMO = {"ttt_val_tokens": 32768, "sweep_lrs": {}, "sweep_chunk_tokens": [], "sweep_epochs": []}
+_SGD_DEMO = {"ttt_optimizer": "sgd", "ttt_lr": 0.02, "ttt_momentum": 0.9, "ttt_epochs": 3, "ttt_freeze_blocks": 1,
+             "ttt_chunk_tokens": 4096}
+DEMO_COMMON: dict[str, Any] = {"scale": "cpu"}
+DEMO_PARAMETERS: dict[str, dict[str, Any]] = {
+    "00_quickstart": {"steps": 100},
+    "01_train": {"steps": 300},  # = the demo ladder's longest rung (seed 42)
+    "02_artifact_and_eval": {"steps": 300},
+    "10_warmdown": {**_LADDER_DEMO, "seeds": [42, 43], "constant_steps": 0},
+    "11_compressibility": {**_LADDER_DEMO, "constant_steps": 0},
+    "12_sgd_vs_adamw": {**_LADDER_DEMO, **_TTT_DEMO, "seeds": [42, 43], "sgd": _SGD_DEMO,
+                        "adamw": {"ttt_optimizer": "adamw", "ttt_lr": 0.001, "ttt_freeze_blocks": 1},
+                        "compare_sliding": False},
+    "13_freezing": {**_LADDER_DEMO, **_TTT_DEMO, "seeds": [42, 43], "sgd": _SGD_DEMO, "freeze_blocks": [0, 1]},
+    "14_ttt_share": {**_LADDER_DEMO, **_TTT_DEMO, "sgd": _SGD_DEMO, "baseline_steps": 150},
+    "15_ttt_families": {**_LADDER_DEMO, "seeds": [42, 43], "ttt_val_tokens": 16384, "phase_docs": [5, 10],
+                        "sweep_lrs": {}, "family_sweeps": {}},
+    "16_quantizers": {**_LADDER_DEMO},
+}
+_LADDER_QUICK = {"ladder_steps": [10, 20], "ladder_warmdown": None}
+_TTT_QUICK = {"ttt_val_tokens": None, "sweep_lrs": {"sgd": [0.01]}, "sweep_chunk_tokens": [], "sweep_epochs": []}
 QUICK_COMMON: dict[str, Any] = {"scale": "quick", "val_every": 2}
 QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
     "00_quickstart": {"steps": 10},  # = the ladder's first rung (seed 42): trained once, reused
     "01_train": {"steps": 20},  # = the ladder's last rung
     "02_artifact_and_eval": {"steps": 20},
-    "10_warmdown": {"ladder_steps": [10, 20], "seeds": [42, 43]},
-    "11_compressibility": {"ladder_steps": [10, 20]},
-    "12_sgd_vs_adamw": {"ladder_steps": [10, 20], "seeds": [42, 43], "ttt_val_tokens": None},
-    "13_freezing": {"ladder_steps": [10, 20], "seeds": [42, 43], "freeze_blocks": [0, 1], "ttt_val_tokens": None},
-    "14_ttt_share": {"ladder_steps": [10, 20], "baseline_steps": 3, "ttt_val_tokens": None},
-    "15_ttt_families": {"ladder_steps": [10, 20], "seeds": [42, 43], "ttt_val_tokens": 4096, "phase_docs": [1, 2]},
-    "16_quantizers": {"ladder_steps": [10, 20]},
+    "10_warmdown": {**_LADDER_QUICK, "seeds": [42, 43], "constant_steps": 20},
+    "11_compressibility": {**_LADDER_QUICK, "constant_steps": 20},
+    "12_sgd_vs_adamw": {**_LADDER_QUICK, **_TTT_QUICK, "seeds": [42, 43],
+                        "sweep_lrs": {"sgd": [0.01], "adamw": [0.001]}},
+    "13_freezing": {**_LADDER_QUICK, **_TTT_QUICK, "seeds": [42, 43], "freeze_blocks": [0, 1]},
+    "14_ttt_share": {**_LADDER_QUICK, **_TTT_QUICK, "baseline_steps": 3},
+    "15_ttt_families": {**_LADDER_QUICK, "seeds": [42, 43], "ttt_val_tokens": 4096, "phase_docs": [1, 2],
+                        "sweep_lrs": {}, "family_sweeps": {"lora_doc": {"ttt_lora_lr": [0.01]}}},
+    "16_quantizers": {**_LADDER_QUICK},
 }
+BUDGETS = ("demo", "study", "quick")
+
+
+def budget_parameters(name: str, budget: str) -> dict[str, Any]:
+    """The parameters a budget injects into notebook ``name`` (the study: none, the notebook's own)."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if budget == "study":
+        return {}
+    common, per = (DEMO_COMMON, DEMO_PARAMETERS) if budget == "demo" else (QUICK_COMMON, QUICK_PARAMETERS)
+    return {**common, **per.get(name, {})}
 
 
 def notebooks_dir() -> Path:
@@ -135,13 +176,19 @@ def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str
     return out
 
 
-def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, out: str = "runs/notebooks",
-              figures: str = "figures", runs_root: str = "runs", data_dir: str = "data/sotu_sp1024",
-              parameters: dict[str, Any] | None = None, log_output: bool = False) -> dict[str, Any]:
+def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, budget: str | None = None,
+              out: str = "runs/notebooks", figures: str = "figures", runs_root: str = "runs",
+              data_dir: str = "data/sotu_sp1024", parameters: dict[str, Any] | None = None,
+              log_output: bool = False, workers: int | None = None) -> dict[str, Any]:
     """Execute the notebooks (all by default, in order) and write ``<figures>/findings.md``.
 
-    Returns {"notebooks": [{notebook, status, seconds, output, error}], "findings_md": path,
-    "seconds": total}."""
+    ``budget``: ``demo`` (the default; :data:`DEMO_PARAMETERS`), ``study`` (the notebooks' own
+    parameters: the calibrated study) or ``quick`` (``quick=True``; :data:`QUICK_PARAMETERS`).
+    First every training run the notebooks plan is trained, ``workers`` at a time
+    (:func:`gepalib.run.study.pretrain`; default one per usable core; with ``nproc`` > 1 one
+    at a time), then the notebooks run and reuse them. Returns {"notebooks": [{notebook,
+    status, seconds, output, error}], "findings_md": path, "seconds": total, "pretrain_seconds"}."""
+    budget = "quick" if quick else (budget or "demo")
     names = list(notebooks) if notebooks else list(NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
@@ -155,13 +202,24 @@ def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, ou
     for f, nb in ALL_RECORDS.items():  # a stale verdict must not survive a failed re-run
         if nb in names:
             (fig_dir / f"finding_{f}.json").unlink(missing_ok=True)
-    rows = []
+    all_params = {}
     for name in names:
         params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": str(fig_dir)}
-        if quick:
-            params.update(QUICK_COMMON)
-            params.update(QUICK_PARAMETERS.get(name, {}))
+        params.update(budget_parameters(name, budget))
         params.update(parameters or {})
+        all_params[name] = params
+    t0 = time.perf_counter()
+    plans = [plan_notebook(n, p) for n, p in all_params.items()]
+    cfgs = [c for pl in plans for _, c in pl.all_runs()]
+    serial = any(pl.nproc > 1 for pl in plans)
+    print(f"pretrain: {len(cfgs)} planned runs", flush=True)
+    pretrain(cfgs, workers=1 if serial else workers, runs_root=runs_root,
+             log=lambda m: print(m, flush=True))
+    pre_s = time.perf_counter() - t0
+    print(f"pretrain_seconds:{pre_s:.1f}", flush=True)
+    rows = []
+    for name in names:
+        params = all_params[name]
         print(f"notebook:{name} status:running", flush=True)
         t0 = time.perf_counter()
         row = {"notebook": name, "status": "ok", "output": str(resolve_path(out) / f"{name}.ipynb"), "error": ""}
@@ -175,8 +233,11 @@ def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, ou
               + (f" error:{row['error']}" if row["error"] else ""), flush=True)
         rows.append(row)
     total = time.perf_counter() - t_all
-    note = (f"Scale: {'quick' if quick else (parameters or {}).get('scale', 'notebook defaults (cpu)')}; "
-            f"executed notebooks in `{out}`; figures in `{figures}`; total {total:.0f} s.")
+    what = {"study": "the calibrated study (the notebooks' own parameters)",
+            "demo": "demo (reduced parameters, two seeds: a smoke run, not the study; run `gepa reproduce --study`)",
+            "quick": "quick (smoke-test parameters)"}[budget]
+    note = (f"Budget: {what}; executed notebooks in `{out}`; figures in `{figures}`; training {pre_s:.0f} s "
+            f"(parallel), total {total:.0f} s.")
     md = write_findings_md(fig_dir, notebook_rows=rows, note=note)
     print(f"findings_md:{md} seconds:{total:.1f}", flush=True)
-    return {"notebooks": rows, "findings_md": str(md), "seconds": total}
+    return {"notebooks": rows, "findings_md": str(md), "seconds": total, "pretrain_seconds": pre_s, "budget": budget}

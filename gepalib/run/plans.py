@@ -34,6 +34,7 @@ class PlannedEval:
     kind: str
     sliding: bool = False
     ttt: bool = False
+    streaming: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)  # eval/ttt fields and val_tokens
     label: str = ""
     modes: tuple[str, ...] = ()  # quantizers: quant modes
@@ -107,9 +108,13 @@ def _ladder(p: dict[str, Any]) -> list[RunConfig]:
                           val_every=p["val_every"], warmdowns=p["ladder_warmdown"])
 
 
-def _stages(runs: int, settings: Mapping[str, dict], val_tokens: Any) -> list[PlannedEval]:
+def _stages(runs: int, settings: Mapping[str, dict], val_tokens: Any, scoring: str = "sliding") -> list[PlannedEval]:
+    """TTT evaluations of every run with every setting (the TTT notebooks' ``ensure_stages`` calls;
+    a held-out sweep may change the LR, chunk size and epochs: priced at the settings given)."""
     vt = {} if val_tokens is None else {"val_tokens": val_tokens}
-    return [PlannedEval(i, "stages", sliding=True, ttt=True, overrides={**vt, **kv}, label=name)
+    sc = {} if scoring == "sliding" else {"ttt_scoring": scoring}
+    return [PlannedEval(i, "stages", sliding=scoring == "sliding", streaming=scoring == "streaming", ttt=True,
+                        overrides={**vt, **kv, **sc}, label=name)
             for name, kv in settings.items() for i in range(runs)]
 
 
@@ -127,35 +132,44 @@ def _p02(p):
     return cfgs, [PlannedEval(0, "artifact"), PlannedEval(0, "stages", sliding=True, ttt=True)], {}
 
 
+def _constant(p: dict[str, Any], seed: int) -> dict[str, RunConfig]:
+    """The calibration run at constant LR (``constant_steps``; none when 0)."""
+    n = int(p.get("constant_steps") or 0)
+    return {"constant": with_length(_base(p), n, 0.0, p["val_every"], seed=seed, warmdown=0)} if n else {}
+
+
 def _p10(p):
-    return _longest(p, p["seeds"]), [], {}
+    return _longest(p, p["seeds"]), [], _constant(p, p["seeds"][0])
 
 
 def _p11(p):
     cfgs = _ladder(p)
-    return cfgs, [PlannedEval(i, "artifact") for i in range(len(cfgs))], {}
+    return cfgs, [PlannedEval(i, "artifact") for i in range(len(cfgs))], _constant(p, p["seed"])
 
 
 def _p12(p):
     cfgs = _longest(p, p["seeds"])
-    return cfgs, _stages(len(cfgs), {"sgd": p["sgd"], "adamw": p["adamw"]}, p["ttt_val_tokens"]), {}
+    return cfgs, _stages(len(cfgs), {"sgd": p["sgd"], "adamw": p["adamw"]}, p["ttt_val_tokens"],
+                         p.get("ttt_scoring", "sliding")), {}
 
 
 def _p13(p):
     cfgs = _longest(p, p["seeds"])
     settings = {f"freeze {k}": {**p["sgd"], "ttt_freeze_blocks": k} for k in p["freeze_blocks"]}
-    return cfgs, _stages(len(cfgs), settings, p["ttt_val_tokens"]), {}
+    return cfgs, _stages(len(cfgs), settings, p["ttt_val_tokens"], p.get("ttt_scoring", "sliding")), {}
 
 
 def _p14(p):
     cfgs = _ladder(p)
-    evals = _stages(len(cfgs), {"ttt": p["ttt"]}, p["ttt_val_tokens"])
+    scoring = p.get("ttt_scoring", "sliding")
+    evals = _stages(len(cfgs), {"ttt": p["sgd"]}, p["ttt_val_tokens"], scoring)
     extra = {}
     if p["baseline_bpb"] is None:
         extra["baseline"] = baseline_config(with_length(_base(p), p["baseline_steps"], p["warmdown_frac"],
                                                         p["val_every"], seed=p["seed"]))
         vt = {} if p["ttt_val_tokens"] is None else {"val_tokens": p["ttt_val_tokens"]}
-        evals.append(PlannedEval(len(cfgs), "stages", sliding=True, overrides=vt, label="baseline"))
+        evals.append(PlannedEval(len(cfgs), "stages", sliding=scoring == "sliding", streaming=scoring == "streaming",
+                                 overrides=vt, label="baseline"))
     return cfgs, evals, extra
 
 
@@ -164,7 +178,7 @@ def _p15(p):
     settings = {name: {"ttt_scoring": p["ttt_scoring"], **kv,
                        **({"ttt_phase_docs": tuple(p["phase_docs"])} if kv["ttt_family"].startswith("phased") else {})}
                 for name, kv in p["families"].items()}
-    evals = _stages(len(cfgs), settings, p["ttt_val_tokens"])
+    evals = _stages(len(cfgs), settings, p["ttt_val_tokens"], p["ttt_scoring"])
     vt = {} if p["ttt_val_tokens"] is None else {"val_tokens": p["ttt_val_tokens"]}
     evals += [PlannedEval(i, "ttt_cost", ttt=True, overrides={**vt, **kv}, label=f"{name} (cost probe)")
               for name, kv in settings.items() for i in range(min(p["cost_seeds"], len(cfgs)))]

@@ -118,3 +118,19 @@ def artifact_bytes(run: RunDir | str | os.PathLike) -> int:
     if not rd.artifact.exists():
         raise FileNotFoundError(f"{rd.artifact} does not exist; run run.ensure_artifact({str(rd.path)!r}) first")
     return rd.artifact.stat().st_size
+
+
+def relative_paths(runs: Sequence[RunDir | str | os.PathLike]) -> list[str]:
+    """Each run directory as a path relative to the project root (absolute where it lies outside
+    it): what findings records store, so a clone elsewhere reads them the same."""
+    from gepalib.paths import project_root
+
+    root = project_root().resolve()
+    out = []
+    for r in runs:
+        p = (r.path if isinstance(r, RunDir) else resolve_path(r)).resolve()
+        try:
+            out.append(p.relative_to(root).as_posix())
+        except ValueError:
+            out.append(str(p))
+    return out

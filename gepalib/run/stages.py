@@ -47,7 +47,8 @@ SHORT = {"ttt_epochs": "e", "ttt_freeze_blocks": "f", "ttt_lr": "lr", "ttt_chunk
          "ttt_lora_chunk_tokens": "lc", "ttt_lora_batch_docs": "ld", "ttt_lora_steps": "ls", "ttt_phase_docs": "ph",
          "ttt_phase_lr": "plr", "ttt_phase_epochs": "pe"}
 # kind (as returned by gepalib.run.ensure_stages) -> ledger stage for the default settings
-KIND_STAGE = {"roundtrip": "int6_roundtrip", "sliding": "int6_sliding", "ttt": "int6_sliding_ttt"}
+KIND_STAGE = {"roundtrip": "int6_roundtrip", "sliding": "int6_sliding", "streaming": "int6_streaming",
+              "ttt": "int6_sliding_ttt"}
 
 
 # ---------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def stage_kinds(cfg: RunConfig) -> dict[str, tuple[str, tuple[str, ...]]]:
     """kind -> (stage base name, settings fields) for the int6 stages of ``gepa eval``."""
     ttt_base = "int6_sliding_ttt" if cfg.ttt.ttt_scoring == "sliding" else "int6_streaming_ttt"
     return {"roundtrip": ("int6_roundtrip", COMMON_FIELDS), "sliding": ("int6_sliding", SLIDING_FIELDS),
-            "ttt": (ttt_base, TTT_FIELDS)}
+            "streaming": ("int6_streaming", STREAM_FIELDS), "ttt": (ttt_base, TTT_FIELDS)}
 
 
 def stage_config(run: RunDir | str | os.PathLike, **overrides: Any) -> RunConfig:
@@ -171,10 +172,15 @@ def stage_bpb(run: RunDir | str | os.PathLike, stage: str, rows: dict[str, dict[
 
 
 def ttt_gain(rows: dict[str, dict[str, Any]]) -> float:
-    """TTT gain of an :func:`gepalib.run.ensure_stages` result: ttt bpb - sliding bpb (negative = TTT helped)."""
-    if "ttt" not in rows or "sliding" not in rows:
-        raise ValueError("ttt_gain needs an ensure_stages(..., sliding=True, ttt=True) result")
-    return float(rows["ttt"]["val_bpb"]) - float(rows["sliding"]["val_bpb"])
+    """TTT gain of an :func:`gepalib.run.ensure_stages` result: TTT bpb − the same scoring without
+    TTT (negative = TTT helped): the streaming row for streaming-scored TTT when it is there,
+    else the sliding row."""
+    streamed = (rows.get("ttt") or {}).get("settings", {}).get("ttt_scoring") == "streaming"
+    base = "streaming" if streamed and "streaming" in rows else "sliding"
+    if "ttt" not in rows or base not in rows:
+        raise ValueError("ttt_gain needs an ensure_stages(..., ttt=True) result with sliding=True "
+                         "(or streaming=True for streaming-scored TTT)")
+    return float(rows["ttt"]["val_bpb"]) - float(rows[base]["val_bpb"])
 
 
 def format_ledger(stages: dict[str, dict[str, Any]]) -> str:

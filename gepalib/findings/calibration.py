@@ -1,0 +1,157 @@
+"""Is an experiment in its finding's regime? Pure checks, one per finding, run before the verdict.
+
+A CPU experiment can only show a finding where the mechanism behind it operates: a
+warmdown can only beat a plateau that exists, a training-length ladder only says something
+about compression once the weights have stopped growing, and a TTT comparison needs a TTT
+gain above noise over enough chunks. Each function here measures that from the runs'
+numbers and returns a dict with ``in_regime`` (bool), ``blockers`` (why not, one line
+each; empty when in regime) and the numbers behind it. A verdict computed outside its
+regime is "inconclusive": pass ``blockers`` on to the ``verdict_fN`` function.
+
+* :func:`f1_calibration`: the constant-LR curve plateaus (its smoothed improvement rate
+  falls below a third of the early rate) before the design's plateau phase starts.
+* :func:`growth_end` / :func:`f2_calibration`: where the weight RMS stops growing (never
+  again more than 5% above its value), and whether the ladder's shortest rung is past it.
+* :func:`ttt_calibration`: enough chunks and scored targets, and a TTT gain above noise.
+* :func:`choose_setting`: the best setting of a sweep (on held-out data), per group.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from gepalib.findings.analysis import detect_plateau, trajectory
+from gepalib.findings.stats import as_1d, mean_interval
+
+MIN_TTT_CHUNKS = 32
+MIN_TTT_TARGETS = 131_072
+MIN_TTT_GAIN = 0.001  # bpb: a gain under 1 mBPB cannot rank settings
+
+
+def window_rates(steps: Any, values: Any, window: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(centres, rates): the least-squares slope (per step) through each ``window`` consecutive
+    points, at the window's mean step."""
+    s, v = trajectory(steps, values)
+    if s.size < window:
+        return np.empty(0), np.empty(0)
+    centres, rates = [], []
+    for k in range(s.size - window + 1):
+        x, y = s[k:k + window], v[k:k + window]
+        centres.append(float(x.mean()))
+        rates.append(float(np.polyfit(x, y, 1)[0]))
+    return np.asarray(centres), np.asarray(rates)
+
+
+def f1_calibration(steps: Any, bpb: Any, *, plateau_start: float, warmdown_start: float, ratio: float = 1 / 3,
+                   window: int = 5) -> dict[str, Any]:
+    """F1's regime from a curve trained at **constant** LR (or the peak-LR part of a run).
+
+    The plateau is :func:`detect_plateau`'s step (the smoothed rate below ``ratio`` × the
+    early rate). In regime when it exists and lies at or before ``plateau_start`` (the step
+    where the design's plateau phase begins), so the phase measured as "plateau" is one.
+    Also returns the early and late rates (mBPB/kstep: the first window's and the mean rate
+    over [plateau_start, warmdown_start]) and their ratio."""
+    s, b = trajectory(steps, bpb)
+    keep = s > 0
+    s, b = s[keep], b[keep]
+    plateau = detect_plateau(s, b, ratio, window=window)
+    centres, rates = window_rates(s, b, window)
+    early = -1000.0 * 1000.0 * float(rates[0]) if rates.size else math.nan  # mBPB per kstep, improvement > 0
+    late_mask = (s >= plateau_start) & (s <= warmdown_start)
+    late = (-1e6 * float(np.polyfit(s[late_mask], b[late_mask], 1)[0])) if late_mask.sum() >= 3 else math.nan
+    blockers = []
+    if plateau is None:
+        blockers.append(f"the constant-LR curve never falls below {ratio:.2g}× its early improvement rate "
+                        f"within {int(s.max()) if s.size else 0} steps: no plateau to compare the warmdown with")
+    elif plateau > plateau_start:
+        blockers.append(f"the plateau starts at step {plateau}, after the design's plateau phase begins "
+                        f"({plateau_start:g}): lengthen the peak phase")
+    return {"in_regime": not blockers, "blockers": blockers, "plateau_step": plateau, "ratio": ratio,
+            "early_rate_mbpb_per_kstep": early, "late_rate_mbpb_per_kstep": late,
+            "late_to_early": late / early if early and math.isfinite(late) else math.nan,
+            "plateau_start": float(plateau_start), "warmdown_start": float(warmdown_start),
+            "rate_centres": centres.tolist(), "rates_mbpb_per_kstep": (-1e6 * rates).tolist()}
+
+
+def growth_end(steps: Any, rms: Any, tol: float = 0.05) -> int | None:
+    """The step where the weight RMS stops growing: the first evaluated step after which it
+    never exceeds ``(1 + tol)`` × its value there (a peak followed by a decay counts as ended).
+    None when it still grows by more than ``tol`` towards the end (the last point's value is
+    not enough to tell: at least two evaluations must follow), or with fewer than 3 points."""
+    if tol <= 0:
+        raise ValueError(f"growth_end: tol must be > 0, got {tol}")
+    s, r = trajectory(steps, rms)
+    keep = s > 0
+    s, r = s[keep], r[keep]
+    if s.size < 3 or np.any(r <= 0):
+        return None
+    later_max = np.maximum.accumulate(r[::-1])[::-1]  # max over this point and every later one
+    for k in range(s.size - 2):
+        if later_max[k + 1] <= (1 + tol) * r[k]:
+            return int(s[k])
+    return None
+
+
+def f2_calibration(steps: Any, rms: Any, ladder_steps: Sequence[int], *, tol: float = 0.05) -> dict[str, Any]:
+    """F2's regime: the weight RMS (of the longest run, or a constant-LR run) has stopped
+    growing (:func:`growth_end`) at or before the ladder's shortest rung."""
+    end = growth_end(steps, rms, tol)
+    shortest = min(int(x) for x in ladder_steps)
+    blockers = []
+    if end is None:
+        blockers.append(f"the weight RMS still grows by more than {tol:.0%} at the end of the curve: every "
+                        f"rung is in the weight-growth phase")
+    elif end > shortest:
+        blockers.append(f"the weight RMS grows until step {end}, after the shortest rung ({shortest}): "
+                        f"drop or lengthen the short rungs")
+    return {"in_regime": not blockers, "blockers": blockers, "growth_end_step": end, "shortest_rung": shortest,
+            "tol": tol}
+
+
+def ttt_calibration(n_chunks: int, targets: int, gains: Iterable[float], *, min_chunks: int = MIN_TTT_CHUNKS,
+                    min_targets: int = MIN_TTT_TARGETS, min_gain: float = MIN_TTT_GAIN,
+                    alpha: float = 0.05) -> dict[str, Any]:
+    """F3/F4/F5's regime: at least ``min_chunks`` chunks and ``min_targets`` scored targets,
+    and a mean TTT gain (``gains``: TTT bpb − base bpb per seed, negative = helped) of at
+    least ``min_gain`` whose interval excludes 0."""
+    g = as_1d(list(gains), "gains")
+    mi = mean_interval(g, alpha)
+    helped = -mi["mean"]
+    blockers = []
+    if n_chunks < min_chunks:
+        blockers.append(f"{n_chunks} TTT chunks < {min_chunks}: score-first TTT helps only the chunks after the "
+                        f"first, and too few of them")
+    if targets < min_targets:
+        blockers.append(f"{targets:,} scored targets < {min_targets:,}")
+    if helped < min_gain:
+        blockers.append(f"the TTT gain {1000 * helped:.2f} mBPB is below {1000 * min_gain:g} mBPB")
+    elif g.size > 1 and not (math.isfinite(mi["ci_high"]) and mi["ci_high"] < 0):
+        blockers.append(f"the TTT gain {1000 * helped:.2f} mBPB is not above noise (its interval reaches 0)")
+    return {"in_regime": not blockers, "blockers": blockers, "n_chunks": int(n_chunks), "targets": int(targets),
+            "gain_mbpb": 1000 * helped, "gain_interval_mbpb": [-1000 * mi["ci_high"], -1000 * mi["ci_low"]],
+            "n": int(g.size)}
+
+
+def choose_setting(rows: Sequence[Mapping[str, Any]], by: str | None = None, key: str = "val_bpb") -> dict[str, Any]:
+    """The best (lowest ``key``) row of a sweep, or per value of ``by`` ({value: row})."""
+    if not rows:
+        raise ValueError("choose_setting: no sweep rows")
+    if by is None:
+        return dict(min(rows, key=lambda r: r[key]))
+    out: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        g = r[by]
+        if g not in out or r[key] < out[g][key]:
+            out[g] = dict(r)
+    return out
+
+
+def regime_summary(cal: Mapping[str, Any]) -> str:
+    """One line: "in regime" or "NOT in regime: <reasons>"."""
+    return "in regime" if cal["in_regime"] else "NOT in regime: " + "; ".join(cal["blockers"])
+
+
+__all__ = ["MIN_TTT_CHUNKS", "MIN_TTT_GAIN", "MIN_TTT_TARGETS", "choose_setting", "f1_calibration",
+           "f2_calibration", "growth_end", "regime_summary", "ttt_calibration", "window_rates"]
