@@ -135,8 +135,9 @@ def _quick(steps: int, seed: int = 42, data_dir: str | None = None):
 
 def test_finished_runs_are_reused_interrupted_ones_resumed_and_shared_ones_priced_once(tmp_path, sotu_data_dir):
     root = tmp_path / "runs"
-    params = {"scale": "quick", "ladder_steps": [10, 20], "seeds": [42, 43], "val_every": 2, "runs_root": str(root),
-              "data_dir": str(sotu_data_dir)}  # evaluations are priced from the validation shards
+    params = {"scale": "quick", "ladder_steps": [10, 20], "ladder_warmdown": None, "seeds": [42, 43], "val_every": 2,
+              "runs_root": str(root), "data_dir": str(sotu_data_dir), "constant_steps": 0,
+              "sweep_lrs": {}}  # evaluations are priced from the validation shards
     finished, partial = _quick(20, 42, str(sotu_data_dir)), _quick(20, 43, str(sotu_data_dir))
     rd = RunDir(default_run_dir(finished, root))
     rd.path.mkdir(parents=True)

@@ -53,9 +53,11 @@ def test_identity_hashes_are_stable():
     The run hashes changed once more when the quant section gained the full-GPTQ fields
     (gptq_*): content-addressed run directories made before that are trained again, while
     checkpoints still resume (the resume view has no quant fields). gepa11's also changed when
-    its preset took the submission's compile recipe (compile=True, compile_warmup=20)."""
-    for preset, run_hash, resume_hash in (("tiny", "fa37df3f1b199e61", "bb9f0eada43e1314"),
-                                          ("gepa11", "0727684d3ede4c2a", "c0d142f287ef15d1")):
+    its preset took the submission's compile recipe (compile=True, compile_warmup=20). Both
+    hashes changed when the train section gained ``muon_ns_dtype`` (it changes the trajectory,
+    so checkpoints of earlier versions do not resume into a run that could differ)."""
+    for preset, run_hash, resume_hash in (("tiny", "758c6b0271d8541f", "6c9e4d2b4b22b01f"),
+                                          ("gepa11", "3ac25d5c2685bb9a", "a65dc8c0c54b44aa")):
         cfg = override(get_preset(preset), data_dir="/data/sotu_sp1024")
         assert rundir.identity_hash(cfg) == run_hash, preset
         assert rundir.identity_hash(cfg, resume=True) == resume_hash, preset

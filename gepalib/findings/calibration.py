@@ -10,8 +10,8 @@ regime is "inconclusive": pass ``blockers`` on to the ``verdict_fN`` function.
 
 * :func:`f1_calibration`: the constant-LR curve plateaus (its smoothed improvement rate
   falls below a third of the early rate) before the design's plateau phase starts.
-* :func:`growth_end` / :func:`f2_calibration`: where the weight RMS stops growing (never
-  again more than 5% above its value), and whether the ladder's shortest rung is past it.
+* :func:`growth_end` / :func:`f2_calibration`: where the weights' growth phase ends (their
+  relative growth rate below 5% of its peak), and whether the ladder's shortest rung is past it.
 * :func:`ttt_calibration`: enough chunks and scored targets, and a TTT gain above noise.
 * :func:`choose_setting`: the best setting of a sweep (on held-out data), per group.
 """
@@ -75,39 +75,48 @@ def f1_calibration(steps: Any, bpb: Any, *, plateau_start: float, warmdown_start
             "rate_centres": centres.tolist(), "rates_mbpb_per_kstep": (-1e6 * rates).tolist()}
 
 
-def growth_end(steps: Any, rms: Any, tol: float = 0.05) -> int | None:
-    """The step where the weight RMS stops growing: the first evaluated step after which it
-    never exceeds ``(1 + tol)`` × its value there (a peak followed by a decay counts as ended).
-    None when it still grows by more than ``tol`` towards the end (the last point's value is
-    not enough to tell: at least two evaluations must follow), or with fewer than 3 points."""
-    if tol <= 0:
-        raise ValueError(f"growth_end: tol must be > 0, got {tol}")
+def growth_end(steps: Any, rms: Any, ratio: float = 0.05, window: int = 3) -> int | None:
+    """The step where the weights' growth phase ends: the smoothed relative growth rate
+    d ln(rms)/d step (a least-squares line through each ``window`` consecutive evaluations)
+    falls below ``ratio`` × its peak and stays below for the rest of the curve (a peak followed
+    by a decay counts as ended). None while it is still above at the end, or with too few
+    points (``window`` + 1)."""
+    if not 0 < ratio < 1 or window < 2:
+        raise ValueError(f"growth_end: need 0 < ratio < 1 and window >= 2, got {ratio}, {window}")
     s, r = trajectory(steps, rms)
-    keep = s > 0
-    s, r = s[keep], r[keep]
-    if s.size < 3 or np.any(r <= 0):
+    if s.size < window + 1 or np.any(r <= 0):
         return None
-    later_max = np.maximum.accumulate(r[::-1])[::-1]  # max over this point and every later one
-    for k in range(s.size - 2):
-        if later_max[k + 1] <= (1 + tol) * r[k]:
-            return int(s[k])
+    centres, rates = window_rates(s, np.log(r), window)
+    k0 = int(np.argmax(rates))
+    if rates[k0] <= 0:
+        return int(s[0])  # never grows
+    below = rates < ratio * rates[k0]
+    for k in range(k0 + 1, rates.size):
+        if below[k:].all():
+            return int(round(centres[k]))
     return None
 
 
-def f2_calibration(steps: Any, rms: Any, ladder_steps: Sequence[int], *, tol: float = 0.05) -> dict[str, Any]:
-    """F2's regime: the weight RMS (of the longest run, or a constant-LR run) has stopped
-    growing (:func:`growth_end`) at or before the ladder's shortest rung."""
-    end = growth_end(steps, rms, tol)
+def f2_calibration(steps: Any, rms: Any, ladder_steps: Sequence[int], *, ratio: float = 0.05,
+                   window: int = 3) -> dict[str, Any]:
+    """F2's regime: the weight RMS (of a constant-LR run as long as the longest rung, or of the
+    longest rung) has left its growth phase (:func:`growth_end`) at or before the ladder's
+    shortest rung ends. Also returns ``drift``: the relative change of the RMS from the
+    shortest rung's length to the end of the curve (what growth is left across the ladder)."""
+    end = growth_end(steps, rms, ratio, window)
     shortest = min(int(x) for x in ladder_steps)
+    s, r = trajectory(steps, rms)
+    at = float(np.interp(shortest, s, r))
+    drift = float(r[-1] / at - 1.0) if at > 0 else math.nan
     blockers = []
     if end is None:
-        blockers.append(f"the weight RMS still grows by more than {tol:.0%} at the end of the curve: every "
-                        f"rung is in the weight-growth phase")
+        blockers.append(f"the weight RMS still grows at more than {ratio:.0%} of its peak relative rate at the end "
+                        f"of the curve: every rung is in the weight-growth phase")
     elif end > shortest:
         blockers.append(f"the weight RMS grows until step {end}, after the shortest rung ({shortest}): "
                         f"drop or lengthen the short rungs")
     return {"in_regime": not blockers, "blockers": blockers, "growth_end_step": end, "shortest_rung": shortest,
-            "tol": tol}
+            "ratio": ratio, "drift": drift}
 
 
 def ttt_calibration(n_chunks: int, targets: int, gains: Iterable[float], *, min_chunks: int = MIN_TTT_CHUNKS,
