@@ -1,6 +1,8 @@
 """Executing the notebooks headlessly (papermill) and tabulating the findings: ``gepa reproduce``.
 
-Steps: prepare the embedded dataset if needed; execute each notebook with papermill
+Steps: prepare the embedded dataset if needed; train every run the notebooks plan, several
+at once (:func:`gepalib.run.study.pretrain`; a run that fails is retried by its notebook,
+which then reports it); execute each notebook with papermill
 (kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the sources
 in ``notebooks/`` stay output-free; each findings notebook computes its verdict with
 :mod:`gepalib.findings` and stores it with :func:`gepalib.findings.report.save_finding`
@@ -213,8 +215,14 @@ def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, bu
     cfgs = [c for pl in plans for _, c in pl.all_runs()]
     serial = any(pl.nproc > 1 for pl in plans)
     print(f"pretrain: {len(cfgs)} planned runs", flush=True)
-    pretrain(cfgs, workers=1 if serial else workers, runs_root=runs_root,
-             log=lambda m: print(m, flush=True))
+    try:
+        pretrain(cfgs, workers=1 if serial else workers, runs_root=runs_root,
+                 log=lambda m: print(m, flush=True))
+    except Exception as e:  # noqa: BLE001 -- the notebooks that need the run retry it and report
+        lines = str(e).splitlines()
+        why = [ln.strip() for ln in lines[1:] if "error:" in ln][:1]  # the trainer's one-line reason
+        print(f"pretrain: a run failed; its notebooks will try again and report it: "
+              f"{'; '.join(lines[:1] + why)}", flush=True)
     pre_s = time.perf_counter() - t0
     print(f"pretrain_seconds:{pre_s:.1f}", flush=True)
     rows = []
