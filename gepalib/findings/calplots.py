@@ -114,8 +114,9 @@ def ttt_sweep_figure(rows: Sequence[Mapping[str, Any]], chosen: Mapping[str, Map
     a.set_ylabel("held-out gain, TTT − base (mBPB)")
     a.set_title("learning rate")
     a.legend()
-    other = [r for r in rows if r["ttt_optimizer"] == opts[0]]
-    ch = chosen.get(opts[0], {})
+    first = rows[0]["ttt_optimizer"]  # the optimizer whose chunk size and epochs were swept
+    other = [r for r in rows if r["ttt_optimizer"] == first]
+    ch = chosen.get(first, {})
     pts = sorted({(r.get("ttt_chunk_tokens"), r.get("ttt_epochs")) for r in other
                   if r["ttt_lr"] == ch.get("ttt_lr")})
     labels = [f"c{c}\ne{e}" for c, e in pts]
@@ -125,5 +126,5 @@ def ttt_sweep_figure(rows: Sequence[Mapping[str, Any]], chosen: Mapping[str, Map
     b.set_xticks(range(len(pts)), labels)
     b.axhline(0, color="black", lw=0.8)
     b.set_ylabel("held-out gain (mBPB)")
-    b.set_title(f"{opts[0]}: chunk tokens and epochs")
+    b.set_title(f"{first} at its best LR: chunk tokens and epochs")
     return fig
