@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gepalib.errors import DataError
 from gepalib.fsio import atomic_write_bytes
 
 MAGIC = 20240520
@@ -34,7 +35,7 @@ MAX_SHARD_TOKENS = 2**31 - 1  # the header stores N as int32
 SPLITS = ("train", "val")
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A shard file is malformed (the message names the file and the problem)."""
 
 
@@ -262,7 +263,7 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         sp.Load(str(path))
     except Exception as e:  # sentencepiece raises OSError/RuntimeError with a C++ message
-        raise ValueError(f"tokenizer {path} is not a valid SentencePiece model ({e})") from None
+        raise DataError(f"tokenizer {path} is not a valid SentencePiece model ({e})") from None
     return sp
 
 
@@ -321,9 +322,9 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{mpath}: not valid JSON ({e})") from None
+        raise DataError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"{mpath}: expected a JSON object, got {type(manifest).__name__}")
+        raise DataError(f"{mpath}: expected a JSON object, got {type(manifest).__name__}")
     return manifest
 
 
@@ -339,7 +340,7 @@ def check_manifest_shards(data_dir: str | os.PathLike, manifest: dict[str, Any],
         stray = [p.name for s in SPLITS for p in shards.get(s, []) if p.name not in files]
         if stray:
             more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
-            raise ValueError(f"{data_dir}: shard {stray[0]}{more} is not listed in manifest.json, but training "
+            raise DataError(f"{data_dir}: shard {stray[0]}{more} is not listed in manifest.json, but training "
                              f"would read it; {rebuild}")
     for s in SPLITS:
         st = (manifest.get("splits") or {}).get(s)
@@ -348,12 +349,12 @@ def check_manifest_shards(data_dir: str | os.PathLike, manifest: dict[str, Any],
         listed = [str(n) for n in st.get("shards") or []]
         unlisted = sorted({p.name for p in shards.get(s, [])} - set(listed)) if "shards" in st else []
         if unlisted:
-            raise ValueError(f"{data_dir}: {s} shard {unlisted[0]} is not in manifest.json's splits.{s}.shards; "
+            raise DataError(f"{data_dir}: {s} shard {unlisted[0]} is not in manifest.json's splits.{s}.shards; "
                              f"{rebuild}")
         if "tokens" in st and listed:
             held = sum(read_shard_header(data_dir / n) for n in listed)
             if held != int(st["tokens"]):
-                raise ValueError(f"{data_dir}: the {s} shards hold {held} tokens but manifest.json records "
+                raise DataError(f"{data_dir}: the {s} shards hold {held} tokens but manifest.json records "
                                  f"{st['tokens']} (splits.{s}.tokens); a shard or the manifest was changed")
 
 
@@ -387,8 +388,8 @@ def check_manifest_files(data_dir: str | os.PathLike, manifest: dict[str, Any], 
     for name, meta in (manifest.get("files") or {}).items():
         p = data_dir / name
         if not p.is_file():
-            raise FileNotFoundError(f"{data_dir}: {name} is listed in manifest.json but missing")
+            raise DataError(f"{data_dir}: {name} is listed in manifest.json but missing")
         if "bytes" in meta and p.stat().st_size != int(meta["bytes"]):
-            raise ValueError(f"{p}: size {p.stat().st_size} != {meta['bytes']} recorded in manifest.json")
+            raise DataError(f"{p}: size {p.stat().st_size} != {meta['bytes']} recorded in manifest.json")
         if sha256 and meta.get("sha256") and sha256_file(p) != meta["sha256"]:
-            raise ValueError(f"{p}: sha256 differs from manifest.json (file changed or corrupt)")
+            raise DataError(f"{p}: sha256 differs from manifest.json (file changed or corrupt)")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from gepalib import faults
+from gepalib.errors import DataError
 
 CHECKSUM_SUFFIX = ".sha256.json"
 TMP_SUFFIX = ".tmp"
@@ -40,7 +41,7 @@ class WriteFailed(OSError):
         return f"cannot write {self.filename}: {os_reason(self)}"
 
 
-class DamagedFile(ValueError):
+class DamagedFile(DataError):
     """A file does not match the checksum recorded when it was written."""
 
 

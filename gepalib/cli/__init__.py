@@ -15,6 +15,7 @@ import signal
 import sys
 
 from gepalib import dist
+from gepalib import errors as E
 from gepalib.paths import user_path
 from gepalib.cli.common import add_override_args, collect_overrides  # noqa: F401
 from gepalib.download import DownloadError
@@ -34,9 +35,10 @@ PATH_FIELDS = ("data_dir", "tokenizer_path")  # config fields: stored relative t
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gepa", description="gepalib: the GEPA Parameter Golf reproduction",
-                                epilog="Paths you type are taken from the current directory; the defaults "
-                                       "(data/sotu_sp1024, runs/, figures/) live in the project root: the "
-                                       "checkout, or $GEPA_HOME when set (see docs/runs.md).")
+                                epilog="Paths you type are taken from the current directory; the defaults\n"
+                                       "(data/sotu_sp1024, runs/, figures/) live in the project root: the\n"
+                                       "checkout, or $GEPA_HOME when set (see docs/runs.md).\n\n"
+                                       + E.exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in CLI_MODULES:
@@ -45,30 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report_error(args: argparse.Namespace, e: BaseException) -> int | None:
-    """Print an expected failure as one line and return its exit code; None for anything else.
+    """Print an expected failure as one line and return its exit code (gepalib.errors.EXIT_CODES);
+    None for anything else (a bug: its traceback is kept).
 
-    User errors exit 2; a non-finite training loss or evaluation, an unreachable hub, a run
-    directory in use by another process or a failed write (full disk, read-only, permission)
-    1; a training run stopped by a signal 128 + the signal number (it left a checkpoint to
-    resume from)."""
+    1 a non-finite training loss or evaluation; 2 a usage or config error; 3 a data error
+    (:class:`~gepalib.errors.DataError`: damaged or inconsistent shards, manifest, tokenizer,
+    checkpoints, weights, artifact); 4 I/O or lock (a failed write, a run dir in use, the hub
+    unreachable); 128 + N a training run stopped by signal N (it left a checkpoint)."""
     command = " ".join(v for v in (args.command, getattr(args, "data_command", None)) if v)
     rank0 = os.environ.get("RANK", "0") == "0"
     if isinstance(e, TrainInterrupted):
         if rank0:
             print(f"gepa {command}: {e}", file=sys.stderr, flush=True)
         return 128 + int(e.signum)
-    if isinstance(e, (NonFiniteLoss, NonFiniteResult, RunDirLocked)):
-        if rank0:
-            print(f"gepa {command}: error: {e}", file=sys.stderr, flush=True)
-        return 1
+    code = exit_code(e)
+    if code is None:
+        return None
     if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):  # ENOSPC, EROFS, EACCES, ...
         msg = str(e) if isinstance(e, WriteFailed) else (f"{e.filename}: " if e.filename else "") + os_reason(e)
-        print(f"gepa {command}: error: {msg}", file=sys.stderr, flush=True)
-        return 1
-    if isinstance(e, (DownloadError, *USER_ERRORS)):
+    else:
         msg = e.args[0] if (isinstance(e, KeyError) and e.args) else str(e)
+    if rank0 or not isinstance(e, (NonFiniteLoss, NonFiniteResult, RunDirLocked)):  # every rank has these; one says it
         print(f"gepa {command}: error: {msg}", file=sys.stderr, flush=True)
-        return 1 if isinstance(e, DownloadError) else 2
+    return code
+
+
+def exit_code(e: BaseException) -> int | None:
+    """The exit code of an expected failure's class, None for an unexpected one."""
+    if isinstance(e, (NonFiniteLoss, NonFiniteResult)):
+        return E.NON_FINITE
+    if isinstance(e, (RunDirLocked, DownloadError)) or (isinstance(e, OSError) and not isinstance(e, FileNotFoundError)):
+        return E.IO
+    if isinstance(e, E.DataError):
+        return E.DATA
+    if isinstance(e, USER_ERRORS):
+        return E.USAGE
     return None
 
 
@@ -137,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
     except BrokenPipeError:
         rc = stdout_closed()
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        print(f"gepa {args.command}: interrupted (SIGINT)", file=sys.stderr, flush=True)
+        rc = 128 + signal.SIGINT
     except Exception as e:  # noqa: BLE001 -- expected failures become one line; the rest propagate
         rc = report_error(args, e)
         if rc is None:

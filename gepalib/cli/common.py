@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gepalib import config as C
+from gepalib.errors import exit_codes_text
 
 METAVARS = {int: "INT", float: "FLOAT", bool: "BOOL", str: "STR", tuple: "INTS"}
 DEFAULTS_NOTE = ("Field defaults in [brackets] are the config's own (the gepa11 preset); a preset changes\n"
@@ -33,8 +34,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_parser(subparsers, name: str, *, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-    """A subcommand with a short user-facing description and an examples epilog."""
-    return subparsers.add_parser(name, help=help, description=description, epilog=epilog.strip("\n") or None,
+    """A subcommand with a short user-facing description, an examples epilog and the exit codes
+    (the same table for every subcommand)."""
+    epilog = "\n\n".join(x for x in (epilog.strip("\n"), exit_codes_text()) if x)
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog,
                                  formatter_class=HelpFormatter)
 
 

@@ -12,7 +12,7 @@ execute each notebook with papermill
 in ``notebooks/`` stay output-free; each findings notebook stores its verdict as
 ``<figures>/finding_F<n>.json``; finally ``<figures>/findings.md`` tabulates them (the
 submission's number, ours, the verdict). A failing notebook is reported and the others
-still run; the exit code is then 1.
+still run; the exit code is then 5.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gepalib.cli.common import add_parser
+from gepalib.errors import NOTEBOOK_FAILED
 from gepalib.run.notebooks import NOTEBOOKS, load_parameters_file, reproduce
 
 
@@ -57,7 +58,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if failed:
         print(f"gepa reproduce: {len(failed)} notebook(s) failed: "
               + ", ".join(f"{r['notebook']} ({r['error']}; see {r['output']})" for r in failed), file=sys.stderr)
-        return 1
+        return NOTEBOOK_FAILED
     return 0
 
 
@@ -72,7 +73,7 @@ examples:
 
 Executed notebooks go to --out (the sources in notebooks/ stay output-free); the runs' progress
 lines are echoed as they come (--verbose: every line of output). A notebook that fails is
-reported and the others still run; the exit code is then 1. A misspelt or mistyped parameter
+reported and the others still run; the exit code is then 5. A misspelt or mistyped parameter
 fails its notebook with a line naming it.
 """
 

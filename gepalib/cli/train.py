@@ -7,8 +7,9 @@
 
 A run dir with checkpoints is resumed (the same config is required; cadence fields
 such as --val-every may change); a finished one is left as it is. Every field is
-checked before the run dir is touched. Exit codes: 0 done, 1 non-finite loss,
-2 bad config or data, 128+N stopped by signal N (a checkpoint to resume from).
+checked before the run dir is touched. Exit codes: see gepalib.errors (0 done, 1 non-finite
+loss, 2 bad config, 3 bad data, 4 I/O or a busy run dir, 128+N stopped by signal N: a
+checkpoint to resume from).
 """
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ examples:
 
 A run dir with checkpoints is resumed (same config; cadence fields such as --val-every may
 change); a finished one is left as it is. Every value is checked before the run dir is touched.
-Exit codes: 0 done, 1 non-finite loss, 2 bad config or data, 128+N stopped by signal N (a
-checkpoint to resume from: rerun the same command).
+Stopped by a signal, a run leaves a checkpoint to resume from: rerun the same command.
 """
 
 

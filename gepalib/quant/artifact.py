@@ -54,6 +54,7 @@ import torch
 
 import gepalib
 from gepalib.config import QuantConfig
+from gepalib.errors import DataError
 from gepalib.fsio import atomic_write_bytes
 from gepalib.quant.container import (BROTLI_QUALITY, COMPRESSORS, FLOAT_DTYPES, LZMA_PRESET, MAX_RAW_BYTES,
                                      NP_DTYPES, PACKINGS, SIZE_LIMIT, Section, bytes_to_tensor, check_declared,
@@ -164,8 +165,8 @@ def save_artifact(qm: QuantizedModel, path: str | os.PathLike, qcfg: QuantConfig
 # Reading and validation
 
 
-def _fail(src: str, msg: str) -> ValueError:
-    return ValueError(f"{src}: {msg}")
+def _fail(src: str, msg: str) -> DataError:
+    return DataError(f"{src}: {msg}")
 
 
 def _is_int(x: Any) -> bool:
