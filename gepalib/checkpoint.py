@@ -190,11 +190,13 @@ def check_same_resume_point(latest: Path | None, complete: bool, run_dir: Path, 
 
 
 def open_for_training(rd: RunDir, cfg: Any, fingerprint: str, resume: bool, *, main: bool, device: torch.device,
-                      env: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+                      env: Callable[[], dict[str, Any]], plan: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
     """The trainer's first look at its run dir (the caller holds its lock): refuse a different
     config (``resume``); is the run already complete (its weights verifying)? else the newest
     checkpoint that verifies (the damaged ones reported and set aside); without ``resume`` start
-    over; write config.json and env.json (``env()``, rank 0). Returns (the summary when the run is
+    over; write config.json (with ``plan`` under key "plan" when given: the micro-batch the
+    process count made the trainer use) and env.json (``env()``, rank 0). Returns (the summary when the run is
     complete else None, the checkpoint to resume from or None, the warning lines)."""
     if rd.exists() and resume:
         old = rd.load_config()
@@ -221,7 +223,7 @@ def open_for_training(rd: RunDir, cfg: Any, fingerprint: str, resume: bool, *, m
         rd.path.mkdir(parents=True, exist_ok=True)
         if not resume:
             rd.clear_training()
-        atomic_write_json(rd.config, cfg.to_dict())
+        atomic_write_json(rd.config, {**cfg.to_dict(), **({"plan": plan} if plan else {})})
         atomic_write_json(rd.env, env())
     dist.barrier()
     return None, path, notes

@@ -20,15 +20,26 @@ class Plan:
     eval_seq_len: int
     note: str = ""  # set when micro_tokens differs from the configured micro_batch_tokens
 
+    def record(self) -> dict[str, Any]:
+        """What config.json records next to the config when the plan changed the micro-batch
+        (``{}`` when it runs as configured)."""
+        if not self.note:
+            return {}
+        return {"world_size": self.world_size, "accum": self.accum, "micro_batch_tokens": self.micro_tokens,
+                "note": self.note}
+
 
 def make_plan(cfg: RunConfig, world_size: int) -> Plan:
     """Derive gradient accumulation for ``world_size`` processes.
 
     Each rank takes ``batch_tokens / world_size`` tokens per step, in whole sequences (else a
-    ValueError). The micro-batch is ``micro_batch_tokens`` when it divides that; otherwise the
-    largest whole number of sequences below it that does (e.g. ``tiny``'s 8192 on 2 processes:
-    4096 per rank, one micro-step), and ``note`` says so. The math is the same either way: the
-    loss is averaged over the same tokens."""
+    ValueError). The config itself guarantees that ``micro_batch_tokens`` divides
+    ``batch_tokens`` (gepalib.validation), so one process always runs as configured. With
+    several, the micro-batch is ``micro_batch_tokens`` when it divides the per-process share;
+    otherwise the largest whole number of sequences below it that does (e.g. ``tiny``'s 8192 on
+    2 processes: 4096 per rank, one micro-step), ``note`` says so and :meth:`Plan.record` is
+    written into config.json. The math is the same either way: the loss is averaged over the
+    same tokens."""
     t = cfg.train
     per_rank_seqs, rem = divmod(t.batch_tokens, world_size * t.seq_len)
     if rem or per_rank_seqs == 0:

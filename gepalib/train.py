@@ -127,7 +127,7 @@ class Trainer:
         config.json and env.json. Returns the summary when the run dir holds this finished run."""
         complete, self.resumed_from, self.notes = ckpt.open_for_training(
             self.rd, self.cfg, self.fingerprint, resume, main=self.main, device=self.dev,
-            env=lambda: {**environment(self.info, self.plan.accum), "data": self.data_info})
+            env=lambda: {**environment(self.info, self.plan.accum), "data": self.data_info}, plan=self.plan.record())
         return complete
 
     def _build(self) -> None:

@@ -4,8 +4,9 @@
 bad value fails where it is written -- ``override``, ``dataclasses.replace``,
 ``RunConfig.from_dict``, a CLI flag -- with a ValueError that names the field, and
 before any run directory, log or checkpoint exists. The allowed values of the
-string fields are listed here once. Checks that need the number of processes
-(gradient accumulation) stay in the trainer's plan (``gepalib.plan.make_plan``).
+string fields are listed here once. The batch sizes are checked here as far as they do not
+depend on the number of processes (micro_batch_tokens divides batch_tokens); the per-process
+split stays in the trainer's plan (``gepalib.plan.make_plan``).
 
 This module imports nothing from gepalib: it sits below ``config.py``.
 """
@@ -106,6 +107,11 @@ def check_train(t: Any) -> None:
     c.require(t.muon_ns_dtype in ("bf16", "fp32"), f"muon_ns_dtype must be bf16 or fp32, got {t.muon_ns_dtype!r}")
     c.require(t.micro_batch_tokens % t.seq_len == 0,
               f"micro_batch_tokens={t.micro_batch_tokens} is not a multiple of seq_len={t.seq_len}")
+    c.require(t.micro_batch_tokens <= t.batch_tokens,
+              f"micro_batch_tokens={t.micro_batch_tokens} is larger than batch_tokens={t.batch_tokens}")
+    c.require(t.batch_tokens % t.micro_batch_tokens == 0,
+              f"batch_tokens={t.batch_tokens} is not a multiple of micro_batch_tokens={t.micro_batch_tokens}: "
+              f"accumulation = batch_tokens / (processes * micro_batch_tokens) must be a whole number")
     c.choice("lr_schedule", LR_SCHEDULES)
     c.choice("autocast", AUTOCAST_MODES)
     c.choice("device", DEVICES)
@@ -170,4 +176,9 @@ def lora_targets(spec: str) -> tuple[str, ...]:
 def check_run(cfg: Any) -> None:
     """Checks across sections (each section checked itself when it was built)."""
     nl, fb = cfg.model.num_layers, cfg.ttt.ttt_freeze_blocks
-    Checks(cfg).require(fb <= nl, f"ttt_freeze_blocks={fb} must be in [0, num_layers={nl}]")
+    c = Checks(cfg)
+    c.require(fb <= nl, f"ttt_freeze_blocks={fb} must be in [0, num_layers={nl}]")
+    e = cfg.eval
+    t = e.eval_seq_len or cfg.train.seq_len
+    c.require(e.eval_stride <= t, f"eval_stride={e.eval_stride} is larger than the evaluation sequence length {t} "
+                                  f"(eval_seq_len, or seq_len when it is 0): a window scores at most its own tokens")

@@ -76,7 +76,8 @@ def exit_code(e: BaseException) -> int | None:
     """The exit code of an expected failure's class, None for an unexpected one."""
     if isinstance(e, (NonFiniteLoss, NonFiniteResult)):
         return E.NON_FINITE
-    if isinstance(e, (RunDirLocked, DownloadError)) or (isinstance(e, OSError) and not isinstance(e, FileNotFoundError)):
+    if isinstance(e, (RunDirLocked, DownloadError)) or (isinstance(e, OSError)
+                                                         and not isinstance(e, FileNotFoundError)):
         return E.IO
     if isinstance(e, E.DataError):
         return E.DATA
