@@ -269,7 +269,8 @@ def load_tokenizer(path: str | os.PathLike):
 
 def validate_data_dir(data_dir: str | os.PathLike, vocab_size: int, tokenizer_path: str | os.PathLike | None = None,
                       deep: bool = False) -> dict[str, Any]:
-    """Check a dataset directory; return its manifest (or a synthesized one) with a ``check`` summary.
+    """Check a dataset directory; return its manifest (or, without a manifest.json, one synthesized
+    from the check alone: ``check["manifest"]`` is then ``"none"``) with a ``check`` summary.
 
     Always: directory, train/val shards present, every header and exact size,
     tokenizer loads and has ``vocab_size`` pieces and, when there is a manifest.json,
@@ -310,6 +311,7 @@ def validate_data_dir(data_dir: str | os.PathLike, vocab_size: int, tokenizer_pa
         "train_tokens": tokens["train"],
         "val_tokens": tokens["val"],
         "deep": deep,
+        "manifest": "manifest.json" if manifest else "none",  # none: nothing to check the files against
     }
     return manifest
 

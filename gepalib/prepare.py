@@ -201,8 +201,11 @@ def train_tokenizer(sentences: list[str], vocab_size: int,
     spm.set_random_generator_seed(TRAINER_SEED)
     buf = io.BytesIO()
     settings = {**TRAINER_SETTINGS, "character_coverage": character_coverage}
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
-                                   minloglevel=2, **settings)
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
+                                       minloglevel=2, **settings)
+    except RuntimeError as e:  # SentencePiece's C++ check, e.g. "... smaller than required_chars. 7 vs 69. ..."
+        raise ValueError(tokenizer_failure(str(e), vocab_size, character_coverage)) from None
     model = buf.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=model)
     if sp.get_piece_size() != vocab_size:
@@ -212,6 +215,17 @@ def train_tokenizer(sentences: list[str], vocab_size: int,
         )
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(vocab_size))
     return model, vocab.encode("utf-8")
+
+
+def tokenizer_failure(msg: str, vocab_size: int, character_coverage: float) -> str:
+    """SentencePiece's trainer error as one line for the user."""
+    m = re.search(r"required_chars\. \d+ vs (\d+)", msg)
+    if m:
+        return (f"vocab_size={vocab_size} is too small for this corpus: its characters (at character_coverage="
+                f"{character_coverage}) and the 4 special pieces need at least {m.group(1)}; use a vocab_size of "
+                f"{m.group(1)} or more")
+    why = re.sub(r"^.*?\] ?", "", msg.strip().splitlines()[0]) or msg.strip()
+    return f"SentencePiece cannot train a {vocab_size}-piece tokenizer on this corpus ({why})"
 
 
 # ---------------------------------------------------------------------------
@@ -410,20 +424,24 @@ def _sotu_settings(vocab_size, shard_tokens, doc_chars, val_bytes, seed, include
             "prepare_version": PREPARE_VERSION}
 
 
-def prepare_jsonl(jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, *, val_docs: int = 0,
+def prepare_jsonl(jsonl_path: str | os.PathLike, out_dir: str | os.PathLike, *, val_docs: int | None = None,
                   vocab_size: int = 1024, shard_tokens: int = 1_000_000, prefix: str = "docs",
                   tokenizer_train_bytes: int = 100_000_000, character_coverage: float = 0.999,
                   force: bool = False, progress: bool = True, verbose: bool = True) -> dict[str, Any]:
     """Prepare a dataset from a JSONL file of ``{"text": ...}`` documents (file order; first ``val_docs`` are val).
 
-    ``val_docs=0`` holds out the first 10% of the documents (at least one).
+    ``val_docs=None`` holds out the first 10% of the documents (at least one); an explicit
+    value must be at least 1 (val_bpb needs a validation document).
     """
     _check_positive(shard_tokens=shard_tokens, vocab_size=vocab_size)
+    if val_docs is not None and val_docs < 1:
+        raise ValueError(f"val_docs={val_docs}: the validation split needs at least one document (val_bpb is "
+                         f"measured on it); leave it out for the default, the first 10% of the documents")
     if not re.fullmatch(r"[A-Za-z0-9]+", prefix):
         raise ValueError(f"shard prefix must be alphanumeric, got {prefix!r}")
     path = Path(jsonl_path).expanduser().resolve()
     texts = read_jsonl(path)
-    n_val = val_docs if val_docs > 0 else max(1, len(texts) // 10)
+    n_val = val_docs if val_docs is not None else max(1, len(texts) // 10)
     if n_val >= len(texts):
         raise ValueError(f"{path}: val_docs={n_val} leaves no training documents (the file has {len(texts)})")
     source = {"kind": "jsonl", "path": str(path), "documents": len(texts), "fingerprint": sha256_file(path)}
@@ -442,6 +460,9 @@ def _check_positive(**kw: int) -> None:
     for k, v in kw.items():
         if int(v) <= 0:
             raise ValueError(f"{k} must be positive, got {v}")
+    v = kw.get("vocab_size")
+    if v is not None and not 4 < int(v) <= 65536:  # pad, bos, eos, unk; ids are stored as uint16
+        raise ValueError(f"vocab_size must be in [5, 65536] (4 special pieces; shards store uint16 ids), got {v}")
 
 
 def summary_lines(m: dict[str, Any]) -> list[str]:

