@@ -12,6 +12,9 @@ config tag the stage name, e.g. ``int6_roundtrip[per_row]`` (see docs/quantizati
 :func:`evaluate_run` (behind ``gepa eval``) scores the artifact or the float weights:
 the non-overlapping evaluation always, the sliding-window, streaming and score-first TTT
 evaluations on request, each recorded as a stage row (rank 0 writes; see docs/evaluation.md).
+The artifact records the sha256 of the weights it was made from; ``gepa eval`` refuses an
+artifact whose weights have changed since (:class:`~gepalib.errors.StaleArtifact`), and both
+commands check the val shards and the tokenizer against the dataset's manifest.json.
 
 Both hold the run directory's lock while they run (one writer at a time, see
 :class:`gepalib.runlock.RunLock`), check the float weights' checksums and finiteness before
@@ -33,12 +36,13 @@ from gepalib import dist
 from gepalib.bpb import build_byte_luts
 from gepalib.config import FIELD_INDEX, RunConfig, override
 from gepalib.paths import resolve_path
-from gepalib.data import load_val_tokens
+from gepalib.data import check_manifest_files, list_shards, load_val_tokens, read_manifest
+from gepalib.errors import DataError, StaleArtifact
 from gepalib.eval.streaming import eval_streaming
 from gepalib.eval.ttt import run_ttt
 from gepalib.eval.windows import EvalResult, eval_nonoverlapping, eval_sliding
 from gepalib.faults import NonFiniteResult
-from gepalib.fsio import DamagedFile, verify_file
+from gepalib.fsio import DamagedFile, file_sha256, verify_file
 from gepalib.model import GPT
 from gepalib.quant import artifact as A
 from gepalib.quant.gptq import quantize_state_dict
@@ -108,7 +112,7 @@ def check_result(name: str, r: EvalResult, src: str) -> EvalResult:
 
 def _failed(rd: RunDir, stage: str, e: BaseException, **extra: Any) -> None:
     """Record ``e`` as stage ``stage``'s failure when summary.json can be written."""
-    if isinstance(e, (NonFiniteResult, DamagedFile, OSError)):
+    if isinstance(e, (NonFiniteResult, DamagedFile, StaleArtifact, OSError)):
         rd.try_record_failure(stage, str(e), error_type=type(e).__name__, **extra)
 
 
@@ -124,9 +128,48 @@ def build_model(cfg: RunConfig, sd: dict[str, torch.Tensor], src: str, device: t
 
 
 def _val_data(cfg: RunConfig, seq_len: int):
+    check_eval_data(cfg)
     val = load_val_tokens(resolve_path(cfg.data.data_dir), seq_len, cfg.model.vocab_size,
                           max_targets=cfg.data.val_tokens)
     return val, build_byte_luts(cfg.data.tokenizer_file(), cfg.model.vocab_size)
+
+
+def check_eval_data(cfg: RunConfig) -> None:
+    """What an evaluation reads -- the val shards and the tokenizer -- against the sizes and
+    sha256 sums the dataset's manifest.json records (DataError naming the file; no manifest,
+    nothing to check against). A val shard the manifest does not list is refused too."""
+    data_dir = resolve_path(cfg.data.data_dir)
+    files = read_manifest(data_dir).get("files") if data_dir.is_dir() else None
+    if not isinstance(files, dict):
+        return
+    used = [p.name for p in list_shards(data_dir, "val")]
+    stray = [n for n in used if n not in files]
+    if stray:
+        raise DataError(f"{data_dir}: val shard {stray[0]} is not listed in manifest.json, but the evaluation "
+                        f"would read it; remove it or rebuild the dataset")
+    tok = cfg.data.tokenizer_file()
+    if tok.parent == data_dir:
+        used.append(tok.name)
+    check_manifest_files(data_dir, {"files": {n: files[n] for n in used if n in files}}, sha256=True)
+
+
+def check_artifact_source(rd: RunDir) -> None:
+    """StaleArtifact when the weights the artifact was made from (its header's ``source``,
+    model_ema.pt) no longer match the sha256 recorded when it was made. An artifact without
+    that record (made before it was kept), or a run dir without the weights, is taken as it is."""
+    if not rd.artifact.exists():
+        return
+    meta = A.read_artifact_header(rd.artifact)["meta"]
+    name, want = meta.get("source"), meta.get("source_sha256")
+    if not (isinstance(name, str) and isinstance(want, str)) or "/" in name or name in ("", ".", ".."):
+        return
+    src = rd.path / name
+    if not src.is_file():
+        return
+    got, _ = file_sha256(src)
+    if got != want:
+        raise StaleArtifact(f"{rd.artifact} is stale: {name} has changed since the artifact was made from it "
+                            f"(sha256 {got[:16]}..., recorded {want[:16]}...); rerun `gepa quantize {rd.path}`")
 
 
 # ---------------------------------------------------------------------------
@@ -155,6 +198,7 @@ def quantize_run(run_dir: str | os.PathLike, *, report: str = "fast", evaluate: 
 def _quantize(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, report: str, evaluate: bool, log: Log) -> dict:
     qcfg = cfg.quant
     sd = load_weights(rd, "ema")
+    source_sha = file_sha256(rd.ema_weights)[0]  # what `gepa eval` checks the artifact's weights against
     hessians = calib = None
     if qcfg.quant_mode == "gptq":  # full GPTQ: layer-input Hessians from training batches (fp32)
         hessians, calib = calibration_hessians(cfg, sd, device=dist.pick_device(cfg.train.device), log=log)
@@ -163,11 +207,11 @@ def _quantize(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, report: str, evalu
     qm = quantize_state_dict(sd, qcfg, hessians=hessians)
     t_quant = time.perf_counter() - t0
     meta = {"preset": cfg.preset, "run_identity": identity_hash(cfg), "source": rd.ema_weights.name,
-            "model": dataclasses.asdict(cfg.model), "quant": dataclasses.asdict(qcfg)}
+            "source_sha256": source_sha, "model": dataclasses.asdict(cfg.model), "quant": dataclasses.asdict(qcfg)}
     info = A.save_artifact(qm, rd.artifact, qcfg, meta=meta)
     mses = [e.mse for e in qm.quantized().values() if e.mse is not None]
     art = {**info.to_dict(), "quant_mode": qcfg.quant_mode, "quant_embed": qcfg.quant_embed,
-           "quantize_seconds": t_quant, "mean_tensor_mse": sum(mses) / max(len(mses), 1),
+           "source_sha256": source_sha, "quantize_seconds": t_quant, "mean_tensor_mse": sum(mses) / max(len(mses), 1),
            **({"calibration": calib} if calib is not None else {})}
     code = code_bytes(qcfg.compressor)
     ledger = size_ledger(info.file_bytes, code)
@@ -297,6 +341,8 @@ def _evaluate(rd: RunDir, run_cfg: RunConfig, cfg: RunConfig, info: dist.DistInf
     device, autocast = info.device, cfg.train.autocast
     seq_len = cfg.eval.eval_seq_len or cfg.train.seq_len
 
+    if weights == "artifact":
+        check_artifact_source(rd)
     sd = load_weights(rd, weights)
     src = str(rd.artifact if weights == "artifact" else (rd.ema_weights if weights == "ema" else rd.live_weights))
     model = build_model(cfg, sd, src, device)
