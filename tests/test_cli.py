@@ -171,16 +171,50 @@ def test_every_subcommand_is_registered_from_cli_modules():
         assert callable(importlib.import_module(m).add_cli), m
 
 
-@pytest.mark.parametrize("exc, code, line", [
-    (ValueError("bad value"), 2, "gepa info: error: bad value"),
-    (FileNotFoundError("no such file"), 2, "gepa info: error: no such file"),
-    (KeyError("nope"), 2, "gepa info: error: nope"),
-    (NonFiniteLoss("non-finite train loss at step 3"), 1, "gepa info: error: non-finite train loss at step 3"),
-    (TrainInterrupted("SIGTERM after step 7/20", 15, 7), 128 + 15, "gepa info: SIGTERM after step 7/20"),
-    (DownloadError("hub unreachable"), 1, "gepa info: error: hub unreachable"),
+def _exc(kind: str) -> BaseException:
+    """The failure ``kind``, built from the classes the package raises."""
+    import errno
+
+    from gepalib.data import ShardError
+    from gepalib.faults import NonFiniteResult
+    from gepalib.fsio import DamagedFile, WriteFailed
+    from gepalib.runlock import RunDirLocked
+
+    return {
+        "value": ValueError("bad value"), "missing": FileNotFoundError("no such file"), "key": KeyError("nope"),
+        "nan_loss": NonFiniteLoss("non-finite train loss at step 3"),
+        "nan_eval": NonFiniteResult("stage int6_roundtrip: val_bpb=nan"),
+        "signal": TrainInterrupted("SIGTERM after step 7/20", 15, 7),
+        "hub": DownloadError("hub unreachable"),
+        "locked": RunDirLocked("runs/x is in use by `gepa train` (pid 7)"),
+        "enospc": WriteFailed(errno.ENOSPC, "No space left on device", "runs/x/summary.json"),
+        "eacces": PermissionError(errno.EACCES, "Permission denied", "runs/x"),
+        "shard": ShardError("shard x_val_000000.bin: bad magic 7"),
+        "damaged": DamagedFile("runs/x/model_ema.pt: sha256 mismatch"),
+    }[kind]
+
+
+# One class of failure per exit code, the same for every subcommand (README, "Exit codes").
+# On the original code a busy run dir, a full disk, a permission error and an unreachable hub
+# all gave 1 (as a non-finite loss does), and a damaged shard or weights file 2.
+@pytest.mark.parametrize("kind, code, line", [
+    ("value", 2, "gepa info: error: bad value"),
+    ("missing", 2, "gepa info: error: no such file"),
+    ("key", 2, "gepa info: error: nope"),
+    ("nan_loss", 1, "gepa info: error: non-finite train loss at step 3"),
+    ("nan_eval", 1, "gepa info: error: stage int6_roundtrip: val_bpb=nan"),
+    ("signal", 128 + 15, "gepa info: SIGTERM after step 7/20"),
+    ("hub", 4, "gepa info: error: hub unreachable"),
+    ("locked", 4, "gepa info: error: runs/x is in use by `gepa train` (pid 7)"),
+    ("enospc", 4, "gepa info: error: cannot write runs/x/summary.json: no space left on device"),
+    ("eacces", 4, "gepa info: error: runs/x: permission denied"),
+    ("shard", 3, "gepa info: error: shard x_val_000000.bin: bad magic 7"),
+    ("damaged", 3, "gepa info: error: runs/x/model_ema.pt: sha256 mismatch"),
 ])
-def test_one_error_handler_maps_failures_to_exit_codes(monkeypatch, capsys, exc, code, line):
+def test_one_error_handler_maps_failures_to_exit_codes(monkeypatch, capsys, kind, code, line):
     import gepalib.cli.info as info_cli
+
+    exc = _exc(kind)
 
     def boom(args):
         raise exc
@@ -255,7 +289,42 @@ def test_help_is_written_for_users(command, capsys, monkeypatch):
     assert "example" in out
     for dev in ("``", "GEPA_INJECT", "hook", "SPEC", ":func:", ":mod:"):
         assert dev not in out, f"gepa {' '.join(command)} --help shows {dev!r}"
+    assert EXIT_CODES_HELP in out, f"gepa {' '.join(command)} --help does not list the exit codes"
     assert len(out.splitlines()[0]) <= 200, "the field flags are one usage item"
+
+
+# The table every --help ends with (and the README's "Exit codes" section lists).
+EXIT_CODES_HELP = """exit codes:
+  0      done
+  1      a non-finite training loss or evaluation (nothing was recorded as a result)
+  2      usage or config error: a bad flag, value or path (nothing was written)
+  3      data error: a damaged or inconsistent shard, manifest, tokenizer, checkpoint, weights or artifact
+  4      I/O or lock: disk full, read-only, permission, run dir in use, hub unreachable (retry later)
+  5      gepa reproduce: a notebook failed (the others ran; each failure is listed)
+  128+N  stopped by signal N (training left a checkpoint: rerun the same command); 141 = stdout closed
+"""
+
+
+def test_gepa_help_and_the_readme_list_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert EXIT_CODES_HELP in capsys.readouterr().out
+    readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n### Exit codes\n") + 1:].split("\n#")[0]
+    for row in EXIT_CODES_HELP.splitlines()[1:]:
+        code = row.split()[0]
+        assert f"| {code} |" in section, f"README's Exit codes section lacks {code}"
+
+
+def test_a_keyboard_interrupt_is_one_line_and_130(monkeypatch, capsys):
+    import gepalib.cli.info as info_cli
+
+    def boom(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info_cli, "cmd_info", boom)
+    assert cli.main(["info", "tiny"]) == 130
+    assert capsys.readouterr().err.strip() == "gepa info: interrupted (SIGINT)"
 
 
 def test_train_help_lists_every_config_field_by_section(capsys, monkeypatch):
@@ -281,10 +350,13 @@ def test_train_help_lists_every_config_field_by_section(capsys, monkeypatch):
 @pytest.mark.parametrize("flag, value, msg", [
     ("--grad-clip", "-1", "grad_clip must be >= 0, got -1.0"),
     ("--warmdown", "99999", "warmdown=99999 is larger than steps=600"),
+    ("--eval-stride", "100000", "eval_stride=100000 is larger than the evaluation sequence length 256"),
+    ("--micro-batch-tokens", "16384", "micro_batch_tokens=16384 is larger than batch_tokens=8192"),
+    ("--batch-tokens", "12288", "batch_tokens=12288 is not a multiple of micro_batch_tokens=8192"),
 ])
 def test_train_rejects_bad_values_before_the_run_dir_exists(tmp_path, capsys, flag, value, msg):
     rd = tmp_path / "run"
     assert cli.main(["train", "--preset", "tiny", "--run-dir", str(rd), flag, value]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("gepa train: error: TrainConfig: ") and msg in err
+    assert err.startswith("gepa train: error: ") and msg in err and len(err.strip().splitlines()) == 1
     assert not rd.exists()

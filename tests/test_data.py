@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from gepalib import data as D
-from conftest import TINY_TRAIN_SIZES, TINY_VAL_SIZES, make_tiny_shards
+from conftest import TINY_TRAIN_SIZES, TINY_VAL_SIZES, make_tiny_shards, run_two_ranks
 
 
 # ---------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_shards_agree_with_the_manifest(tmp_path, tiny_shards_dir, capsys):
     D.write_shard(stray / "tiny_train_000003.bin", [1, 5, 6])  # not listed: the training glob would read it
     with pytest.raises(ValueError, match="tiny_train_000003.bin is not listed in manifest.json"):
         D.validate_data_dir(stray, 1024)
-    assert main(["data", "check", str(stray), "--deep"]) == 2
+    assert main(["data", "check", str(stray), "--deep"]) == 3  # a data error (exit code 3)
     assert "tiny_train_000003.bin is not listed" in capsys.readouterr().err
     edited = _with_manifest(make_tiny_shards(tmp_path / "edited", tiny_shards_dir / "tokenizer.model"))
     m = json.loads((edited / "manifest.json").read_text())
@@ -368,29 +369,67 @@ def test_plan_derives_a_micro_batch_that_divides():
 
     tiny = get_preset("tiny")  # batch 8192 = micro 8192, seq_len 256
     p1 = make_plan(tiny, 1)
-    assert (p1.accum, p1.micro_tokens, p1.note) == (1, 8192, "")
+    assert (p1.accum, p1.micro_tokens, p1.note, p1.record()) == (1, 8192, "", {})
     p2 = make_plan(tiny, 2)  # 4096 tokens per process: the configured 8192 cannot divide it
     assert (p2.accum, p2.micro_tokens) == (1, 4096)
     assert "micro_batch_tokens=8192 does not divide the 4096 tokens per process" in p2.note
+    assert p2.record() == {"world_size": 2, "accum": 1, "micro_batch_tokens": 4096, "note": p2.note}
     g = get_preset("gepa11")  # 786432 per step, micro 98304, seq_len 2048
     assert [(make_plan(g, w).accum, make_plan(g, w).micro_tokens) for w in (1, 2, 8)] == \
         [(8, 98304), (4, 98304), (1, 98304)]
     p3 = make_plan(g, 3)  # 128 sequences per process: 48 does not divide, 32 does
     assert (p3.accum, p3.micro_tokens, p3.accum * p3.micro_tokens * 3) == (4, 65536, 786432) and p3.note
-    odd = override(tiny, batch_tokens=8192 + 256, micro_batch_tokens=1024)  # 33 sequences: 3 of 11 per micro
-    assert (make_plan(odd, 1).accum, make_plan(odd, 1).micro_tokens) == (11, 768)
+    odd = override(tiny, batch_tokens=33 * 256, micro_batch_tokens=11 * 256)  # 33 sequences, 11 per micro-step
+    assert [(make_plan(odd, w).accum, make_plan(odd, w).micro_tokens) for w in (1, 3)] == [(3, 2816), (1, 2816)]
     with pytest.raises(ValueError, match=r"batch_tokens=8448 is not divisible by world_size\*seq_len = 2\*256"):
         make_plan(odd, 2)
 
 
-def test_trainer_logs_a_derived_micro_batch(tmp_path, tiny_shards_dir):
+@pytest.mark.parametrize("batch, micro, msg", [
+    (12288, 8192, "batch_tokens=12288 is not a multiple of micro_batch_tokens=8192"),
+    (8192, 16384, "micro_batch_tokens=16384 is larger than batch_tokens=8192"),
+    (384, 256, "batch_tokens=384 is not a multiple of micro_batch_tokens=256"),
+])
+def test_batch_sizes_the_docs_reject_are_rejected_with_the_config(batch, micro, msg):
+    """docs/training.md: accumulation = batch / (processes * micro) must be a whole number; for
+    one process that is the config's own property, refused when the config is built (the
+    original code reshaped these with a `plan:` note)."""
     from gepalib.config import get_preset, override
-    from gepalib.train import Trainer
 
-    cfg = override(get_preset("tiny"), data_dir=str(tiny_shards_dir), seq_len=64, batch_tokens=384,
-                   micro_batch_tokens=256, val_tokens=256, steps=2, warmdown=1, progress="log")
-    with Trainer(cfg, tmp_path / "run") as t:
-        assert (t.plan.accum, t.plan.micro_tokens) == (2, 192)
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert "plan: micro_batch_tokens=256 does not divide the 384 tokens per process" in log
-    assert "accum:2 micro_batch_tokens:192" in log
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        override(get_preset("tiny"), batch_tokens=batch, micro_batch_tokens=micro)
+
+
+TWO_RANK_TRAINER = r'''
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(1)
+from pathlib import Path
+from gepalib import dist
+from gepalib.config import get_preset, override
+from gepalib.train import Trainer
+cfg = override(get_preset("tiny"), data_dir=str(Path(sys.argv[2]).parent), seq_len=64, batch_tokens=512,
+               micro_batch_tokens=512, val_tokens=256, steps=2, warmdown=1, progress="log")
+with Trainer(cfg, Path(sys.argv[3]).parent / "run") as t:
+    plan = [t.plan.accum, t.plan.micro_tokens]
+if t.info.rank == 0:
+    torch.save({"plan": plan}, sys.argv[3])
+dist.shutdown()
+'''
+
+
+def test_two_processes_record_the_derived_micro_batch_in_config_json(tmp_path, tiny_shards_dir):
+    """512 tokens a step on 2 processes: 256 each, below the configured 512-token micro-batch;
+    the trainer uses 256, says so in train.log and records it in config.json (a config.json
+    that still loads as the config it was given)."""
+    from gepalib.config import load_config
+
+    got = run_two_ranks(TWO_RANK_TRAINER, tmp_path, tiny_shards_dir / "tokenizer.model")
+    assert got["plan"] == [1, 256]
+    rd = tmp_path / "run"
+    rec = json.loads((rd / "config.json").read_text())["plan"]
+    assert (rec["world_size"], rec["accum"], rec["micro_batch_tokens"]) == (2, 1, 256)
+    assert load_config(rd / "config.json").train.micro_batch_tokens == 512
+    log = (rd / "train.log").read_text()
+    assert "plan: micro_batch_tokens=512 does not divide the 256 tokens per process" in log
+    assert "world_size:2 accum:1 micro_batch_tokens:256" in log
