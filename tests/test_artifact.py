@@ -483,7 +483,7 @@ def test_quantize_cli_roundtrip_and_artifact_cli(tmp_path, tiny_shards_dir, caps
 
     bad = tmp_path / "bad.gpz"
     bad.write_bytes(rd.artifact.read_bytes()[:-3])
-    assert main(["artifact", str(bad)]) == 2
+    assert main(["artifact", str(bad)]) == 3  # a damaged artifact is a data error
     assert "truncated" in capsys.readouterr().err
     assert main(["quantize", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err

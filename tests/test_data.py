@@ -433,3 +433,31 @@ def test_two_processes_record_the_derived_micro_batch_in_config_json(tmp_path, t
     log = (rd / "train.log").read_text()
     assert "plan: micro_batch_tokens=512 does not divide the 256 tokens per process" in log
     assert "world_size:2 accum:1 micro_batch_tokens:256" in log
+
+
+def test_a_dataset_without_its_manifest_says_so(tmp_path, tiny_shards_dir, capsys):
+    """A deleted manifest.json: `gepa data check` reports status no-manifest (not ok) and a run
+    on the directory says in train.log that there was nothing to check the files against.
+    The original code reported `status: ok` and said nothing."""
+    from gepalib.cli import main
+    from gepalib.config import get_preset, override
+    from gepalib.train import Trainer
+
+    d = _with_manifest(make_tiny_shards(tmp_path / "d", tiny_shards_dir / "tokenizer.model"))
+    assert main(["data", "check", str(d)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "status: ok" and "manifest: manifest.json" in out
+    (d / "manifest.json").unlink()
+    assert main(["data", "check", str(d)]) == 0  # the shards are usable: not an error
+    out = capsys.readouterr().out.splitlines()
+    assert "manifest: none" in out and "status: ok" not in out
+    assert out[-1].startswith(f"status: no-manifest (headers, sizes and the tokenizer were checked; {d} has no "
+                              f"manifest.json")
+    cfg = override(get_preset("tiny"), data_dir=str(d), seq_len=64, batch_tokens=256, micro_batch_tokens=256,
+                   val_tokens=256, steps=2, warmdown=1, progress="log")
+    with Trainer(cfg, tmp_path / "run"):
+        pass
+    lines = [ln for ln in (tmp_path / "run" / "train.log").read_text().splitlines() if "manifest.json" in ln]
+    assert lines == [f"data: {d} has no manifest.json; its shards were checked against their headers and the "
+                     f"vocabulary only (`gepa data check` says status: no-manifest)"]
+    assert json.loads((tmp_path / "run" / "env.json").read_text())["data"]["manifest"] == "none"

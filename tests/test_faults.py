@@ -229,9 +229,11 @@ def _strict(line: str) -> bool:
         return False
 
 
-def check_failed_cleanly(r: Run, what: str) -> None:
-    """A fault that is not a kill: non-zero exit with one clear error line naming ``what``."""
+def check_failed_cleanly(r: Run, what: str, rc: int | None = None) -> None:
+    """A fault that is not a kill: non-zero exit (``rc`` when given: the exit code of its class,
+    see the README's "Exit codes") with one clear error line naming ``what``."""
     check(r.rc not in (0, None) and not r.killed, f"exit {r.rc}, expected a failure:\n{r.out}")
+    check(rc is None or r.rc == rc, f"exit {r.rc}, expected {rc}:\n{r.out}")
     errs = r.error_lines()
     check(len(errs) == 1 and what in errs[0], f"expected one error line with {what!r}, got {errs}:\n{r.out}")
 
@@ -341,7 +343,7 @@ def test_checkpoint_and_weights_writes_killed_or_failed(ref, tmp_path):
             check(r.rc == -signal.SIGKILL, f"write {k} ({name}): exit {r.rc}")
         else:
             reason = {"enospc": "no space left on device", "erofs": "read-only file system"}[what]
-            check_failed_cleanly(r, f"cannot write {rd}")
+            check_failed_cleanly(r, f"cannot write {rd}", rc=4)
             check(f"{name}: {reason}" in r.error_lines()[0], r.out)
             s = RunDir(rd).read_summary()  # the failure is recorded (summary.json is writable again)
             check(s["train"]["status"] == "failed" and reason in s["train"]["error"], str(s))
@@ -370,8 +372,8 @@ def test_two_trainers_on_one_run_dir(ref, tmp_path):
         p.join(600)
     rcs = sorted(p.exitcode for p in procs)
     outs = [lg.read_text() for lg in logs]
-    check(rcs == [0, 1], f"exit codes {rcs}: {outs}")
-    loser = outs[[p.exitcode for p in procs].index(1)]
+    check(rcs == [0, 4], f"exit codes {rcs}: {outs}")  # 4: I/O or lock
+    loser = outs[[p.exitcode for p in procs].index(4)]
     check("is in use by `gepa train` (pid" in loser, loser)
     check((rd / "train.log").read_text().count("==== gepalib train") == 1, "two headers in train.log")
     check_files(rd, settled=True)
@@ -398,7 +400,7 @@ def test_quantize_killed_or_failed(ref, tmp_path):
             fresh()
             r = fault_run(tmp_path, argv, RNG.randint(1, n_writes), "kill" if n == 2 else "enospc")
         if n == 3:
-            check_failed_cleanly(r, "no space left on device")
+            check_failed_cleanly(r, "no space left on device", rc=4)
             s = RunDir(rd).read_summary()
             check("int6_roundtrip" not in s["stages"], "a failed quantize recorded a result")
             check("quantize" in s.get("failures", {}) or "summary.json" in r.error_lines()[0], str(s))
@@ -428,7 +430,7 @@ def test_eval_and_ttt_killed_or_failed(ref, tmp_path, stage):
         else:  # the stage row's write fails (the roundtrip row was written first)
             fresh()
             r = fault_run(tmp_path, argv, 2, "enospc")
-            check_failed_cleanly(r, "no space left on device")
+            check_failed_cleanly(r, "no space left on device", rc=4)
             s = RunDir(rd).read_summary()
             check(name not in s["stages"], f"a failed {name} was recorded as a result")
             check(name in s.get("failures", {}), f"the failure of {name} is not recorded: {s.get('failures')}")
@@ -453,15 +455,23 @@ def test_nan_weights_fail_evaluation_and_ttt(ref, tmp_path):
     before = RunDir(rd).stages()["float_ema"]
     COUNT["faults"] += 1
     r = gepa(tmp_path, ["eval", str(rd), "--weights", "ema", "--ttt"])
-    check_failed_cleanly(r, "non-finite values")
+    check_failed_cleanly(r, "non-finite values", rc=1)
     check("ttt_chunk" not in r.out and "stage:" not in r.out, "TTT (or a stage) ran on NaN weights")
     s = RunDir(rd).read_summary()
     check(s["stages"]["float_ema"] == before and "float_ema_sliding_ttt" not in s["stages"], "a result recorded")
     check(s["failures"]["float_ema"]["error_type"] == "NonFiniteResult", str(s.get("failures")))
     check_files(rd, settled=True)
+    COUNT["faults"] += 1  # the artifact was made from the weights before the NaNs: stale, refused
+    before = RunDir(rd).stages()
+    r = gepa(tmp_path, ["eval", str(rd)])
+    check_failed_cleanly(r, "final_model.int6.gpz is stale: model_ema.pt has changed since the artifact was made "
+                            "from it", rc=3)
+    check(f"rerun `gepa quantize {rd}`" in r.error_lines()[0] and "stage:" not in r.out, r.out)
+    s = RunDir(rd).read_summary()
+    check(s["stages"] == before and s["failures"]["int6_roundtrip"]["error_type"] == "StaleArtifact", str(s))
     COUNT["faults"] += 1
     r = gepa(tmp_path, ["quantize", str(rd), "--report", "none"])
-    check_failed_cleanly(r, "non-finite values")
+    check_failed_cleanly(r, "non-finite values", rc=1)
 
 
 def test_torchrun_eval_on_a_held_run_dir_fails_on_every_rank(ref, tmp_path):
@@ -480,6 +490,82 @@ def test_torchrun_eval_on_a_held_run_dir_fails_on_every_rank(ref, tmp_path):
     check(f"is in use by `gepa train` (pid {os.getpid()}" in r.stderr, r.stderr)
     check(time.monotonic() - t0 < 240, "the ranks did not fail at once")
     check_files(rd, settled=True)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: refused in one line with its class's exit code, before anything is written
+
+
+def test_bad_values_are_refused_before_the_run_dir_exists(ref, tmp_path):
+    """Batch sizes docs/training.md rejects and an eval stride longer than the window, as
+    `gepa train` and `gepa eval` flags; a changed EMA file under an artifact; a changed val shard."""
+    cases = [
+        (["--batch-tokens", "12288", "--micro-batch-tokens", "8192"], "is not a multiple of micro_batch_tokens=8192"),
+        (["--micro-batch-tokens", "1024"], "micro_batch_tokens=1024 is larger than batch_tokens=512"),
+        (["--eval-stride", "100000"], "eval_stride=100000 is larger than the evaluation sequence length 64"),
+    ]
+    for n, (flags, what) in enumerate(cases):
+        COUNT["faults"] += 1
+        rd = tmp_path / f"run{n}"
+        r = gepa(tmp_path, train_argv(ref, rd) + flags)
+        check_failed_cleanly(r, what, rc=2)
+        check(not rd.exists(), f"{rd} was created")
+    rd = copy_trained(ref, tmp_path / "trained", quantized=True)
+    COUNT["faults"] += 1
+    r = gepa(tmp_path, ["eval", str(rd), "--eval-stride", "100000"])
+    check_failed_cleanly(r, "eval_stride=100000 is larger than", rc=2)
+    with open(rd / "model_ema.pt", "r+b") as f:  # the EMA file changed in place: its checksum, and the artifact's
+        f.seek(-4, os.SEEK_END)                  # record of its source, no longer match
+        last = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        f.write(bytes(b ^ 0xFF for b in last))
+    COUNT["faults"] += 1
+    r = gepa(tmp_path, ["eval", str(rd), "--sliding"])
+    check_failed_cleanly(r, "is stale: model_ema.pt has changed", rc=3)
+    check("int6_sliding" not in RunDir(rd).stages(), "a stale artifact was evaluated")
+    data = Path(json.loads((rd / "config.json").read_text())["data"]["data_dir"])
+    if not data.is_absolute():
+        data = REPO / data
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    val = sorted(copy.glob("*_val_*.bin"))[0]
+    with open(val, "r+b") as f:  # same size, other tokens
+        f.seek(2048)
+        f.write(b"\x05\x00\x06\x00")
+    rd2 = copy_trained(ref, tmp_path / "trained2", quantized=True)
+    COUNT["faults"] += 1
+    r = gepa(tmp_path, ["eval", str(rd2), "--data-dir", str(copy)])
+    check_failed_cleanly(r, f"{val.name}: sha256 differs from manifest.json", rc=3)
+    check_files(rd2, settled=True)
+
+
+def test_bad_dataset_input_is_refused_in_one_line(sotu_data_dir, tmp_path):
+    """`gepa data prepare` with --val-docs below 1 or a vocabulary SentencePiece cannot build;
+    `gepa data check` on a dataset whose manifest.json was deleted (not `status: ok`)."""
+    from gepalib.prepare import sotu_documents
+
+    _, train, _ = sotu_documents(2000, 1_250_000, 1337)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in train[:30]))
+    out = tmp_path / "ds"
+    for flags, what in ((["--val-docs", "-3"], "the validation split needs at least one document"),
+                        (["--val-docs", "0"], "the validation split needs at least one document"),
+                        (["--vocab-size", "7"], "vocab_size=7 is too small for this corpus")):
+        COUNT["faults"] += 1
+        r = gepa(tmp_path, ["data", "prepare", "--source", "jsonl", str(src), "--out", str(out), *flags])
+        check_failed_cleanly(r, what, rc=2)
+        check(sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("gepa-")) == ["docs.jsonl"],
+              "a refused prepare left files behind")
+    d = tmp_path / "no_manifest"
+    shutil.copytree(sotu_data_dir, d)
+    (d / "manifest.json").unlink()
+    COUNT["faults"] += 1
+    r = gepa(tmp_path, ["data", "check", str(d)])
+    check(r.rc == 0 and "status: no-manifest" in r.out and "status: ok" not in r.out, r.out)
+    COUNT["faults"] += 1
+    (d / "manifest.json").write_text("{ not json")
+    r = gepa(tmp_path, ["data", "check", str(d)])
+    check_failed_cleanly(r, "manifest.json: not valid JSON", rc=3)
 
 
 # ---------------------------------------------------------------------------
@@ -522,7 +608,7 @@ def test_reproduce_one_notebook_failed_then_killed_then_finished(sotu_data_dir, 
     argv = ["reproduce", "--quick", "--notebooks", "00_quickstart", "--out", str(tmp_path / "nb"),
             "--figures", str(tmp_path / "fig"), "--runs-root", str(runs), "--data-dir", str(sotu_data_dir)]
     r = fault_run(tmp_path, argv, RNG.randint(3, 6), "enospc")
-    check(r.rc == 1 and "notebook:00_quickstart status:failed" in r.out, r.out)
+    check(r.rc == 5 and "notebook:00_quickstart status:failed" in r.out, r.out)  # 5: a notebook failed
     check("no space left on device" in r.out, r.out)
     (rd,) = runs.glob("tiny-*")
     check(RunDir(rd).read_summary().get("train", {}).get("status") != "complete", "a failed run recorded as done")

@@ -194,3 +194,35 @@ def test_cli_prepare_jsonl_default_out(tmp_path, small_texts, capsys, monkeypatc
                  "--shard-tokens", "50000", "--val-docs", "3"]) == 0
     assert "val.documents: 3" in capsys.readouterr().out
     assert (tmp_path / "data" / "my.docs_sp320" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--val-docs", "-3"], "val_docs=-3: the validation split needs at least one document"),
+    (["--val-docs", "0"], "val_docs=0: the validation split needs at least one document"),
+    (["--vocab-size", "7"], "vocab_size=7 is too small for this corpus: its characters (at character_coverage="
+                            "0.999) and the 4 special pieces need at least "),
+    (["--vocab-size", "3"], "vocab_size must be in [5, 65536]"),
+    (["--vocab-size", "70000"], "vocab_size must be in [5, 65536]"),
+])
+def test_cli_prepare_refuses_impossible_splits_and_vocabularies(tmp_path, small_texts, capsys, flags, msg):
+    """One line and exit 2, nothing written. On the original code --val-docs -3 and 0 silently
+    held out the default 10%, and --vocab-size 7 ended in SentencePiece's traceback."""
+    src = _write_jsonl(tmp_path / "docs.jsonl", small_texts[:30])
+    out = tmp_path / "ds"
+    assert gepa(["data", "prepare", "--source", "jsonl", str(src), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gepa data prepare: error: " + msg) and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"], "nothing written, no build dir left"
+
+
+def test_the_smallest_vocabulary_the_refusal_names_trains(tmp_path, small_texts):
+    src = _write_jsonl(tmp_path / "docs.jsonl", small_texts[:30])
+    with pytest.raises(ValueError, match=r"need at least (\d+); use a vocab_size of \1 or more") as e:
+        P.prepare_jsonl(src, tmp_path / "a", vocab_size=7, progress=False, verbose=False)
+    least = int(str(e.value).rsplit("of ", 1)[1].split()[0])
+    with pytest.raises(ValueError, match=f"need at least {least};"):
+        P.prepare_jsonl(src, tmp_path / "b", vocab_size=least - 1, progress=False, verbose=False)
+    m = P.prepare_jsonl(src, tmp_path / "c", vocab_size=least, shard_tokens=50_000, progress=False, verbose=False)
+    assert m["tokenizer"]["vocab_size"] == least
+    assert m["splits"]["val"]["documents"] == 3, "without val_docs: the first 10%"
+    assert gepa(["data", "prepare", "--val-docs", "5"]) == 2, "--val-docs is for --source jsonl"
