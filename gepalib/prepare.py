@@ -14,7 +14,7 @@ Two sources:
   file order; the first ``val_docs`` documents form val (as in the challenge).
 
 Then, as in the challenge: a SentencePiece BPE tokenizer is trained (on the
-train documents only) with the challenge's builder settings, each document
+train documents only) with the challenge's builder settings (:mod:`gepalib.bpe`), each document
 becomes [BOS] + ids (no EOS), val documents are written first, documents are
 packed into shards of ``shard_tokens`` (a document may span two shards) and the
 partial val shard is flushed at the val->train switch.
@@ -26,17 +26,17 @@ files match their sha256) is reused.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
+from gepalib.bpe import TRAINER_SEED, TRAINER_SETTINGS, split_paragraphs, tokenizer_sentences, train_tokenizer
 from gepalib.paths import resolve_path
 from gepalib.data import check_manifest_files, sha256_file, write_shard
 from gepalib.fsio import atomic_write_bytes, atomic_write_json
@@ -46,27 +46,6 @@ SOURCES = ("sotu", "jsonl")  # manifests of these kinds may be replaced by a reb
 PREPARE_VERSION = 1
 BOS_ID = 1
 
-# The challenge's SentencePiece builder settings (data/download_hf_docs_and_tokenize.py),
-# with byte_fallback off as in the published fineweb_1024_bpe.model (docs/data.md, "Tokenizer").
-TRAINER_SETTINGS: dict[str, Any] = {
-    "model_type": "bpe",
-    "character_coverage": 0.999,
-    "byte_fallback": False,
-    "split_digits": True,
-    "normalization_rule_name": "nmt_nfkc",
-    "add_dummy_prefix": False,
-    "pad_id": 0,
-    "bos_id": 1,
-    "eos_id": 2,
-    "unk_id": 3,
-    "hard_vocab_limit": False,
-    # determinism: one thread, our own fixed input order, no sampling
-    "num_threads": 1,
-    "input_sentence_size": 0,
-    "shuffle_input_sentence": False,
-    "max_sentence_length": 16384,
-}
-TRAINER_SEED = 1234
 
 
 # ---------------------------------------------------------------------------
@@ -75,10 +54,6 @@ TRAINER_SEED = 1234
 
 def _hkey(seed: int, name: str) -> str:
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
-
-
-def split_paragraphs(text: str) -> list[str]:
-    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
 def group_paragraphs(paragraphs: list[str], doc_chars: int) -> list[str]:
@@ -172,60 +147,6 @@ def read_jsonl(path: str | os.PathLike) -> list[str]:
     if not texts:
         raise ValueError(f"{path}: no documents")
     return texts
-
-
-# ---------------------------------------------------------------------------
-# Tokenizer
-
-
-def tokenizer_sentences(texts: Iterable[str], max_bytes: int, max_len: int) -> list[str]:
-    """SentencePiece training input: paragraphs of the given documents, in order, capped at ``max_bytes``."""
-    out, total = [], 0
-    for t in texts:
-        for p in split_paragraphs(t.replace("\x00", " ")):
-            while p:  # the trainer skips sentences over max_sentence_length bytes; cut them instead
-                head = p.encode("utf-8")[:max_len].decode("utf-8", errors="ignore")
-                out.append(head)
-                total += len(head.encode("utf-8"))
-                p = p[len(head):].strip()
-                if max_bytes and total >= max_bytes:
-                    return out
-    return out
-
-
-def train_tokenizer(sentences: list[str], vocab_size: int,
-                    character_coverage: float = 0.999) -> tuple[bytes, bytes]:
-    """Train the BPE model; return (tokenizer.model bytes, tokenizer.vocab bytes). Deterministic."""
-    import sentencepiece as spm
-
-    spm.set_random_generator_seed(TRAINER_SEED)
-    buf = io.BytesIO()
-    settings = {**TRAINER_SETTINGS, "character_coverage": character_coverage}
-    try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buf, vocab_size=vocab_size,
-                                       minloglevel=2, **settings)
-    except RuntimeError as e:  # SentencePiece's C++ check, e.g. "... smaller than required_chars. 7 vs 69. ..."
-        raise ValueError(tokenizer_failure(str(e), vocab_size, character_coverage)) from None
-    model = buf.getvalue()
-    sp = spm.SentencePieceProcessor(model_proto=model)
-    if sp.get_piece_size() != vocab_size:
-        raise ValueError(
-            f"the corpus is too small for a {vocab_size}-piece BPE tokenizer (got {sp.get_piece_size()}); "
-            f"add text or lower vocab_size"
-        )
-    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(vocab_size))
-    return model, vocab.encode("utf-8")
-
-
-def tokenizer_failure(msg: str, vocab_size: int, character_coverage: float) -> str:
-    """SentencePiece's trainer error as one line for the user."""
-    m = re.search(r"required_chars\. \d+ vs (\d+)", msg)
-    if m:
-        return (f"vocab_size={vocab_size} is too small for this corpus: its characters (at character_coverage="
-                f"{character_coverage}) and the 4 special pieces need at least {m.group(1)}; use a vocab_size of "
-                f"{m.group(1)} or more")
-    why = re.sub(r"^.*?\] ?", "", msg.strip().splitlines()[0]) or msg.strip()
-    return f"SentencePiece cannot train a {vocab_size}-piece tokenizer on this corpus ({why})"
 
 
 # ---------------------------------------------------------------------------
