@@ -196,8 +196,8 @@ def open_for_training(rd: RunDir, cfg: Any, fingerprint: str, resume: bool, *, m
     config (``resume``); is the run already complete (its weights verifying)? else the newest
     checkpoint that verifies (the damaged ones reported and set aside); without ``resume`` start
     over; write config.json (with ``plan`` under key "plan" when given: the micro-batch the
-    process count made the trainer use) and env.json (``env()``, rank 0). Returns (the summary when the run is
-    complete else None, the checkpoint to resume from or None, the warning lines)."""
+    process count made the trainer use) and env.json (``env()``, rank 0). Returns (the summary
+    when the run is complete else None, the checkpoint to resume from or None, the warnings)."""
     if rd.exists() and resume:
         old = rd.load_config()
         if identity_hash(old, resume=True) != fingerprint:

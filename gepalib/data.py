@@ -343,7 +343,7 @@ def check_manifest_shards(data_dir: str | os.PathLike, manifest: dict[str, Any],
         if stray:
             more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
             raise DataError(f"{data_dir}: shard {stray[0]}{more} is not listed in manifest.json, but training "
-                             f"would read it; {rebuild}")
+                            f"would read it; {rebuild}")
     for s in SPLITS:
         st = (manifest.get("splits") or {}).get(s)
         if not isinstance(st, dict):
@@ -352,12 +352,12 @@ def check_manifest_shards(data_dir: str | os.PathLike, manifest: dict[str, Any],
         unlisted = sorted({p.name for p in shards.get(s, [])} - set(listed)) if "shards" in st else []
         if unlisted:
             raise DataError(f"{data_dir}: {s} shard {unlisted[0]} is not in manifest.json's splits.{s}.shards; "
-                             f"{rebuild}")
+                            f"{rebuild}")
         if "tokens" in st and listed:
             held = sum(read_shard_header(data_dir / n) for n in listed)
             if held != int(st["tokens"]):
                 raise DataError(f"{data_dir}: the {s} shards hold {held} tokens but manifest.json records "
-                                 f"{st['tokens']} (splits.{s}.tokens); a shard or the manifest was changed")
+                                f"{st['tokens']} (splits.{s}.tokens); a shard or the manifest was changed")
 
 
 def verify_dataset(data_dir: str | os.PathLike, vocab_size: int, tokenizer_path: str | os.PathLike | None = None,
