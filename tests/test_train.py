@@ -563,7 +563,7 @@ def test_damaged_weights_are_refused_and_written_again(quick_base, sotu_data_dir
     data[len(data) // 2] ^= 0xFF
     rd.ema_weights.write_bytes(bytes(data))
     for cmd in (["quantize", str(rd.path), "--report", "none"], ["eval", str(rd.path), "--weights", "ema"]):
-        assert cli_main(cmd) == 2
+        assert cli_main(cmd) == 3  # damaged weights: a data error
         err = capsys.readouterr().err
         assert f"{rd.ema_weights}: sha256 mismatch" in err and "gepa train" in err, err
     assert "int6_roundtrip" not in rd.stages() and not rd.artifact.exists()
@@ -602,7 +602,7 @@ def test_full_disk_and_read_only_run_dir_fail_with_one_line(quick_base, sotu_dat
 
     monkeypatch.setattr(os, "write", full_disk)
     monkeypatch.setattr(torch, "save", full_disk_save)
-    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 1
+    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 4  # I/O: the disk is full
     monkeypatch.setattr(os, "write", real_write)
     monkeypatch.setattr(torch, "save", real_save)
     err = capsys.readouterr().err.strip().splitlines()
@@ -619,7 +619,7 @@ def test_full_disk_and_read_only_run_dir_fail_with_one_line(quick_base, sotu_dat
         return real_open(path, flags, *a, **kw)
 
     monkeypatch.setattr(os, "open", read_only)
-    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 1
+    assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 4  # I/O: read-only
     assert capsys.readouterr().err.strip() == f"gepa train: error: cannot write {rd.lock}: read-only file system"
     monkeypatch.setattr(os, "open", real_open)
     assert cli_main(quick_flags(sotu_data_dir, rd.path)) == 0
