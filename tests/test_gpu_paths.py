@@ -125,18 +125,36 @@ def test_newton_schulz_is_compiled_on_cuda_and_eager_on_the_cpu(monkeypatch):
 
 
 def test_cuda_settings_pin_flash_and_tf32():
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    new_api = hasattr(mm, "fp32_precision")  # torch >= 2.9: the legacy allow_tf32 flags are not mixed in
+    flags = ((mm.fp32_precision, conv.fp32_precision) if new_api else (mm.allow_tf32, torch.backends.cudnn.allow_tf32),
              torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled(),
              torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
     try:
         dist.cuda_settings()
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        if new_api:
+            assert mm.fp32_precision == "tf32" and conv.fp32_precision == "tf32"
+        else:
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         assert torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()  # fallbacks
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[0], flags[1]
-        torch.backends.cuda.enable_flash_sdp(flags[2])
-        torch.backends.cuda.enable_cudnn_sdp(flags[3])
+        if new_api:
+            mm.fp32_precision, conv.fp32_precision = flags[0]
+        else:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[0]
+        torch.backends.cuda.enable_flash_sdp(flags[1])
+        torch.backends.cuda.enable_cudnn_sdp(flags[2])
+
+
+def test_tf32_falls_back_to_the_legacy_flags_on_older_torch(monkeypatch):
+    """torch without ``fp32_precision``: the allow_tf32 flags (set on stand-ins here)."""
+    from types import SimpleNamespace as NS
+
+    legacy = NS(cuda=NS(matmul=NS(allow_tf32=False)), cudnn=NS(allow_tf32=False))
+    monkeypatch.setattr(dist.torch, "backends", legacy)
+    assert dist.set_tf32() == "allow_tf32"
+    assert legacy.cuda.matmul.allow_tf32 and legacy.cudnn.allow_tf32
 
 
 # ---------------------------------------------------------------------------
