@@ -54,11 +54,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch im
 import torch  # noqa: E402
 
 from bench.common import RESULTS, markdown_table, synthetic_data_dir, write_result  # noqa: E402
-from bench.gpu_eval_parts import part_compile_probe, part_eval, part_quant, part_sdpa  # noqa: E402
-from bench.gpu_parts import GPU, TINY, Check, part_resume, part_steps, part_train_compiled  # noqa: E402
-from bench.gpu_parts import part_train_eager  # noqa: E402
-from bench.gpu_preflight import plan_parts, preflight, simulate_missing  # noqa: E402
-from bench.gpu_projection import SUBMISSION, projections, summary_rows  # noqa: E402
+from bench.gpu.eval_parts import part_compile_probe, part_eval, part_quant, part_sdpa  # noqa: E402
+from bench.gpu.parts import GPU, TINY, Check, part_resume, part_steps, part_train_compiled  # noqa: E402
+from bench.gpu.parts import part_train_eager  # noqa: E402
+from bench.gpu.preflight import plan_parts, preflight, simulate_missing  # noqa: E402
+from bench.gpu.projection import SUBMISSION, projections, summary_rows  # noqa: E402
 from gepalib.config import get_preset  # noqa: E402
 
 PARTS = {"sdpa": part_sdpa, "train_compiled": part_train_compiled, "train_eager": part_train_eager,
@@ -211,6 +211,7 @@ def run_all(args, dev: torch.device, out: Path) -> dict:
             print(f"gpu_check: part {name} ({time.perf_counter() - t_start:.0f} s in)", flush=True)
             run_part(name, chk, res, fails)
             record(res, out, t_start, sizes)
+        record(res, out, t_start, sizes)  # the skips after the last part run
     return res
 
 

@@ -1,6 +1,6 @@
 """The GPU check's training parts (bench/gpu_check.py): the shared context, training runs through
 gepalib.train.Trainer (compiled and eager), the step split and resume. Quantization, evaluation
-and the compile probes are in bench/gpu_eval_parts.py."""
+and the compile probes are in bench/gpu/eval_parts.py."""
 from __future__ import annotations
 
 import statistics
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.common import flops_per_token, matmul_params, synthetic_luts
-from bench.gpu_preflight import dynamo_counters, reset_dynamo
+from bench.gpu.preflight import dynamo_counters, reset_dynamo
 from gepalib.config import RunConfig, get_preset, override
 from gepalib.model import GPT
 

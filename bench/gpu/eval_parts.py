@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 import torch
 
-from bench.gpu_parts import Check, median
-from bench.gpu_preflight import observe_compile
+from bench.gpu.parts import Check, median
+from bench.gpu.preflight import observe_compile
 from gepalib.config import override
 from gepalib.model import GPT
 
