@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import time
@@ -36,15 +37,24 @@ PART_NEEDS = {
 }
 
 
-class _Blocker(importlib.abc.MetaPathFinder):
+class _Blocker(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A spec without an origin (what torch's own probes take for "not installed") whose loading
+    raises ModuleNotFoundError, as an import of an absent package does."""
+
     def __init__(self, names: set[str]):
         self.names = names
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (simulated by --simulate-missing)",
-                                      name=fullname)
+            return importlib.machinery.ModuleSpec(fullname, self)
         return None
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r} (simulated by --simulate-missing)",
+                                  name=spec.name)
+
+    def exec_module(self, module):  # never reached: create_module raises
+        raise ModuleNotFoundError(module.__name__)
 
 
 SIMULATED: list[str] = []  # packages made unimportable by simulate_missing (recorded in the JSON)
