@@ -38,6 +38,7 @@ when every planned part ran and every check passed, 1 otherwise, 2 for no GPU wi
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import resource
@@ -136,6 +137,7 @@ def run_part(name: str, chk: Check, res: dict, fails: set[str]) -> None:
         print(f"gpu_check: part {name} failed after {time.perf_counter() - t0:.1f} s: {type(e).__name__}: "
               f"{str(e)[:300]}", file=sys.stderr, flush=True)
     finally:
+        gc.collect()  # the failed part's tensors (reference cycles) before the cache is freed
         if chk.cuda:
             torch.cuda.empty_cache()
     res["seconds"][name] = time.perf_counter() - t0

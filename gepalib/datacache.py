@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from gepalib.data import list_shards, validate_data_dir, verify_dataset
-from gepalib.fsio import atomic_write_json
 
 CACHE_NAME = ".tokens_verified.json"
 SETTLE_S = 2.0
@@ -71,8 +70,20 @@ def verify_once(data_dir: str | os.PathLike, vocab_size: int, tokenizer_path: st
     m = verify_dataset(data_dir, vocab_size, tokenizer_path, train_shards)
     m["check"]["tokens_checked"] = "scanned"
     if newest < started - SETTLE_S:
+        _write_cache(path, {"key": key, "scanned_at": started})
+    return m
+
+
+def _write_cache(path: Path, obj: dict[str, Any]) -> None:
+    """Temp file + rename (a reader sees the old key or the new one), outside gepalib.fsio's
+    atomic writes on purpose: a cache is no run output (the fault-injection tests count those
+    writes, and a failed cache write only means the next start scans again)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
         try:
-            atomic_write_json(path, {"key": key, "scanned_at": started})
+            tmp.unlink(missing_ok=True)
         except OSError:
             pass
-    return m

@@ -84,14 +84,16 @@ def test_the_bill_of_the_submission_run_is_its_own_cost():
     gpu_s, detail = B.price_training(cfg, 0, rates)
     train_s = 20020 * 786432 / rates.train_tok_s
     assert train_s == pytest.approx(4 * 10011 * 20020 / 20000, rel=1e-9)
-    passes = 1 + 39 * 2 + 2  # step 0 (live = EMA), 39 periodic (live + EMA), the final (both)
+    # val_ema=False (the default, as the submission): step 0 (live = EMA), 39 periodic (live
+    # only), the final (both)
+    passes = 1 + 39 + 2
     assert gpu_s == pytest.approx(train_s + passes * 62_021_632 / rates.val_tok_s, rel=1e-9)
     assert "20020 steps" in detail and f"{passes} validation passes" in detail
-    # without the EMA in periodic validation: one pass each
+    # with the EMA in periodic validation too: two passes each
     from gepalib.config import override
 
-    fewer, _ = B.price_training(override(cfg, val_ema=False), 0, rates)
-    assert fewer == pytest.approx(train_s + (1 + 39 + 2) * 62_021_632 / rates.val_tok_s, rel=1e-9)
+    more, _ = B.price_training(override(cfg, val_ema=True), 0, rates)
+    assert more == pytest.approx(train_s + (1 + 39 * 2 + 2) * 62_021_632 / rates.val_tok_s, rel=1e-9)
     # a resumed run pays for the steps left (and the warm-up again)
     half, _ = B.price_training(cfg, 10000, rates)
     assert half < gpu_s / 2 + 0.05 * gpu_s
