@@ -129,6 +129,12 @@ def test_measured_gpu_results_replace_the_submission_rates(tmp_path):
     r = B.load_rates(gpu)
     assert (r.gpu, r.train_tok_s, r.val_tok_s, r.eval_tok_s) == ("NVIDIA H100 80GB HBM3", 8e5, 2.4e6, 2e6)
     assert r.ttt_train_tok_s == pytest.approx(32768 * 10 / 0.5) and "compiled" in r.source
+    # the check's current layout: one part per training run; only the eager one ran here
+    res = json.loads(gpu.read_text())
+    res["parts"]["train_eager"] = {**res["parts"].pop("train")["eager"], "micro_batch_tokens": 49152}
+    gpu.write_text(json.dumps(res))
+    r = B.load_rates(gpu)
+    assert r.train_tok_s == 4e5 and "eager" in r.source and "49,152-token" in r.source
 
 
 def _quick(steps: int, seed: int = 42, data_dir: str | None = None):
