@@ -71,6 +71,31 @@ def test_a_training_step_syncs_with_the_host_once(sotu_data_dir, tmp_path, monke
         assert t.train_time > 0 and t.elapsed >= t.train_time
 
 
+def test_the_steps_one_sync_comes_after_the_optimizers_are_queued(sotu_data_dir, tmp_path, monkeypatch):
+    """The device is read once the optimizers' kernels are queued (no bubble while the host
+    decides); a non-finite step then fails the trainer, which saves nothing more."""
+    torch.set_num_threads(1)
+    order: list[str] = []
+    orig = torch.Tensor.tolist
+
+    def tolist(self, *a, **k):
+        if inspect.currentframe().f_back.f_code.co_filename.startswith(GEPALIB):
+            order.append("sync")
+        return orig(self, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    with Trainer(micro_cfg(sotu_data_dir), tmp_path / "run") as t:
+        for o in t.optimizers:
+            real = o.step
+            monkeypatch.setattr(o, "step", lambda *a, _real=real, **k: order.append("opt") or _real(*a, **k))
+        t.step()
+        assert order == ["opt"] * len(t.optimizers) + ["sync"], order
+        t.failed = "non-finite train loss (nan) at step 2/4"  # as _fail leaves it
+        with pytest.raises(RuntimeError, match="failed"):
+            t.step()
+        with pytest.raises(RuntimeError, match="not saved"):
+            t.save()
+
+
 def test_val_ema_off_skips_the_periodic_ema_evaluations(sotu_data_dir, tmp_path):
     """val_ema=False: periodic validation scores the live weights only; step 0 (EMA = init) and
     the final evaluation still give the EMA number, and the stage ledger is complete."""
