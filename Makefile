@@ -37,7 +37,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
 
 # On a CUDA machine, with its own Python and CUDA torch (no .venv, nothing installed): a preflight,
-# then parts within --budget-s 420 (~8 minutes in all); writes bench/results/gpu.json after every
+# then parts; none starts after --budget-s 420 (a part under way runs to its end); writes bench/results/gpu.json after every
 # part (elsewhere: make bench-gpu GPU_CHECK_ARGS="--out /path/gpu.json").
 bench-gpu:
 	PYTHONPATH=. $(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
