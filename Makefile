@@ -36,8 +36,9 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) bench/run_all.py --quick
 
-# On a CUDA machine, with its own Python and CUDA torch (no .venv): at most ~8 minutes, writes
-# bench/results/gpu.json (elsewhere: make bench-gpu GPU_CHECK_ARGS="--out /path/gpu.json").
+# On a CUDA machine, with its own Python and CUDA torch (no .venv, nothing installed): a preflight,
+# then parts; none starts after --budget-s 420 (a part under way runs to its end); writes bench/results/gpu.json after every
+# part (elsewhere: make bench-gpu GPU_CHECK_ARGS="--out /path/gpu.json").
 bench-gpu:
 	PYTHONPATH=. $(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 

@@ -23,7 +23,6 @@ RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
@@ -127,7 +126,7 @@ def synthetic_text(n_sentences: int = 4000, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(30)) for _ in range(n_sentences)]
 
 
-def phrase_stream(n_tokens: int, vocab_size: int, rng: np.random.Generator, phrases: np.ndarray) -> np.ndarray:
+def phrase_stream(n_tokens: int, vocab_size: int, rng: Any, phrases: Any) -> Any:
     """Random phrases of ``phrases`` (rows) back to back: a stream a model learns quickly."""
     k = -(-n_tokens // phrases.shape[1])
     return phrases[rng.integers(0, len(phrases), size=k)].reshape(-1)[:n_tokens]
@@ -141,6 +140,8 @@ def synthetic_data_dir(out: str | os.PathLike, vocab_size: int = 1024, train_tok
     pieces trained by gepalib.prepare.train_tokenizer on :func:`synthetic_text` (needs
     sentencepiece). The tokens are no encoding of that text: the tokenizer only supplies the
     byte table (gepalib.bpb.build_byte_luts) and satisfies the trainer's data checks."""
+    import numpy as np  # here, not at import: the GPU check's preflight runs without it
+
     from gepalib.data import write_shard
 
     out = Path(out)

@@ -164,7 +164,7 @@ class EvalConfig:
     stream_lanes: int = 0  # streaming eval: parallel stream segments per rank (0 = auto)
     stream_block: int = 0  # streaming eval: tokens advanced per step (0 = the window)
     stream_prefix: int = -1  # streaming warm-up tokens per segment (-1 = exact: L*(W-1)+2)
-    val_ema: bool = True  # periodic validation in training scores the EMA weights too (the final one always)
+    val_ema: bool = False  # periodic validation also scores the EMA (the submission: live only; the final one always does)
 
     def __post_init__(self) -> None:
         check_eval(self)

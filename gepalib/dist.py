@@ -52,11 +52,23 @@ def cuda_settings() -> None:
     cuDNN attention (the dispatcher's order is then flash, memory-efficient, math). Unlike the
     submission, memory-efficient and math stay enabled as fallbacks for the calls flash cannot
     take (the banded masks of streaming evaluation, fp32 inputs without autocast)."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    set_tf32()
     torch.backends.cuda.enable_flash_sdp(True)
     if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def set_tf32() -> str:
+    """TF32 for fp32 matmuls and convolutions: torch's ``fp32_precision`` API where it exists
+    (torch >= 2.9), else the legacy ``allow_tf32`` flags. Returns which one was used."""
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
+        matmul.fp32_precision = "tf32"
+        conv.fp32_precision = "tf32"
+        return "fp32_precision"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return "allow_tf32"
 
 
 def init(device: str = "auto") -> DistInfo:

@@ -33,7 +33,7 @@ _writes = 0  # atomic writes by this process (gepalib.fsio calls on_write before
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN/inf; the run stopped before applying that step."""
+    """The training loss became NaN/inf; the run stopped and saved nothing of that step."""
 
 
 class NonFiniteResult(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 
 from gepalib.config import RunConfig
 from gepalib.paths import resolve_path
-from gepalib.data import verify_dataset
+from gepalib.datacache import verify_once
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,13 @@ def make_plan(cfg: RunConfig, world_size: int) -> Plan:
     return Plan(world_size, accum, micro, t.seq_len, cfg.eval.eval_seq_len or t.seq_len, note)
 
 
-def check_data_dir(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+def check_data_dir(cfg: RunConfig, plan: Plan, main: bool = True) -> dict[str, Any]:
     """Data directory, tokenizer, manifest agreement, token ids of the shards the run reads
-    (:func:`gepalib.data.verify_dataset`) and lengths; clear errors naming the directory."""
+    (:func:`gepalib.data.verify_dataset`, on the main process and once per dataset state:
+    :func:`gepalib.datacache.verify_once`) and lengths; clear errors naming the directory."""
     data_dir = resolve_path(cfg.data.data_dir)
-    info = verify_dataset(data_dir, cfg.model.vocab_size, cfg.data.tokenizer_file(), cfg.data.train_shards)["check"]
+    info = verify_once(data_dir, cfg.model.vocab_size, cfg.data.tokenizer_file(), cfg.data.train_shards,
+                       main=main)["check"]
     if info["train_tokens"] < plan.seq_len + 1:
         raise ValueError(f"{data_dir}: seq_len={plan.seq_len} is longer than the training data "
                          f"({info['train_tokens']} tokens)")

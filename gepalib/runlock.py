@@ -67,6 +67,16 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
+    def _holder(self, wait_s: float = 1.0) -> dict[str, Any]:
+        """The holder's record; a holder that has just taken the lock writes it right after, so an
+        empty record is read again for up to ``wait_s`` before it is reported as unknown."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            rec = self._record()
+            if rec or time.monotonic() >= deadline:
+                return rec
+            time.sleep(0.01)
+
     def _busy(self, holder: dict[str, Any]) -> RunDirLocked:
         who = (f"`gepa {holder.get('command', '?')}` (pid {holder.get('pid', '?')} on host "
                f"{holder.get('host', '?')}, since {holder.get('started', '?')})") if holder else "another process"
@@ -86,7 +96,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise self._busy(self._record()) from None
+            raise self._busy(self._holder()) from None
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 os.close(fd)

@@ -17,7 +17,7 @@ processes train the same math. Then: global-norm clip, lr = base_lr * f(step)
 on every group, Muon momentum warm-up, optimizer steps, EMA update.
 
 A step waits for the device once (loss, gradient norm, stop flag and clock read together,
-before the optimizers are queued). Several processes check that they built the same weights,
+after the optimizers' kernels are queued; batches reach CUDA through pinned memory). Several processes check that they built the same weights,
 then train under DDP (fp32 buckets reduced during the backward). ``compile``: torch.compile,
 and on CUDA compiled periodic validation. The run
 directory's files (config.json, metrics.jsonl, train.log, checkpoints/, weights,
@@ -90,11 +90,14 @@ class Trainer:
         self.info = dist.init(tc.device)
         self.dev, self.main = self.info.device, self.info.is_main
         self.plan = make_plan(cfg, self.info.world_size)
-        self.data_info = check_data_dir(cfg, self.plan)
+        self.data_info = check_data_dir(cfg, self.plan, main=self.main)
         self.rd = RunDir(resolve_path(run_dir))
         self.fingerprint = identity_hash(cfg, resume=True)
         self.faults = FaultHooks.from_env() if faults is None else faults
         self.log: Logger | None = None
+        self.failed = ""  # set by a non-finite step (see _fail)
+        self.host_wait_s = 0.0  # the last step's wait at its one sync (the GPU check reports it)
+        self._pinned: dict[int, torch.Tensor] = {}  # CUDA: a pinned batch buffer per micro-step
         self.notes: list[str] = []  # resume warnings, for train.log once it is open
         # the one writer of the run dir from here on (a second trainer, quantize or eval fails at once)
         self.lock = lock_run_dir(self.rd.path, "train", is_main=self.main, device=self.dev)
@@ -137,8 +140,8 @@ class Trainer:
         self.val_tokens = load_val_tokens(data_dir, self.plan.eval_seq_len, cfg.model.vocab_size,
                                           max_targets=cfg.data.val_tokens)
         self.luts = build_byte_luts(cfg.data.tokenizer_file(), cfg.model.vocab_size)
-        self.loader = TrainLoader(data_dir, self.info.rank, self.info.world_size, cfg.model.vocab_size,
-                                  cfg.data.train_shards)
+        # token ids were checked once by check_data_dir: no max() over each new shard while training
+        self.loader = TrainLoader(data_dir, self.info.rank, self.info.world_size, None, cfg.data.train_shards)
         random.seed(tc.seed)
         np.random.seed(tc.seed)
         torch.manual_seed(tc.seed)
@@ -212,15 +215,16 @@ class Trainer:
                 t0: float | None) -> tuple[float, bool, float, str | None]:
         """Micro-steps, gradient averaging, clip, optimizer steps at 0-based ``step``. Its one host
         sync reads the mean loss, the stop flags, the clock (``train_time`` + this step's time since
-        ``t0``, averaged over ranks) and the gradient norm. Returns (loss, stop requested on any rank,
-        clock, None or what was non-finite); nothing is updated when loss or norm is non-finite."""
+        ``t0``, averaged over ranks) and the gradient norm, after the optimizers' kernels are queued
+        (no bubble on the device). Returns (loss, stop requested on any rank, clock, None or what
+        was non-finite); a non-finite step has reached the live weights in memory by then, so
+        :meth:`step` fails the trainer: nothing of it is saved, the last checkpoint stays good."""
         plan, dev, tc = self.plan, self.dev, self.cfg.train
         loss_sum = torch.zeros((), device=dev)
         for i in range(plan.accum):
             if self.ddp is not None:  # DDP reduces the gradients during the last micro-step's backward
                 self.ddp.require_backward_grad_sync = i == plan.accum - 1
-            x, y = self.loader.next_batch(plan.micro_tokens, plan.seq_len)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x, y = self._to_device(i, *self.loader.next_batch(plan.micro_tokens, plan.seq_len))
             with dist.autocast_context(dev, tc.autocast):
                 loss = self.fwd(x, y)
             if faults is not None:
@@ -240,16 +244,33 @@ class Trainer:
         else:  # the same check without clipping (the reduced grads are identical on every rank)
             gnorm = torch.linalg.vector_norm(torch.stack(
                 [torch.linalg.vector_norm(g.grad, dtype=torch.float32) for g in grads]))
-        loss_v, stop_v, clock, gnorm_v = torch.cat([extras, gnorm.double().view(1)]).tolist()  # the sync
+        read = torch.cat([extras, gnorm.double().view(1)])  # computed before the optimizers change anything
+        for opt in self.optimizers:
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        t_wait = time.perf_counter()
+        loss_v, stop_v, clock, gnorm_v = read.tolist()  # the sync, with the optimizers' kernels already queued
+        self.host_wait_s = time.perf_counter() - t_wait
         loss_v = float(np.float32(loss_v))  # the fp32 mean, as averaged in fp32
         if not math.isfinite(loss_v):
             return loss_v, stop_v > 0, clock, f"non-finite train loss ({loss_v})"
         if not math.isfinite(gnorm_v):
             return loss_v, stop_v > 0, clock, f"non-finite gradient norm ({gnorm_v}) at a finite loss ({loss_v:.4f})"
-        for opt in self.optimizers:
-            opt.step()
-        self.model.zero_grad(set_to_none=True)
         return loss_v, stop_v > 0, clock, None
+
+    def _to_device(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-step ``i``'s batch on the device. On CUDA through a pinned buffer per micro-step
+        and an asynchronous copy: the buffer is refilled a step later, after the step's sync has
+        waited for its copy."""
+        if self.dev.type != "cuda":
+            return x.to(self.dev), y.to(self.dev)
+        buf = self._pinned.get(i)
+        if buf is None or buf.shape[1:] != x.shape:
+            buf = self._pinned[i] = torch.empty((2, *x.shape), dtype=x.dtype, pin_memory=True)
+        buf[0].copy_(x)
+        buf[1].copy_(y)
+        both = buf.to(self.dev, non_blocking=True)
+        return both[0], both[1]
 
     def step(self) -> StepResult:
         """One optimizer step and the EMA update. Raises NonFiniteLoss (nothing applied, the
@@ -258,6 +279,8 @@ class Trainer:
         the step (queueing the optimizers) counts into the next step's clock."""
         if self.complete is not None:
             raise RuntimeError(f"run {self.rd.path} is already complete; nothing to step")
+        if self.failed:
+            raise RuntimeError(f"run {self.rd.path} failed ({self.failed}); resume from its last checkpoint")
         tc = self.cfg.train
         t0 = time.perf_counter()
         f = set_lr(self.optimizers, self.steps_done, tc, self.train_time)
@@ -279,8 +302,9 @@ class Trainer:
     def _fail(self, what: str, loss: float) -> None:
         n, total = self.steps_done + 1, self.cfg.train.steps
         last = ckpt.latest_checkpoint(self.rd.checkpoints)
-        msg = f"{what} at step {n}/{total}; stopped before applying it. Last good checkpoint: " \
+        msg = f"{what} at step {n}/{total}; stopped, nothing of that step saved. Last good checkpoint: " \
               f"{last if last else 'none written yet'}"
+        self.failed = msg  # the live weights in memory took the step: no save() or step() from here
         kind = "non_finite_loss" if not math.isfinite(loss) else "non_finite_grad"
         self.log.line(f"step:{n}/{total} error:{kind} loss:{loss}")
         self.log.line(msg)
@@ -323,6 +347,8 @@ class Trainer:
 
     def save(self) -> Path | None:
         """A checkpoint of the current step (rank 0 writes; every rank waits). Returns its path."""
+        if self.failed:
+            raise RuntimeError(f"run {self.rd.path} failed ({self.failed}); its weights are not saved")
         path = None
         if self.main:
             state = {"fingerprint": self.fingerprint, "model": {k: v.cpu() for k, v in self.model.state_dict().items()},

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import gepalib
 from gepalib import dist
@@ -70,6 +69,8 @@ class Logger:
         except OSError as e:
             raise write_failed(e, rd.log) from e
         if is_main and use_progress_bar(progress):
+            from tqdm import tqdm  # only for the bar: a run logging plain lines needs no tqdm
+
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def line(self, msg: str, echo: bool = True) -> None:

@@ -71,6 +71,31 @@ def test_a_training_step_syncs_with_the_host_once(sotu_data_dir, tmp_path, monke
         assert t.train_time > 0 and t.elapsed >= t.train_time
 
 
+def test_the_steps_one_sync_comes_after_the_optimizers_are_queued(sotu_data_dir, tmp_path, monkeypatch):
+    """The device is read once the optimizers' kernels are queued (no bubble while the host
+    decides); a non-finite step then fails the trainer, which saves nothing more."""
+    torch.set_num_threads(1)
+    order: list[str] = []
+    orig = torch.Tensor.tolist
+
+    def tolist(self, *a, **k):
+        if inspect.currentframe().f_back.f_code.co_filename.startswith(GEPALIB):
+            order.append("sync")
+        return orig(self, *a, **k)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    with Trainer(micro_cfg(sotu_data_dir), tmp_path / "run") as t:
+        for o in t.optimizers:
+            real = o.step
+            monkeypatch.setattr(o, "step", lambda *a, _real=real, **k: order.append("opt") or _real(*a, **k))
+        t.step()
+        assert order == ["opt"] * len(t.optimizers) + ["sync"], order
+        t.failed = "non-finite train loss (nan) at step 2/4"  # as _fail leaves it
+        with pytest.raises(RuntimeError, match="failed"):
+            t.step()
+        with pytest.raises(RuntimeError, match="not saved"):
+            t.save()
+
+
 def test_val_ema_off_skips_the_periodic_ema_evaluations(sotu_data_dir, tmp_path):
     """val_ema=False: periodic validation scores the live weights only; step 0 (EMA = init) and
     the final evaluation still give the EMA number, and the stage ledger is complete."""
@@ -125,18 +150,36 @@ def test_newton_schulz_is_compiled_on_cuda_and_eager_on_the_cpu(monkeypatch):
 
 
 def test_cuda_settings_pin_flash_and_tf32():
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    new_api = hasattr(mm, "fp32_precision")  # torch >= 2.9: the legacy allow_tf32 flags are not mixed in
+    flags = ((mm.fp32_precision, conv.fp32_precision) if new_api else (mm.allow_tf32, torch.backends.cudnn.allow_tf32),
              torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.cudnn_sdp_enabled(),
              torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
     try:
         dist.cuda_settings()
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        if new_api:
+            assert mm.fp32_precision == "tf32" and conv.fp32_precision == "tf32"
+        else:
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         assert torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()  # fallbacks
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[0], flags[1]
-        torch.backends.cuda.enable_flash_sdp(flags[2])
-        torch.backends.cuda.enable_cudnn_sdp(flags[3])
+        if new_api:
+            mm.fp32_precision, conv.fp32_precision = flags[0]
+        else:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[0]
+        torch.backends.cuda.enable_flash_sdp(flags[1])
+        torch.backends.cuda.enable_cudnn_sdp(flags[2])
+
+
+def test_tf32_falls_back_to_the_legacy_flags_on_older_torch(monkeypatch):
+    """torch without ``fp32_precision``: the allow_tf32 flags (set on stand-ins here)."""
+    from types import SimpleNamespace as NS
+
+    legacy = NS(cuda=NS(matmul=NS(allow_tf32=False)), cudnn=NS(allow_tf32=False))
+    monkeypatch.setattr(dist.torch, "backends", legacy)
+    assert dist.set_tf32() == "allow_tf32"
+    assert legacy.cuda.matmul.allow_tf32 and legacy.cudnn.allow_tf32
 
 
 # ---------------------------------------------------------------------------

@@ -84,14 +84,16 @@ def test_the_bill_of_the_submission_run_is_its_own_cost():
     gpu_s, detail = B.price_training(cfg, 0, rates)
     train_s = 20020 * 786432 / rates.train_tok_s
     assert train_s == pytest.approx(4 * 10011 * 20020 / 20000, rel=1e-9)
-    passes = 1 + 39 * 2 + 2  # step 0 (live = EMA), 39 periodic (live + EMA), the final (both)
+    # val_ema=False (the default, as the submission): step 0 (live = EMA), 39 periodic (live
+    # only), the final (both)
+    passes = 1 + 39 + 2
     assert gpu_s == pytest.approx(train_s + passes * 62_021_632 / rates.val_tok_s, rel=1e-9)
     assert "20020 steps" in detail and f"{passes} validation passes" in detail
-    # without the EMA in periodic validation: one pass each
+    # with the EMA in periodic validation too: two passes each
     from gepalib.config import override
 
-    fewer, _ = B.price_training(override(cfg, val_ema=False), 0, rates)
-    assert fewer == pytest.approx(train_s + (1 + 39 + 2) * 62_021_632 / rates.val_tok_s, rel=1e-9)
+    more, _ = B.price_training(override(cfg, val_ema=True), 0, rates)
+    assert more == pytest.approx(train_s + (1 + 39 * 2 + 2) * 62_021_632 / rates.val_tok_s, rel=1e-9)
     # a resumed run pays for the steps left (and the warm-up again)
     half, _ = B.price_training(cfg, 10000, rates)
     assert half < gpu_s / 2 + 0.05 * gpu_s
@@ -127,6 +129,12 @@ def test_measured_gpu_results_replace_the_submission_rates(tmp_path):
     r = B.load_rates(gpu)
     assert (r.gpu, r.train_tok_s, r.val_tok_s, r.eval_tok_s) == ("NVIDIA H100 80GB HBM3", 8e5, 2.4e6, 2e6)
     assert r.ttt_train_tok_s == pytest.approx(32768 * 10 / 0.5) and "compiled" in r.source
+    # the check's current layout: one part per training run; only the eager one ran here
+    res = json.loads(gpu.read_text())
+    res["parts"]["train_eager"] = {**res["parts"].pop("train")["eager"], "micro_batch_tokens": 49152}
+    gpu.write_text(json.dumps(res))
+    r = B.load_rates(gpu)
+    assert r.train_tok_s == 4e5 and "eager" in r.source and "49,152-token" in r.source
 
 
 def _quick(steps: int, seed: int = 42, data_dir: str | None = None):

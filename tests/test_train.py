@@ -74,11 +74,15 @@ def test_run_directory_contents(base_run, sotu_data_dir):
         assert r["tokens"] == r["step"] * 512 and math.isfinite(r["train_loss"])
     # "lr" is f(index) of the step just taken: step 15 used f(14) = 6/8, step 20 used f(19) = 1/8
     assert [r["lr"] for r in rows] == [1.0, 1.0, 1.0, 1.0, 0.75, 0.125]
-    assert {"val_bpb", "val_bpb_ema", "val_loss"} <= set(rows[3]) and "val_bpb" not in rows[2]
+    # val_ema=False (the default, as the submission): periodic rows score the live weights only,
+    # the final one both
+    assert {"val_bpb", "val_loss"} <= set(rows[3]) and "val_bpb_ema" not in rows[3] and "val_bpb" not in rows[2]
+    assert {"val_bpb", "val_bpb_ema"} <= set(rows[-1])
     assert rows[-1]["train_loss"] < rows[1]["train_loss"] - 0.5
     log = rd.log.read_text()
     assert re.search(r"^step:5/20 train_loss:\d+\.\d{4} lr_mult:1\.0000 step_ms:[\d.]+ tok_s:\d+", log, re.M)
-    assert re.search(r"^step:10/20 val_loss:[\d.]+ val_bpb:[\d.]+ val_loss_ema:[\d.]+ val_bpb_ema:[\d.]+", log, re.M)
+    assert re.search(r"^step:10/20 val_loss:[\d.]+ val_bpb:[\d.]+ weight_rms:", log, re.M)
+    assert re.search(r"^step:20/20 val_loss:[\d.]+ val_bpb:[\d.]+ val_loss_ema:[\d.]+ val_bpb_ema:[\d.]+", log, re.M)
     assert re.search(r"^params:\d+ ", log, re.M) and "fingerprint:" in log
     # stage ledger = the final full evaluation
     st = rd.stages()

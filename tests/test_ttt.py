@@ -331,8 +331,10 @@ class StepLog(TTTHooks):
         self.steps.append([chunk, epoch, batch, None, ranges])
 
     def on_step(self, chunk, epoch, batch, lr, grad_norm):
-        assert self.steps[-1][:3] == [chunk, epoch, batch]
-        self.steps[-1][3] = lr
+        # called once the chunk's steps are read back (one host sync per chunk), in step order
+        todo = [s for s in self.steps if s[3] is None]
+        assert todo and todo[0][:3] == [chunk, epoch, batch] and math.isfinite(grad_norm)
+        todo[0][3] = lr
 
 
 @pytest.mark.parametrize("case", [
@@ -458,3 +460,29 @@ def test_two_processes_match_single_process(tmp_path, luts, sotu_data_dir):
         assert (g["tokens"], g["bytes"]) == (w.tokens, w.bytes), k
         assert g["bpb"] == pytest.approx(w.val_bpb, rel=1e-6), k
         assert torch.allclose(g["losses"], w.token_losses, atol=1e-5, rtol=0), k
+
+
+def test_ttt_training_reads_the_device_once_per_chunk(luts, monkeypatch):
+    """The steps' losses and gradient norms are read back together when a chunk's training ends
+    (one host sync per chunk on a GPU), not twice per step."""
+    import inspect
+
+    from gepalib.eval import ttt as ttt_mod
+
+    cfg = tiny_cfg(ttt_epochs=2, ttt_lr=0.03, ttt_chunk_tokens=128, ttt_batch_seqs=1, ttt_warmup_div=20)
+    model, val = tiny_model(cfg, seed=3), stream(5 * 128 + 40, seed=4)
+    reads: list[int] = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, **k):
+            caller = inspect.currentframe().f_back
+            if caller.f_code.co_name == "_train_chunk" and caller.f_code.co_filename == ttt_mod.__file__:
+                reads.append(caller.f_lineno)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    log = StepLog()
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=log)
+    trained = [c for c in r.extra["chunks"] if c["train_loss_first"] is not None]
+    steps_per_chunk = len(log.steps) // len(trained)
+    assert steps_per_chunk >= 4 and len(reads) == len(trained), (reads, len(log.steps))

@@ -216,11 +216,12 @@ def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int
                  opt: torch.optim.Optimizer, lr: float, tcfg: TTTConfig, device: torch.device, autocast: str,
                  chunk: int, hooks: TTTHooks | None) -> list[float]:
     """``ttt_epochs`` passes over the chunk's sequences, one optimizer step per batch of
-    ``ttt_batch_seqs``; returns each step's mean loss."""
+    ``ttt_batch_seqs``; returns each step's mean loss. The losses and gradient norms stay on the
+    device until the chunk ends (one host sync per chunk; hooks see each step's norm then)."""
     rank, world = _rank_world()
     for g in opt.param_groups:
         g["lr"] = lr
-    losses = []
+    steps: list[tuple[int, int, Tensor, Tensor]] = []  # (epoch, batch, loss, grad norm) on the device
     model.train()
     for ep in range(tcfg.ttt_epochs):
         for b, b0 in enumerate(range(0, len(seqs), tcfg.ttt_batch_seqs)):
@@ -250,16 +251,20 @@ def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int
                     off += n
                 dist.all_reduce_sum(loss_sum)
             if tcfg.ttt_grad_clip > 0:
-                gn = float(torch.nn.utils.clip_grad_norm_(params, tcfg.ttt_grad_clip))
+                gn = torch.nn.utils.clip_grad_norm_(params, tcfg.ttt_grad_clip)
             else:
-                gn = float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params])))
+                gn = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params]))
             opt.step()
-            losses.append(float(loss_sum))
-            if hooks is not None:
-                hooks.on_step(chunk, ep, b, lr, gn)
+            steps.append((ep, b, loss_sum, gn.detach().double()))
     for p in params:
         p.grad = None
     model.eval()
+    # the chunk's one host sync: every step's loss and gradient norm read back together
+    values = torch.stack([v for *_, ls, gn in steps for v in (ls, gn)]).tolist() if steps else []
+    losses = values[0::2]
+    if hooks is not None:
+        for (ep, b, _, _), gn in zip(steps, values[1::2]):
+            hooks.on_step(chunk, ep, b, lr, gn)
     return losses
 
 

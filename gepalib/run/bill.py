@@ -77,8 +77,12 @@ def load_rates(path: str | os.PathLike | None = None) -> Rates:
         res = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return submission_rates()
-    train = (res.get("parts") or {}).get("train") or {}
-    run = train.get("compiled") or train.get("eager")
+    parts = res.get("parts") or {}
+    train = parts.get("train") or {}  # the layout before the check's parts were split
+    runs = {"compiled": parts.get("train_compiled") or train.get("compiled"),
+            "eager": parts.get("train_eager") or train.get("eager")}
+    kind = "compiled" if runs["compiled"] else "eager"
+    run = runs[kind]
     if res.get("tiny", True) or not run or not run.get("tokens_per_s"):
         return submission_rates()
     sub = submission_rates()
@@ -88,9 +92,9 @@ def load_rates(path: str | os.PathLike | None = None) -> Rates:
     ttt = modes.get("ttt", {})
     chunk, epochs = ev.get("chunk_tokens"), ev.get("ttt_epochs")
     ttt_rate = chunk * epochs / ttt["train_s_per_chunk"] if ttt.get("train_s_per_chunk") and chunk and epochs else None
-    kind = "compiled" if "compiled" in train else "eager"
+    micro = run.get("micro_batch_tokens") or train.get("micro_batch_tokens", 98_304)
     return Rates(f"{p.name}: {res.get('device_name', 'GPU')} ({kind}, {run['ms_per_step_median']:.1f} ms per "
-                 f"{train.get('micro_batch_tokens', 98_304):,}-token micro-step)", res.get("device_name", "GPU"),
+                 f"{micro:,}-token micro-step)", res.get("device_name", "GPU"),
                  float(run["tokens_per_s"]), 3 * float(run["tokens_per_s"]), float(val or sub.eval_tok_s),
                  float(ttt_rate or sub.ttt_train_tok_s))
 
