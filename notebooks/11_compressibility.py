@@ -97,6 +97,12 @@ P.save_figure(fig, "F2_compressibility", figures_dir)
 R.f2_df()
 
 # %% [markdown]
+# Published evidence from later PRs that bears on this finding (each number as its PR gives it).
+
+# %%
+R.evidence_df("F2")
+
+# %% [markdown]
 # ## Verdict (computed)
 # The slope of log(artifact size) on log(steps) over the ladder, with its 95% interval and minimum
 # detectable effect against the published slope; outside the regime (the calibration above), with

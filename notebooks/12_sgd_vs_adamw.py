@@ -107,6 +107,12 @@ P.save_figure(fig, "F3_sgd_vs_adamw", figures_dir)
 R.f3_df()
 
 # %% [markdown]
+# Published evidence from later PRs that bears on this finding (each number as its PR gives it).
+
+# %%
+R.evidence_df("F3")
+
+# %% [markdown]
 # ## Verdict (computed)
 # Welch over the seeds' TTT gains (SGD − AdamW), with its 95% interval and minimum detectable effect
 # against the published difference scaled to our larger gain. Outside the regime, with fewer than

@@ -41,6 +41,7 @@ from gepalib import run
 from gepalib import findings as F
 from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
+from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
 from gepalib.run import study
 from gepalib.run.params import check_parameters
@@ -93,6 +94,12 @@ list(zip(frozen, gains))
 vs_frozen = F.ttt_gain_vs_frozen(frozen, gains)
 fig = P.freezing_figure(vs_frozen, num_layers=base.model.num_layers)
 P.save_figure(fig, "F4_freezing", figures_dir)
+
+# %% [markdown]
+# The submission published no freezing ablation; later PRs that did (each number as its PR gives it).
+
+# %%
+R.evidence_df("F4")
 
 # %% [markdown]
 # ## Verdict (computed)

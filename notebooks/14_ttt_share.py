@@ -102,6 +102,12 @@ P.save_figure(fig, "F5_ttt_share", figures_dir)
 R.f5_df()
 
 # %% [markdown]
+# Published evidence from later PRs that bears on this finding (each number as its PR gives it).
+
+# %%
+R.evidence_df("F5")
+
+# %% [markdown]
 # ## Verdict (computed)
 # The slope of the TTT share on log(total gain) over the ladder, with its 95% interval and minimum
 # detectable effect against the published slope scaled to our mean share. Fewer than 3 rungs or a

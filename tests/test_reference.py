@@ -114,3 +114,34 @@ def test_summary_lists_the_five_claims():
     s = R.summary()
     assert sorted(s) == ["F1", "F2", "F3", "F4", "F5"]
     assert s["F5"]["share_pct"] == [22, 18, 16, 13] and s["F3"]["ratio"] == 2.4
+
+
+def test_published_evidence_rows_are_sourced_and_self_consistent():
+    """Every evidence row names its PR in its source, relates to the claim in one of three ways,
+    and its before/after numbers are the ones its text states (a typo in one shows up here)."""
+    assert {r["finding"] for r in R.EVIDENCE} == {"F2", "F3", "F4", "F5"}
+    for r in R.EVIDENCE:
+        assert r["bears"] in ("supports", "contradicts", "context"), r
+        assert f"PR #{r['pr']}" in r["source"], r
+        for v in (r["before"], r["after"]):
+            if v is not None:
+                shown = f"{v:,}" if r["unit"] == "bytes" else f"{v}".lstrip("-")
+                assert shown in r["what"] or f"{v:+}" in r["what"], (r["pr"], v)
+    by_pr = {r["pr"]: r for r in R.EVIDENCE if r["finding"] == "F2"}
+    # PR #1979's net change is 9,089 bytes, 0.06% of the 10-minute artifact
+    d = by_pr[1979]["after"] - by_pr[1979]["before"]
+    assert d == -9_089 and round(100 * d / by_pr[1979]["before"], 2) == -0.06
+    f4 = {r["pr"]: r for r in R.EVIDENCE if r["finding"] == "F4"}
+    assert round(f4[549]["after"] - f4[549]["before"], 4) == -0.0004
+    f5 = {r["pr"]: r for r in R.EVIDENCE if r["finding"] == "F5"}
+    assert round(f5[628]["after"], 3) == R.F5_ROWS[-1]["delta"]  # the 20k gain of the #628 table
+    assert round(f5[668]["before"] - f5[668]["after"], 4) == 0.0123
+
+
+@pytest.mark.parametrize("finding", ["F1", "F2", "F3", "F4", "F5"])
+def test_evidence_df_per_finding(finding):
+    df = R.evidence_df(finding)
+    assert list(df.columns) == ["finding", "pr", "bears", "what", "before", "after", "unit", "source"]
+    assert (df["finding"] == finding).all() and len(df) == sum(r["finding"] == finding for r in R.EVIDENCE)
+    with pytest.raises(ValueError, match="unknown finding"):
+        R.evidence_df("F9")

@@ -211,6 +211,67 @@ F5_ROWS: tuple[dict[str, Any], ...] = (
 )
 F5_SOURCE = SRC_628_README + " (Finding 5: After the right TTT family, invest in the base model)"
 
+# Published evidence beyond PR #628 that bears on each finding: later PRs of
+# openai/parameter-golf, each number as its PR gives it (record README, PR description or
+# train log). ``bears`` says how it relates to the #628 claim: "supports", "contradicts"
+# or "context" (a different quantizer, model or comparison; read it, do not test it).
+EVIDENCE: tuple[dict[str, Any], ...] = (
+    dict(finding="F2", pr=1979, bears="contradicts",
+         what="std-based clip (sigma-multiple, 12.85 sigma for matrices) GPTQ + lrzip, same recipe trained "
+              "10 -> 60 min: artifact 15,953,292 -> 15,944,203 B (-0.06%; 15,956,638 B at 30 min)",
+         before=15_953_292, after=15_944_203, unit="bytes",
+         source="PR #1979 README (Long-Train Artifact Scaling table)"),
+    dict(finding="F2", pr=2008, bears="contradicts",
+         what="the same recipe trained for 6 h: 15,926,271 B against 15,953,292 B at 10 minutes (PR #1979), within 0.17%",
+         before=15_953_292, after=15_926_271, unit="bytes", source="PR #2008 README"),
+    dict(finding="F2", pr=1394, bears="context",
+         what="a matrix's standard deviation predicts its compression ratio under a fixed clip width (R^2 = 0.995)",
+         before=None, after=0.995, unit="R^2", source="PR #1394 README (SDClip)"),
+    dict(finding="F3", pr=1947, bears="supports",
+         what="full-weight AdamW TTT (lr 0.001, wd 0.01, 3 epochs, 35.9M parameters) 1.0825 -> 1.1885 bpb, "
+              "against SGD (lr 0.005) 1.0827 -> 1.0810",
+         before=1.0825, after=1.1885, unit="bpb", source="PR #1947 README (records/track_10min_16mb/2026-04-29_qTTT_AdamW_T98_QK55)"),
+    dict(finding="F3", pr=1045, bears="supports",
+         what="AdamW TTT (lr 0.002, 3 epochs) 1.2804 bpb against 1.1509 without TTT (no SGD run)",
+         before=1.1509, after=1.2804, unit="bpb", source="PR #1045 description"),
+    dict(finding="F3", pr=442, bears="contradicts",
+         what="AdamW TTT 1.1027 bpb against SGD TTT 1.1221 (closed PR)",
+         before=1.1221, after=1.1027, unit="bpb", source="PR #442 description"),
+    dict(finding="F3", pr=1626, bears="context",
+         what="per-document LoRA TTT plus three global SGD phases: 1.07193 bpb (3-seed mean), TTT gain -0.01278; "
+              "3 phases -0.00081 against 1 phase",
+         before=None, after=1.07193, unit="bpb", source="PR #1626 README"),
+    dict(finding="F3", pr=2135, bears="context",
+         what="quantized phased LoRA TTT (rank 80, lr 8e-5, beta2 0.99, weight decay 2.0, one global phase): "
+              "1.06909539 -> 1.05650768 bpb",
+         before=1.06909539, after=1.05650768, unit="bpb", source="PR #2135 description"),
+    dict(finding="F4", pr=549, bears="contradicts",
+         what="legal TTT with 2 frozen blocks 1.1217 bpb, with 0 frozen 1.1213 (-0.0004; one seed, 1337)",
+         before=1.1217, after=1.1213, unit="bpb",
+         source="PR #549 README (records/track_10min_16mb/2026-03-23_LeakyReLU_LegalTTT_ParallelMuon, ablation)"),
+    dict(finding="F4", pr=995, bears="contradicts",
+         what="swept 0 / 1 / 2 frozen blocks and chose 0 (SGD lr 0.002, momentum 0.95, 4 epochs, 32K chunks): "
+              "1.0362 bpb, 3-seed mean (per-depth scores not published)",
+         before=None, after=1.0362, unit="bpb", source="PR #995 description"),
+    dict(finding="F5", pr=628, bears="supports",
+         what="TTT gain over the float model -0.019 / -0.019 / -0.019 / -0.017 bpb at 9k / 12k / 15k / 20k steps",
+         before=-0.019, after=-0.017, unit="bpb", source=SRC_628_README + " (Scaling Table)"),
+    dict(finding="F5", pr=668, bears="supports",
+         what="30k steps: float 1.1043 -> TTT 1.0920 bpb, a gain of 0.0123 (PR #644 at 25k: 1.109 -> 1.094)",
+         before=1.1043, after=1.0920, unit="bpb", source="PR #668 train.log; PR #644 train.log"),
+)
+
+
+def evidence_df(finding: str):
+    """The published evidence for ``finding`` ("F1".."F5"): pr, bears, what, before, after, unit, source."""
+    rows = [r for r in EVIDENCE if r["finding"] == finding]
+    if not rows and finding not in ("F1", "F2", "F3", "F4", "F5"):
+        raise ValueError(f"unknown finding {finding!r}: one of F1..F5")
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["finding", "pr", "bears", "what", "before", "after", "unit", "source"])
+
+
 # How each published column is rounded: number of decimals (or a short note).
 ROUNDING: dict[str, Any] = {
     "trajectory.val_bpb": 4,
