@@ -14,6 +14,7 @@ sets ``lr = base_lr * lr_multiplier(step)`` before each step (:func:`set_lr`).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import re
@@ -26,6 +27,42 @@ from torch import Tensor, nn
 from gepalib.config import TrainConfig
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the submission's quintic iteration
+NS_DTYPES = ("auto", "bf16", "fp32")  # muon_ns_dtype's values; "auto" is resolved by resolve_ns_dtype
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (the AVX512-BF16 or AMX-BF16 flag in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_ns_dtype(value: str, device_type: str, native_bf16: bool | None = None) -> str:
+    """The Newton-Schulz precision a run uses: ``bf16``/``fp32`` as given; ``auto`` is the
+    submission's bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: measured
+    faster than fp32 for the presets' matrices, see docs/performance.md), fp32 on other CPUs
+    (which emulate bf16 products, many times slower). ``native_bf16`` defaults to this CPU's flags."""
+    if value not in NS_DTYPES:
+        raise ValueError(f"muon_ns_dtype must be one of {', '.join(NS_DTYPES)}, got {value!r}")
+    if value != "auto":
+        return value
+    if device_type == "cuda":
+        return "bf16"
+    return "bf16" if (cpu_has_native_bf16() if native_bf16 is None else native_bf16) else "fp32"
+
+
+def config_device_type(device: str) -> str:
+    """The device type a run's ``device`` setting (auto | cpu | cuda) trains on."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 # ---------------------------------------------------------------------------
@@ -237,11 +274,14 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> tuple[list[torch.op
 
     AdamW: betas (adam_beta1, adam_beta2), eps, decoupled wd ``adam_wd`` (scaled by lr),
     fused on CUDA. Muon: Nesterov, ``muon_wd``, ``muon_ns_steps``; momentum is set per
-    step by the trainer (:func:`muon_momentum`). Each param group has ``name`` and ``base_lr``.
+    step by the trainer (:func:`muon_momentum`); its Newton-Schulz precision is
+    ``muon_ns_dtype`` resolved for the parameters' device (:func:`resolve_ns_dtype`). Each param
+    group has ``name`` and ``base_lr``.
     """
     table = param_groups(model, tcfg)
     params = dict(model.named_parameters())
     fused = all(p.is_cuda for p in params.values())
+    ns_dtype = resolve_ns_dtype(tcfg.muon_ns_dtype, "cuda" if fused and params else "cpu")
 
     def groups(*names: str) -> list[dict]:
         return [{"params": [params[n] for n in table[g].names], "name": g, "base_lr": table[g].base_lr,
@@ -253,7 +293,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> tuple[list[torch.op
 
     def muon(gs: list[dict]) -> Muon:
         return Muon(gs, lr=gs[0]["lr"], momentum=tcfg.muon_momentum_start, nesterov=True,
-                    weight_decay=tcfg.muon_wd, ns_steps=tcfg.muon_ns_steps, ns_dtype=tcfg.muon_ns_dtype)
+                    weight_decay=tcfg.muon_wd, ns_steps=tcfg.muon_ns_steps, ns_dtype=ns_dtype)
 
     opts: list[torch.optim.Optimizer] = []
     for names, make in ((("embed",), adamw), (("scalar-enc", "scalar-dec", "scalar-other"), adamw),

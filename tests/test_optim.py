@@ -274,3 +274,25 @@ def test_set_lr_applies_base_lr_times_multiplier(gepa11_model):
             assert g["lr"] == pytest.approx(0.5 * g["base_lr"])
             if isinstance(o, Muon):
                 assert g["momentum"] == pytest.approx(0.99)
+
+
+def test_ns_dtype_auto_is_chosen_by_the_device():
+    """"auto": the submission's bf16 on CUDA and on CPUs with native bf16 matmuls, fp32 on CPUs
+    that emulate them; explicit values pass through; the optimizer gets the resolved one."""
+    from gepalib.optim import resolve_ns_dtype
+
+    assert resolve_ns_dtype("auto", "cuda", native_bf16=False) == "bf16"
+    assert resolve_ns_dtype("auto", "cpu", native_bf16=False) == "fp32"
+    assert resolve_ns_dtype("auto", "cpu", native_bf16=True) == "bf16"
+    for explicit in ("bf16", "fp32"):
+        for dev in ("cpu", "cuda"):
+            assert resolve_ns_dtype(explicit, dev, native_bf16=False) == explicit
+    with pytest.raises(ValueError, match="muon_ns_dtype"):
+        resolve_ns_dtype("fp16", "cpu")
+    cfg = get_preset("tiny")
+    assert cfg.train.muon_ns_dtype == "auto"
+    from gepalib.model import GPT
+
+    opts, _ = build_optimizers(GPT(cfg.model), cfg.train)
+    want = resolve_ns_dtype("auto", "cpu")
+    assert {g["ns_dtype"] for o in opts if isinstance(o, Muon) for g in o.param_groups} == {want}
