@@ -7,7 +7,7 @@
    vocab, seq len; pre-LN attention + GELU MLP, learned positions, tied head) trained by
    AdamW with clipping. Both read the same synthetic shards through gepalib's TrainLoader.
    Reported: time per token (wall and this thread's CPU time) and gepalib / plain
-   (target: within 1.25x), for the tiny and small presets, with the trainer's Muon and AdamW
+   (target: within 1.3x), for tiny, a size between (mid) and small, at 1 and 2 threads, with the trainer's Muon and AdamW
    time (each optimizer's step timed) and the bf16/fp32 matmul speed of this CPU: Muon's
    Newton-Schulz runs in bf16, which CPUs without AVX512-BF16/AMX emulate slowly.
 2. Eval modes on a tiny model (bench/eval_throughput.py's measurement, in this process):
@@ -40,17 +40,24 @@ from bench.common import (RESULTS, machine_info, markdown_table, plain_adamw, pl
 from gepalib.config import get_preset  # noqa: E402
 from gepalib.data import TrainLoader  # noqa: E402
 
-TARGET_RATIO = 1.25
+TARGET_RATIO = 1.3
+# Model sizes of the growth rows: the presets and one between them (small's recipe, 6 x 192).
+SIZES = {"tiny": ("tiny", {}), "small": ("small", {}),
+         "mid": ("small", {"num_layers": 6, "model_dim": 192, "mlp_hidden": 576, "xsa_last_n": 2, "ve_layers": (4, 5)})}
 PHASES = ("data_forward_backward_clip_ema", "adamw", "muon")
 
 
-def gepa_step(cfg, run_dir: Path):
+def gepa_step(cfg, run_dir: Path, ns_batched: bool | None = None):
     """gepalib.train.Trainer's step (accumulation 1). Each optimizer's ``step`` is wrapped in a
-    timer, so every call also appends its Muon, AdamW and remaining seconds to ``phases``."""
+    timer, so every call also appends its Muon, AdamW and remaining seconds to ``phases``.
+    ``ns_batched=False``: Muon's Newton-Schulz one matrix at a time (the code before batching)."""
     from gepalib.optim import Muon
     from gepalib.train import Trainer
 
     t = Trainer(cfg, run_dir, resume=False)
+    for o in t.optimizers:
+        if isinstance(o, Muon) and ns_batched is not None:
+            o.ns_batched = ns_batched
     phases: dict[str, list[float]] = {k: [] for k in PHASES}
     spent = {"muon": 0.0, "adamw": 0.0}
 
@@ -117,13 +124,21 @@ def bf16_matmul_slowdown(n: int = 512, reps: int = 3) -> float:
     return times[torch.bfloat16] / times[torch.float32]
 
 
-def race(preset: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1) -> dict:
+def race(size: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1, threads: int = 1,
+         per_matrix: bool = False) -> dict:
+    """gepalib's default step against the plain GPT, interleaved (and, with ``per_matrix``, the
+    step with Muon's Newton-Schulz one matrix at a time, the code before batching)."""
+    torch.set_num_threads(threads)
+    preset, kv = SIZES[size]
     seq = get_preset(preset).train.seq_len
     cfg = get_preset(preset, data_dir=str(data_dir), batch_tokens=tokens, micro_batch_tokens=tokens, device="cpu",
-                     val_tokens=4 * seq, progress="log", checkpoint_every=0)
+                     val_tokens=4 * seq, progress="log", checkpoint_every=0, **kv)
     steps, params = {}, {}
-    for kind, make in (("gepalib", gepa_step), ("plain", plain_step)):
-        steps[kind], params[kind] = make(cfg, data_dir.parent / f"run_{preset}_{kind}")
+    makers = [("gepalib", gepa_step), ("plain", plain_step)]
+    if per_matrix:
+        makers.append(("gepalib_per_matrix_ns", lambda c, d: gepa_step(c, d, ns_batched=False)))
+    for kind, make in makers:
+        steps[kind], params[kind] = make(cfg, data_dir.parent / f"run_{size}_{threads}_{kind}")
     wall = {k: [] for k in steps}
     cpu = {k: [] for k in steps}
     for i in range(warmup + reps):  # interleaved: both see the same load
@@ -135,7 +150,10 @@ def race(preset: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1) -
                 cpu[kind].append(time.thread_time() - c0)
     for fn in steps.values():
         fn.close()
-    row = {"preset": preset, "tokens_per_step": tokens, "seq_len": cfg.train.seq_len, "reps": reps,
+    from gepalib.optim import resolve_ns_dtype
+
+    row = {"preset": size, "tokens_per_step": tokens, "seq_len": cfg.train.seq_len, "reps": reps, "threads": threads,
+           "muon_ns_dtype": resolve_ns_dtype(cfg.train.muon_ns_dtype, "cpu"),
            "shape": {k: getattr(cfg.model, k) for k in ("num_layers", "model_dim", "num_heads", "num_kv_heads",
                                                          "mlp_hidden", "vocab_size")}}
     for kind in steps:
@@ -149,6 +167,9 @@ def race(preset: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1) -
         / row["plain"]["us_per_token"]
     row["cpu_ratio"] = row["gepalib"]["cpu_us_per_token"] / row["plain"]["cpu_us_per_token"]
     row["within_target"] = row["ratio"] <= TARGET_RATIO
+    if per_matrix:
+        row["ratio_per_matrix_ns"] = row["gepalib_per_matrix_ns"]["us_per_token"] / row["plain"]["us_per_token"]
+    torch.set_num_threads(1)
     return row
 
 
@@ -167,9 +188,10 @@ def eval_modes(data_dir: Path, targets: int, ttt_chunk_tokens: int, reps: int) -
 def table(res: dict) -> str:
     rows = []
     for r in res["train"]:
-        rows.append((f"train step ({r['tokens_per_step']} tok)", r["preset"], f"{r['gepalib']['us_per_token']:.0f}",
+        pm = f"; per-matrix NS {r['ratio_per_matrix_ns']:.2f}x" if "ratio_per_matrix_ns" in r else ""
+        rows.append((f"train step ({r['tokens_per_step']} tok, {r['threads']} thr, NS {r['muon_ns_dtype']})", r["preset"], f"{r['gepalib']['us_per_token']:.0f}",
                      f"{r['plain']['us_per_token']:.0f}",
-                     f"{r['ratio']:.2f}x (cpu {r['cpu_ratio']:.2f}x; without Muon {r['ratio_without_muon']:.2f}x)",
+                     f"{r['ratio']:.2f}x (cpu {r['cpu_ratio']:.2f}x; without Muon {r['ratio_without_muon']:.2f}x{pm})",
                      f"<= {TARGET_RATIO}x: {'yes' if r['within_target'] else 'NO'}"))
         ph = r["gepalib"]["phases_us_per_token"]
         rows.append(("  gepalib phases", r["preset"], " / ".join(f"{k} {v:.0f}" for k, v in ph.items()), "", "", ""))
@@ -187,7 +209,8 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2048 tokens a step, 2 repeats, small eval")
-    ap.add_argument("--presets", default="tiny,small")
+    ap.add_argument("--presets", default="tiny,mid,small", help=f"model sizes, of {', '.join(SIZES)}")
+    ap.add_argument("--threads", default="1,2", help="torch threads of the growth rows (tiny and small)")
     ap.add_argument("--tokens", type=int, default=0, help="tokens per training step (default 4096; quick 2048)")
     ap.add_argument("--reps", type=int, default=0, help="timed repeats per model (default 5; quick 2)")
     ap.add_argument("--no-eval", action="store_true", help="skip the eval-mode part")
@@ -204,9 +227,12 @@ def main(argv=None) -> int:
     res["bf16_matmul_slowdown"] = bf16_matmul_slowdown()
     with tempfile.TemporaryDirectory(prefix="gepa_ledger_") as td:
         data_dir = synthetic_data_dir(Path(td) / "data", train_tokens=1 << 18, val_tokens=1 << 15)
-        for preset in [p for p in args.presets.split(",") if p]:
-            res["train"].append(race(preset, data_dir, tokens, reps))
-            print(f"{preset}: gepalib/plain {res['train'][-1]['ratio']:.2f}x", flush=True)
+        sizes = [p for p in args.presets.split(",") if p]
+        runs = [(p, 1) for p in sizes] + [(p, int(t)) for t in args.threads.split(",") if t and int(t) != 1
+                                          for p in sizes if p != "mid"]
+        for size, threads in runs:
+            res["train"].append(race(size, data_dir, tokens, reps, threads=threads, per_matrix=threads == 1))
+            print(f"{size} ({threads} thr): gepalib/plain {res['train'][-1]['ratio']:.2f}x", flush=True)
         if not args.no_eval:
             targets = args.eval_targets or (4096 if args.quick else 8192)
             res["eval"] = eval_modes(data_dir, targets, max(256, targets // 2), 1 if args.quick else 2)
@@ -216,7 +242,7 @@ def main(argv=None) -> int:
     print(table(res))
     print(f"load average (1 min): {res['machine']['load_avg_1m']:.2f} at start, {res['load_avg_1m_end']:.2f} at end "
           f"on {res['machine']['cpu_count']} CPUs; one torch thread; wall {res['wall_s']:.0f} s; "
-          f"bf16 matmul {res['bf16_matmul_slowdown']:.0f}x slower than fp32 here")
+          f"bf16 matmul time {res['bf16_matmul_slowdown']:.2f}x the fp32 one here")
     print(f"wrote {out}")
     return 0
 

@@ -115,7 +115,9 @@ class TrainConfig:
     muon_momentum_start: float = 0.92
     muon_momentum_warmup: int = 1500
     muon_ns_steps: int = 5
-    muon_ns_dtype: str = "bf16"  # bf16 (the submission) | fp32 (CPUs: bf16 matmuls are emulated, ~10x slower)
+    # auto (bf16 on CUDA and on CPUs with native bf16, fp32 on other CPUs, which emulate bf16
+    # matmuls) | bf16 (the submission) | fp32; resolved by the trainer (gepalib.optim.resolve_ns_dtype)
+    muon_ns_dtype: str = "auto"
     grad_clip: float = 0.3
     ema_decay: float = 0.997
     val_every: int = 500

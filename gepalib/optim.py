@@ -14,6 +14,7 @@ sets ``lr = base_lr * lr_multiplier(step)`` before each step (:func:`set_lr`).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import re
@@ -26,6 +27,42 @@ from torch import Tensor, nn
 from gepalib.config import TrainConfig
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the submission's quintic iteration
+NS_DTYPES = ("auto", "bf16", "fp32")  # muon_ns_dtype's values; "auto" is resolved by resolve_ns_dtype
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (the AVX512-BF16 or AMX-BF16 flag in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_ns_dtype(value: str, device_type: str, native_bf16: bool | None = None) -> str:
+    """The Newton-Schulz precision a run uses: ``bf16``/``fp32`` as given; ``auto`` is the
+    submission's bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: measured
+    faster than fp32 for the presets' matrices, see docs/performance.md), fp32 on other CPUs
+    (which emulate bf16 products, many times slower). ``native_bf16`` defaults to this CPU's flags."""
+    if value not in NS_DTYPES:
+        raise ValueError(f"muon_ns_dtype must be one of {', '.join(NS_DTYPES)}, got {value!r}")
+    if value != "auto":
+        return value
+    if device_type == "cuda":
+        return "bf16"
+    return "bf16" if (cpu_has_native_bf16() if native_bf16 is None else native_bf16) else "fp32"
+
+
+def config_device_type(device: str) -> str:
+    """The device type a run's ``device`` setting (auto | cpu | cuda) trains on."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 # ---------------------------------------------------------------------------
@@ -75,6 +112,29 @@ def _newton_schulz(G: Tensor, steps: int, eps: float, dtype: torch.dtype = torch
     return X.T if transposed else X
 
 
+@torch.no_grad()
+def newton_schulz_batched(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: str = "bf16") -> Tensor:
+    """:func:`zeropower_newton_schulz` of each matrix of a (B, rows, cols) stack, as batched
+    products (one per operation of the iteration for the whole stack, not one per matrix): each
+    matrix normalised by its own Frobenius norm, the same operations in the same order. Returns
+    bf16, shape of G."""
+    if G.ndim != 3:
+        raise ValueError(f"batched Newton-Schulz needs a (B, rows, cols) stack, got shape {tuple(G.shape)}")
+    if dtype not in ("bf16", "fp32"):
+        raise ValueError(f"Newton-Schulz dtype must be bf16 or fp32, got {dtype!r}")
+    a, b, c = NS_COEFFS
+    X = G.to(torch.float32 if dtype == "fp32" else torch.bfloat16)
+    X = X / (torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True) + eps)
+    transposed = G.size(-2) > G.size(-1)
+    if transposed:
+        X = X.mT
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + (c * A) @ A  # as in _newton_schulz
+        X = a * X + B @ X
+    return (X.mT if transposed else X).bfloat16()
+
+
 _NS_COMPILED = None
 
 
@@ -106,7 +166,8 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: str = "bf16"):
+                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: str = "bf16",
+                 ns_batched: bool | None = None):
         if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0 or ns_steps < 1:
             raise ValueError(f"Muon: bad hyper-parameters lr={lr} momentum={momentum} "
                              f"weight_decay={weight_decay} ns_steps={ns_steps}")
@@ -115,10 +176,29 @@ class Muon(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         ns_steps=ns_steps, ns_dtype=ns_dtype)
         super().__init__(params, defaults)
+        self.ns_batched = ns_batched  # None: batched on the CPU, per matrix on CUDA (_orthogonalised)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"Muon only takes 2-D matrices, got shape {tuple(p.shape)}")
+
+    def _orthogonalised(self, group: dict, updates: list[Tensor], device_type: str):
+        """(index, NS5(update) in bf16) for each update: batched over same-shape matrices on the
+        CPU (one product per iteration step for all of them; bit-equal to the per-matrix
+        iteration there, tests/test_optim.py), one matrix at a time (the submission's compiled
+        graph per shape) on CUDA or with ``ns_batched=False``."""
+        steps, dtype = group["ns_steps"], group.get("ns_dtype", "bf16")
+        batched = self.ns_batched if self.ns_batched is not None else device_type != "cuda"
+        if not batched:
+            for i, u in enumerate(updates):
+                yield i, zeropower_newton_schulz(u, steps=steps, dtype=dtype)
+            return
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, u in enumerate(updates):
+            by_shape.setdefault(tuple(u.shape), []).append(i)
+        for idx in by_shape.values():
+            out = newton_schulz_batched(torch.stack([updates[i] for i in idx]), steps, dtype=dtype)
+            yield from zip(idx, out.unbind(0))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -147,13 +227,12 @@ class Muon(torch.optim.Optimizer):
             # 2-3. orthogonalise my share into a flat bf16 buffer, sum across ranks
             sizes = [p.numel() for p in params]
             flat = torch.zeros(sum(sizes), dtype=torch.bfloat16, device=params[0].device)
-            offset = 0
-            for i, (p, u) in enumerate(zip(params, updates)):
-                if i % world == rank:
-                    o = zeropower_newton_schulz(u, steps=group["ns_steps"], dtype=group.get("ns_dtype", "bf16"))
-                    o = o * muon_shape_scale(p.size(0), p.size(1))
-                    flat[offset:offset + sizes[i]] = o.reshape(-1)
-                offset += sizes[i]
+            offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+            mine = [i for i in range(len(params)) if i % world == rank]
+            for idx, o in self._orthogonalised(group, [updates[i] for i in mine], params[0].device.type):
+                i = mine[idx]
+                o = o * muon_shape_scale(params[i].size(0), params[i].size(1))
+                flat[offsets[i]:offsets[i] + sizes[i]] = o.reshape(-1)
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             # 4. decoupled weight decay, then the bf16-rounded update
@@ -237,11 +316,14 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> tuple[list[torch.op
 
     AdamW: betas (adam_beta1, adam_beta2), eps, decoupled wd ``adam_wd`` (scaled by lr),
     fused on CUDA. Muon: Nesterov, ``muon_wd``, ``muon_ns_steps``; momentum is set per
-    step by the trainer (:func:`muon_momentum`). Each param group has ``name`` and ``base_lr``.
+    step by the trainer (:func:`muon_momentum`); its Newton-Schulz precision is
+    ``muon_ns_dtype`` resolved for the parameters' device (:func:`resolve_ns_dtype`). Each param
+    group has ``name`` and ``base_lr``.
     """
     table = param_groups(model, tcfg)
     params = dict(model.named_parameters())
     fused = all(p.is_cuda for p in params.values())
+    ns_dtype = resolve_ns_dtype(tcfg.muon_ns_dtype, "cuda" if fused and params else "cpu")
 
     def groups(*names: str) -> list[dict]:
         return [{"params": [params[n] for n in table[g].names], "name": g, "base_lr": table[g].base_lr,
@@ -253,7 +335,7 @@ def build_optimizers(model: nn.Module, tcfg: TrainConfig) -> tuple[list[torch.op
 
     def muon(gs: list[dict]) -> Muon:
         return Muon(gs, lr=gs[0]["lr"], momentum=tcfg.muon_momentum_start, nesterov=True,
-                    weight_decay=tcfg.muon_wd, ns_steps=tcfg.muon_ns_steps, ns_dtype=tcfg.muon_ns_dtype)
+                    weight_decay=tcfg.muon_wd, ns_steps=tcfg.muon_ns_steps, ns_dtype=ns_dtype)
 
     opts: list[torch.optim.Optimizer] = []
     for names, make in ((("embed",), adamw), (("scalar-enc", "scalar-dec", "scalar-other"), adamw),

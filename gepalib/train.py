@@ -42,7 +42,7 @@ import torch
 from gepalib import checkpoint as ckpt
 from gepalib import dist
 from gepalib.bpb import build_byte_luts
-from gepalib.config import RunConfig
+from gepalib.config import RunConfig, override
 from gepalib.data import TrainLoader, load_val_tokens
 from gepalib.ema import EMA
 from gepalib.dist import reduce_grads  # module-level name: the failure tests hook it here
@@ -50,7 +50,7 @@ from gepalib.eval.windows import eval_nonoverlapping
 from gepalib.faults import FaultHooks, NonFiniteLoss, StopFlag, TrainInterrupted
 from gepalib.fsio import atomic_torch_save
 from gepalib.model import GPT
-from gepalib.optim import build_optimizers, format_group_table, set_lr
+from gepalib.optim import build_optimizers, format_group_table, resolve_ns_dtype, set_lr
 from gepalib.paths import resolve_path
 from gepalib.plan import check_data_dir, make_plan
 from gepalib.rundir import RunDir, identity_hash
@@ -86,9 +86,11 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, *, resume: bool = True,
                  faults: FaultHooks | None = None):
-        self.cfg, tc = cfg, cfg.train
-        self.info = dist.init(tc.device)
+        self.info = dist.init(cfg.train.device)
         self.dev, self.main = self.info.device, self.info.is_main
+        # Muon's Newton-Schulz precision for this device, recorded resolved in config.json and train.log
+        cfg = override(cfg, muon_ns_dtype=resolve_ns_dtype(cfg.train.muon_ns_dtype, self.dev.type))
+        self.cfg, tc = cfg, cfg.train
         self.plan = make_plan(cfg, self.info.world_size)
         self.data_info = check_data_dir(cfg, self.plan, main=self.main)
         self.rd = RunDir(resolve_path(run_dir))

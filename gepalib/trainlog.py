@@ -43,7 +43,7 @@ def write_header(log: Logger, t: Any, group_table: str) -> None:
              f"host:{socket.gethostname()}")
     log.line(f"torch:{torch.__version__} device:{t.dev} world_size:{t.info.world_size} accum:{plan.accum} "
              f"micro_batch_tokens:{plan.micro_tokens} batch_tokens:{tc.batch_tokens} seq_len:{plan.seq_len} "
-             f"autocast:{tc.autocast} compile:{tc.compile}")
+             f"autocast:{tc.autocast} compile:{tc.compile} muon_ns_dtype:{tc.muon_ns_dtype}")
     if plan.note:
         log.line(f"plan: {plan.note}")
     log.line(f"params:{t.n_params} data_dir:{d['data_dir']} train_tokens:{d['train_tokens']} "

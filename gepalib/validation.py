@@ -104,7 +104,8 @@ def check_train(t: Any) -> None:
     c.require(0 <= t.seed < 2**32, f"seed must be in [0, 2**32), got {t.seed}")
     c.unit("ema_decay", "adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_start")
     c.require(t.muon_ns_steps >= 1, f"muon_ns_steps must be >= 1, got {t.muon_ns_steps}")
-    c.require(t.muon_ns_dtype in ("bf16", "fp32"), f"muon_ns_dtype must be bf16 or fp32, got {t.muon_ns_dtype!r}")
+    c.require(t.muon_ns_dtype in ("auto", "bf16", "fp32"),
+              f"muon_ns_dtype must be auto, bf16 or fp32, got {t.muon_ns_dtype!r}")
     c.require(t.micro_batch_tokens % t.seq_len == 0,
               f"micro_batch_tokens={t.micro_batch_tokens} is not a multiple of seq_len={t.seq_len}")
     c.require(t.micro_batch_tokens <= t.batch_tokens,

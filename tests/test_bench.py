@@ -17,16 +17,17 @@ from bench import run_all, speed_ledger  # noqa: E402
 
 def test_speed_ledger_smoke(tmp_path, capsys):
     out = tmp_path / "ledger.json"
-    assert speed_ledger.main(["--quick", "--presets", "tiny", "--tokens", "512", "--reps", "1",
+    assert speed_ledger.main(["--quick", "--presets", "tiny", "--tokens", "512", "--reps", "1", "--threads", "1,2",
                               "--eval-targets", "1024", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    (row,) = r["train"]
-    assert row["preset"] == "tiny" and row["tokens_per_step"] == 512
+    row, row2 = r["train"]
+    assert (row["threads"], row2["threads"]) == (1, 2) and "ratio_per_matrix_ns" in row
+    assert row["preset"] == "tiny" and row["tokens_per_step"] == 512 and row["muon_ns_dtype"] in ("bf16", "fp32")
     assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and len(row["gepalib"]["step_s"]) == 1
     assert row["shape"]["num_layers"] == 4 and row["shape"]["model_dim"] == 128
     assert set(r["eval"]["modes"]) == {"nonoverlapping", "sliding64", "streaming", "ttt"}
     printed = capsys.readouterr().out
-    assert "| train step (512 tok) | tiny |" in printed and "| eval ttt | tiny |" in printed
+    assert "| train step (512 tok, 1 thr, NS " in printed and "| eval ttt | tiny |" in printed
 
 
 def test_plain_baseline_has_the_preset_shape():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gepalib import run, rundir
+from gepalib import optim, run, rundir
 from gepalib.run.launch import _alive
 from gepalib.config import get_preset, override
 from gepalib.rundir import RunDir
@@ -47,7 +47,7 @@ def test_run_key_covers_what_decides_the_weights(tmp_path):
     assert run.identity_diff(cfg, override(cfg, steps=601)) == ["steps (600 -> 601)"]
 
 
-def test_identity_hashes_are_stable():
+def test_identity_hashes_are_stable(monkeypatch):
     """Run-directory names and checkpoint fingerprints written by earlier versions stay valid:
     these are the hashes the code gave before the one identity definition replaced three.
     The run hashes changed once more when the quant section gained the full-GPTQ fields
@@ -55,12 +55,24 @@ def test_identity_hashes_are_stable():
     checkpoints still resume (the resume view has no quant fields). gepa11's also changed when
     its preset took the submission's compile recipe (compile=True, compile_warmup=20). Both
     hashes changed when the train section gained ``muon_ns_dtype`` (it changes the trajectory,
-    so checkpoints of earlier versions do not resume into a run that could differ)."""
+    so checkpoints of earlier versions do not resume into a run that could differ).
+    ``muon_ns_dtype`` then became ``auto`` by default, and the identity holds the precision it
+    resolves to: where that is bf16 (CUDA, CPUs with native bf16) every hash is the one the
+    explicit bf16 default gave, so those run dirs and checkpoints stay valid; on other CPUs
+    "auto" is fp32, a different trajectory and so a different hash (the fp32 pin below)."""
     for preset, run_hash, resume_hash in (("tiny", "758c6b0271d8541f", "6c9e4d2b4b22b01f"),
                                           ("gepa11", "3ac25d5c2685bb9a", "a65dc8c0c54b44aa")):
         cfg = override(get_preset(preset), data_dir="/data/sotu_sp1024")
-        assert rundir.identity_hash(cfg) == run_hash, preset
-        assert rundir.identity_hash(cfg, resume=True) == resume_hash, preset
+        for c in (cfg, override(cfg, muon_ns_dtype="bf16")):  # "auto" resolved on CUDA is the bf16 run
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+            assert rundir.identity_hash(c) == run_hash, preset
+            assert rundir.identity_hash(c, resume=True) == resume_hash, preset
+    cpu = override(get_preset("tiny"), data_dir="/data/sotu_sp1024", device="cpu")
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    assert rundir.identity_hash(cpu) == rundir.identity_hash(override(cpu, muon_ns_dtype="fp32"))
+    assert rundir.identity_hash(cpu) != rundir.identity_hash(override(cpu, muon_ns_dtype="bf16"))
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    assert rundir.identity_hash(cpu) == rundir.identity_hash(override(cpu, muon_ns_dtype="bf16"))
 
 
 def test_resume_identity_is_the_training_trajectory():

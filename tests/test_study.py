@@ -39,7 +39,7 @@ def test_muon_ns_dtype_is_a_validated_config_field():
     Muon([p], lr=0.01, ns_dtype="fp32").step()
     with pytest.raises(ValueError, match="ns_dtype"):
         Muon([p], ns_dtype="fp16")
-    assert get_preset("tiny").train.muon_ns_dtype == "bf16"  # the submission's, by default
+    assert get_preset("tiny").train.muon_ns_dtype == "auto"  # resolved by the device (test_optim)
     assert run.base_config("tiny", "cpu").train.muon_ns_dtype == "fp32"
     with pytest.raises(ValueError, match="muon_ns_dtype"):
         override(get_preset("tiny"), muon_ns_dtype="fp16")

@@ -13,6 +13,7 @@ import torch
 
 from gepalib import checkpoint as ckpt
 from gepalib.config import get_preset, override
+from gepalib.optim import resolve_ns_dtype
 from gepalib.rundir import RunDir
 from gepalib.faults import NAN_ENV, SIGNAL_ENV, FaultHooks
 from gepalib.train import TIMING_KEYS, EMA, NonFiniteLoss, Trainer, TrainInterrupted, train
@@ -61,7 +62,9 @@ def base_run(sotu_data_dir, tmp_path_factory):
 def test_run_directory_contents(base_run, sotu_data_dir):
     rd, summary = base_run
     cfg = micro_cfg(sotu_data_dir)
-    assert json.loads(rd.config.read_text()) == json.loads(json.dumps(cfg.to_dict()))
+    ns = resolve_ns_dtype(cfg.train.muon_ns_dtype, "cpu")  # config.json holds the precision "auto" resolved to
+    assert ns in ("bf16", "fp32") and cfg.train.muon_ns_dtype == "auto"
+    assert json.loads(rd.config.read_text()) == json.loads(json.dumps(override(cfg, muon_ns_dtype=ns).to_dict()))
     env = json.loads(rd.env.read_text())
     for k in ("python", "torch", "device", "world_size", "git_commit", "hostname", "argv"):
         assert k in env
@@ -84,6 +87,7 @@ def test_run_directory_contents(base_run, sotu_data_dir):
     assert re.search(r"^step:10/20 val_loss:[\d.]+ val_bpb:[\d.]+ weight_rms:", log, re.M)
     assert re.search(r"^step:20/20 val_loss:[\d.]+ val_bpb:[\d.]+ val_loss_ema:[\d.]+ val_bpb_ema:[\d.]+", log, re.M)
     assert re.search(r"^params:\d+ ", log, re.M) and "fingerprint:" in log
+    assert re.search(rf"^torch:.* muon_ns_dtype:{ns}$", log, re.M)
     # stage ledger = the final full evaluation
     st = rd.stages()
     assert st["float_live"]["val_bpb"] == pytest.approx(rows[-1]["val_bpb"])
