@@ -16,9 +16,15 @@ number of processes (gradient accumulation) are left to the trainer's plan.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
 import os
+import textwrap
+import tokenize
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -270,6 +276,23 @@ def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
 
 
 FIELD_INDEX = _field_index()
+
+
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each config field's one-line help: the comment ending the line that defines it in its
+    section class (``    name: type = default  # help``), read once from the class source
+    (``inspect.getsource``; ``ast`` finds the field definitions, ``tokenize`` the comments)."""
+    out: dict[str, str] = {}
+    for klass in SECTIONS.values():
+        src = textwrap.dedent(inspect.getsource(klass))
+        comments = {t.start[0]: t.string.lstrip("#").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+        for node in ast.parse(src).body[0].body:
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
+                    and node.target.id in FIELD_INDEX and node.lineno in comments):
+                out.setdefault(node.target.id, comments[node.lineno])
+    return out
 
 
 def field_type(name: str) -> type:

@@ -374,3 +374,18 @@ def test_train_rejects_bad_values_before_the_run_dir_exists(tmp_path, capsys, fl
     err = capsys.readouterr().err
     assert err.startswith("gepa train: error: ") and msg in err and len(err.strip().splitlines()) == 1
     assert not rd.exists()
+
+
+def test_cli_overrides_no_private_argparse_method():
+    """The help layout uses argparse's public API: no subclass in gepalib/cli defines an
+    underscore method of argparse's (``_format_usage`` and the like)."""
+    import argparse
+    private = {n for k in (argparse.HelpFormatter, argparse.ArgumentParser) for n in dir(k) if n.startswith("_")
+               and not n.startswith("__")}
+    bad = []
+    for p in (PKG / "cli").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bad += [f"{p.name}:{node.name}.{f.name}" for f in node.body
+                        if isinstance(f, ast.FunctionDef) and f.name in private]
+    assert not bad, bad

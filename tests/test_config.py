@@ -150,3 +150,19 @@ def test_one_value_rule_rejects_the_same_values(t, field_name, raw):
         C.parse_value(field_name, raw)
     with pytest.raises(ParameterError, match=f"'x' expects {t.__name__}"):
         coerce("x", raw, Kind(t.__name__))
+
+
+def test_field_help_is_each_fields_own_comment():
+    """config.field_help (ast + tokenize over the section classes) against the reading it replaced:
+    every comment token of config.py whose line is ``    name: type = default  # help``."""
+    import io
+    import re
+    import tokenize
+    from pathlib import Path
+    want: dict[str, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(Path(C.__file__).read_text(encoding="utf-8")).readline):
+        m = re.match(r"^    (\w+)\s*:[^=]+=", tok.line) if tok.type == tokenize.COMMENT else None
+        if m and m.group(1) in C.FIELD_INDEX and m.group(1) not in want:
+            want[m.group(1)] = tok.string.lstrip("#").strip()
+    assert len(want) >= 50 and C.field_help() == want
+    assert C.field_help()["data_dir"] == "holds *_train_*.bin, *_val_*.bin, tokenizer.model, manifest.json"
