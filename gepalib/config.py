@@ -16,9 +16,15 @@ number of processes (gradient accumulation) are left to the trainer's plan.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
 import os
+import textwrap
+import tokenize
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -274,6 +280,23 @@ def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
 FIELD_INDEX = _field_index()
 
 
+@functools.cache
+def field_help() -> dict[str, str]:
+    """Each config field's one-line help: the comment ending the line that defines it in its
+    section class (``    name: type = default  # help``), read once from the class source
+    (``inspect.getsource``; ``ast`` finds the field definitions, ``tokenize`` the comments)."""
+    out: dict[str, str] = {}
+    for klass in SECTIONS.values():
+        src = textwrap.dedent(inspect.getsource(klass))
+        comments = {t.start[0]: t.string.lstrip("#").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
+        for node in ast.parse(src).body[0].body:
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
+                    and node.target.id in FIELD_INDEX and node.lineno in comments):
+                out.setdefault(node.target.id, comments[node.lineno])
+    return out
+
+
 def field_type(name: str) -> type:
     """Python type of a flat field (bool, int, float, str or tuple)."""
     sec, f = FIELD_INDEX[name]
@@ -281,38 +304,69 @@ def field_type(name: str) -> type:
     return type(default)
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_scalar(raw: Any, t: type) -> Any:
+    """``raw`` as ``t`` (bool, int or float): the one rule for CLI overrides, :func:`override`
+    and notebook parameters. TypeError for a value of the wrong kind, ValueError for a string
+    that does not parse.
+
+    * bool: a bool; the int 0 or 1; a string in :data:`TRUE_WORDS` / :data:`FALSE_WORDS`
+      (case and surrounding spaces ignored). Nothing else is true or false.
+    * int: an int (not a bool); an integral float (2.0); a string of digits, or a float
+      literal with an integral value ("1e3", "2.0").
+    * float: an int or float (not a bool); a float literal string.
+    """
+    if t is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        if raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            return raw.strip().lower() in TRUE_WORDS
+        raise ValueError(raw)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise TypeError(raw)
+    if t is float:
+        return float(raw.strip() if isinstance(raw, str) else raw)
+    if t is not int:
+        raise TypeError(f"parse_scalar: {t!r} is not bool, int or float")
+    if isinstance(raw, int):
+        return raw
+    s = raw.strip() if isinstance(raw, str) else None
+    if s is not None and s.lstrip("+-").isdigit():
+        return int(s)
+    v = float(s) if s is not None else raw
+    if v.is_integer():
+        return int(v)
+    raise ValueError(raw)
+
+
 def parse_value(name: str, raw: Any) -> Any:
-    """Coerce a CLI/papermill value to the field's type, with a clear error."""
+    """Coerce a CLI/papermill value to the field's type (:func:`parse_scalar`'s rule; a tuple
+    from a sequence or a "1,2" / "(1, 2)" string), with a clear error."""
     if name not in FIELD_INDEX:
         raise KeyError(f"unknown config field {name!r}; see `gepa info --fields`")
     t = field_type(name)
-    if not isinstance(raw, str):
-        if t is tuple:
-            return tuple(raw)
-        if t is float and isinstance(raw, int) and not isinstance(raw, bool):
-            return float(raw)
-        if t is bool and not isinstance(raw, bool):
-            raise TypeError(f"field {name!r} expects a bool, got {raw!r}")
-        if not isinstance(raw, t):
-            raise TypeError(f"field {name!r} expects {t.__name__}, got {raw!r}")
-        return raw
-    s = raw.strip()
+    what = "a bool" if t is bool else t.__name__
     try:
-        if t is bool:
-            if s.lower() in ("1", "true", "yes", "on"):
-                return True
-            if s.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(s)
-        if t is int:
-            return int(float(s)) if ("e" in s.lower() and float(s).is_integer()) else int(s)
-        if t is float:
-            return float(s)
         if t is tuple:
-            s = s.strip("()[] ")
+            if not isinstance(raw, str):
+                return tuple(raw)
+            s = raw.strip().strip("()[] ")
             return tuple(int(x) for x in s.replace(",", " ").split()) if s else ()
-        return s
-    except ValueError:
+        if t is str:
+            if isinstance(raw, str):
+                return raw.strip()
+            raise TypeError(raw)
+        return parse_scalar(raw, t)
+    except TypeError:
+        raise TypeError(f"field {name!r} expects {what}, got {raw!r}") from None
+    except (ValueError, OverflowError):
         raise ValueError(f"field {name!r}: cannot parse {raw!r} as {t.__name__}") from None
 
 

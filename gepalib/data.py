@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gepalib.errors import DataError
-from gepalib.fsio import atomic_write_bytes
+from gepalib.fsio import atomic_write_bytes, file_sha256
 
 MAGIC = 20240520
 VERSION = 1
@@ -374,14 +374,9 @@ def verify_dataset(data_dir: str | os.PathLike, vocab_size: int, tokenizer_path:
     return m
 
 
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 22) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    """The file's sha256 hex digest (:func:`gepalib.fsio.file_sha256` without the size)."""
+    return file_sha256(path)[0]
 
 
 def check_manifest_files(data_dir: str | os.PathLike, manifest: dict[str, Any], sha256: bool = True) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from gepalib import dist
 from gepalib.fsio import write_failed
+from gepalib.procs import pid_alive
 from gepalib.rundir import RunDir
 
 
@@ -30,16 +31,6 @@ class RunDirLocked(RuntimeError):
     def __init__(self, msg: str, holder: dict[str, Any] | None = None):
         super().__init__(msg)
         self.holder = holder or {}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -102,7 +93,7 @@ class RunLock:
                 os.close(fd)
                 raise
             held = self._record()  # no flock here: trust a live holder's record
-            if held and (held.get("host") != socket.gethostname() or _pid_alive(int(held.get("pid", -1)))):
+            if held and (held.get("host") != socket.gethostname() or pid_alive(int(held.get("pid", -1)))):
                 os.close(fd)
                 raise self._busy(held) from None
         self.stale = self._record()

@@ -133,10 +133,24 @@ def test_import_graph_helpers_see_cycles_and_relative_imports():
 
 
 def test_no_import_cycle_among_gepalib_modules():
-    top, _ = import_graph()
+    top, every = import_graph()
     assert len(top) > 30, "the walk found too few modules"
     cycle = find_cycle(top)
     assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
+    # a function-level (lazy) import hides a circle from the import machinery, not from the design
+    cycle = find_cycle(every)
+    assert cycle is None, "import cycle closed by a lazy (function-level) import: " + " -> ".join(cycle)
+
+
+def test_a_lazy_import_closing_a_cycle_is_caught():
+    """The walk over every import (function bodies included) sees a circle that a lazy import hides."""
+    mods = {"gepalib", "gepalib.quant", "gepalib.quant.gptq", "gepalib.quant.hessian"}
+    src = {"gepalib.quant.gptq": "def f():\n    from gepalib.quant.hessian import g\n",
+           "gepalib.quant.hessian": "from gepalib.quant.gptq import f\n"}
+    top = {m: {t for n in _module_level(ast.parse(s).body) for t in _imported(n, m, False, mods)} for m, s in src.items()}
+    every = {m: {t for n in ast.walk(ast.parse(s)) for t in _imported(n, m, False, mods)} for m, s in src.items()}
+    assert find_cycle(top) is None  # invisible at module level
+    assert find_cycle(every) == ["gepalib.quant.gptq", "gepalib.quant.hessian", "gepalib.quant.gptq"]
 
 
 def test_no_module_imports_a_higher_layer():
@@ -360,3 +374,18 @@ def test_train_rejects_bad_values_before_the_run_dir_exists(tmp_path, capsys, fl
     err = capsys.readouterr().err
     assert err.startswith("gepa train: error: ") and msg in err and len(err.strip().splitlines()) == 1
     assert not rd.exists()
+
+
+def test_cli_overrides_no_private_argparse_method():
+    """The help layout uses argparse's public API: no subclass in gepalib/cli defines an
+    underscore method of argparse's (``_format_usage`` and the like)."""
+    import argparse
+    private = {n for k in (argparse.HelpFormatter, argparse.ArgumentParser) for n in dir(k) if n.startswith("_")
+               and not n.startswith("__")}
+    bad = []
+    for p in (PKG / "cli").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bad += [f"{p.name}:{node.name}.{f.name}" for f in node.body
+                        if isinstance(f, ast.FunctionDef) and f.name in private]
+    assert not bad, bad

@@ -112,3 +112,57 @@ def test_boundary_values_are_accepted():
         dataclasses.replace(tiny.model, mlp_act="gelu")
     for name in C.PRESETS:
         assert C.RunConfig.from_dict(json.loads(C.get_preset(name).to_json())) == C.get_preset(name)
+
+
+# ---------------------------------------------------------------------------
+# One value parser: CLI overrides, override() and notebook parameters share one rule
+
+
+_AGREE = [
+    (bool, "qk_norm", v, want) for want, words in ((True, ("1", "true", "yes", "on")), (False, ("0", "false", "no", "off")))
+    for w in words for v in (w, w.upper(), f" {w} ")
+] + [(bool, "qk_norm", True, True), (bool, "qk_norm", 0, False), (bool, "qk_norm", 1, True),
+     (int, "train_shards", "7", 7), (int, "train_shards", "+3", 3), (int, "train_shards", "1e3", 1000), (int, "train_shards", "2.0", 2),
+     (int, "train_shards", 2.0, 2), (int, "train_shards", 12, 12),
+     (float, "logit_softcap", "0.5", 0.5), (float, "logit_softcap", 3, 3.0), (float, "logit_softcap", " 1e-3 ", 1e-3)]
+
+
+@pytest.mark.parametrize("t, field_name, raw, want", _AGREE)
+def test_one_value_rule_for_fields_and_notebook_parameters(t, field_name, raw, want):
+    from gepalib.run.params import Kind, coerce
+    got = C.parse_value(field_name, raw)
+    assert got == want and type(got) is t
+    nb = coerce("x", raw, Kind(t.__name__))
+    assert nb == want and type(nb) is t
+    section = getattr(C.override(C.get_preset("tiny"), **{field_name: raw}), C.FIELD_INDEX[field_name][0])
+    assert getattr(section, field_name) == want
+
+
+_REJECT = [(bool, "qk_norm", "maybe"), (bool, "qk_norm", 2), (bool, "qk_norm", "t"), (bool, "qk_norm", 1.0),
+           (int, "train_shards", "2.5"), (int, "train_shards", True), (int, "train_shards", 2.5),
+           (int, "train_shards", "x"), (float, "logit_softcap", "abc"), (float, "logit_softcap", False)]
+
+
+@pytest.mark.parametrize("t, field_name, raw", _REJECT)
+def test_one_value_rule_rejects_the_same_values(t, field_name, raw):
+    from gepalib.run.params import Kind, ParameterError, coerce
+    with pytest.raises((TypeError, ValueError), match=f"field '{field_name}'"):
+        C.parse_value(field_name, raw)
+    with pytest.raises(ParameterError, match=f"'x' expects {t.__name__}"):
+        coerce("x", raw, Kind(t.__name__))
+
+
+def test_field_help_is_each_fields_own_comment():
+    """config.field_help (ast + tokenize over the section classes) against the reading it replaced:
+    every comment token of config.py whose line is ``    name: type = default  # help``."""
+    import io
+    import re
+    import tokenize
+    from pathlib import Path
+    want: dict[str, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(Path(C.__file__).read_text(encoding="utf-8")).readline):
+        m = re.match(r"^    (\w+)\s*:[^=]+=", tok.line) if tok.type == tokenize.COMMENT else None
+        if m and m.group(1) in C.FIELD_INDEX and m.group(1) not in want:
+            want[m.group(1)] = tok.string.lstrip("#").strip()
+    assert len(want) >= 50 and C.field_help() == want
+    assert C.field_help()["data_dir"] == "holds *_train_*.bin, *_val_*.bin, tokenizer.model, manifest.json"

@@ -463,3 +463,70 @@ def test_judge_rule():
     assert F.judge(-0.6, (-1.3, 0.1), 0.9, -1.0)[0] == F.INCONCLUSIVE  # holds both 0 and -1
     assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0, ["n=2 < 3 seeds"]) == (F.INCONCLUSIVE, "n=2 < 3 seeds")
     assert F.judge(-1.0, (math.nan, math.nan), math.nan, -1.0)[0] == F.INCONCLUSIVE
+
+
+# ---------------------------------------------------------------------------
+# The scipy.stats calls against the hand formulas they replaced (written out slowly)
+
+
+def _slow_welch(a, b, alpha):
+    na, nb = len(a), len(b)
+    ma, mb = sum(a) / na, sum(b) / nb
+    sa2 = sum((v - ma) ** 2 for v in a) / (na - 1)
+    sb2 = sum((v - mb) ** 2 for v in b) / (nb - 1)
+    va, vb = sa2 / na, sb2 / nb
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    h = stats.t.ppf(1 - alpha / 2, df) * se
+    d = ma - mb
+    return {"diff": d, "se": se, "df": df, "ci_low": d - h, "ci_high": d + h, "t": d / se}
+
+
+def _slow_slope(x, y, alpha):
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((u - mx) ** 2 for u in x)
+    slope = sum((u - mx) * (v - my) for u, v in zip(x, y)) / sxx
+    icept = my - slope * mx
+    sd = math.sqrt(sum((v - (slope * u + icept)) ** 2 for u, v in zip(x, y)) / (n - 2))
+    se = sd / math.sqrt(sxx)
+    h = stats.t.ppf(1 - alpha / 2, n - 2) * se
+    return {"slope": slope, "intercept": icept, "sd": sd, "se": se, "ci_low": slope - h, "ci_high": slope + h}
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("alpha", [0.05, 0.1])
+def test_stats_match_the_slow_formulas_and_scipy(seed, alpha):
+    rng = np.random.default_rng(seed)
+    na, nb = 2 + seed % 4, 3 + seed % 3
+    a = list(rng.normal(1.0, 0.05 * (1 + seed), na))
+    b = list(rng.normal(1.02, 0.03, nb))
+    c, ref = F.compare_settings(a, b, alpha), _slow_welch(a, b, alpha)
+    for k, v in ref.items():
+        assert c[k] == pytest.approx(v, rel=1e-12, abs=1e-13), k
+    sc = stats.ttest_ind(a, b, equal_var=False)
+    assert c["p_value"] == pytest.approx(sc.pvalue, rel=1e-12) and c["df"] == pytest.approx(sc.df, rel=1e-12)
+    assert c["mde"] == pytest.approx(F.min_detectable_effect(ref["se"], ref["df"], alpha), rel=1e-12)
+
+    m = F.mean_interval(a, alpha)
+    mean = sum(a) / na
+    se = math.sqrt(sum((v - mean) ** 2 for v in a) / (na - 1) / na)
+    h = stats.t.ppf(1 - alpha / 2, na - 1) * se
+    assert (m["ci_low"], m["ci_high"], m["se"]) == pytest.approx((mean - h, mean + h, se), rel=1e-12)
+    lo, hi = stats.t.interval(1 - alpha, na - 1, loc=mean, scale=se)
+    assert (m["ci_low"], m["ci_high"]) == pytest.approx((lo, hi), rel=1e-12)
+
+    x = list(np.arange(3 + seed, dtype=float) * (1 + seed))
+    y = list(2.0 - 0.3 * np.asarray(x) + rng.normal(0, 0.1, len(x)))
+    s, ref = F.slope_effect(x, y, alpha), _slow_slope(x, y, alpha)
+    for k, v in ref.items():
+        assert s[k] == pytest.approx(v, rel=1e-12, abs=1e-13), k
+    lr = stats.linregress(x, y)
+    assert (s["slope"], s["se"]) == pytest.approx((lr.slope, lr.stderr), rel=1e-12)
+
+
+def test_stats_edge_cases_unchanged():
+    assert (F.mean_interval([2.0, 2.0, 2.0])["ci_low"], F.mean_interval([2.0, 2.0, 2.0])["ci_high"]) == (2.0, 2.0)
+    assert math.isnan(F.mean_interval([2.0])["ci_low"])
+    exact = F.slope_effect([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
+    assert exact["slope"] == pytest.approx(2.0) and exact["ci_high"] - exact["ci_low"] == pytest.approx(0.0, abs=1e-12)

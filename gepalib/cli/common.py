@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import io
-import re
-import tokenize
-from pathlib import Path
 from typing import Any, Sequence
 
 from gepalib import config as C
@@ -25,13 +20,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         kw.setdefault("max_help_position", 32)
         super().__init__(prog, **kw)
 
-    def _format_usage(self, usage, actions, groups, prefix):  # the field flags as one item
-        kept = [a for a in actions if not a.dest.startswith("ov_")]
-        text = super()._format_usage(usage, kept, groups, prefix)
-        if usage is None and len(kept) < len(actions):
-            text = text.rstrip("\n") + " [--FIELD VALUE ...]\n\n"
-        return text
-
 
 def add_parser(subparsers, name: str, *, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
     """A subcommand with a short user-facing description, an examples epilog and the exit codes
@@ -41,18 +29,7 @@ def add_parser(subparsers, name: str, *, help: str, description: str, epilog: st
                                  formatter_class=HelpFormatter)
 
 
-@functools.cache
-def field_help() -> dict[str, str]:
-    """Each config field's one-line help: the comment after its definition in gepalib/config.py."""
-    src = Path(C.__file__).read_text(encoding="utf-8")
-    out: dict[str, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type != tokenize.COMMENT:
-            continue
-        m = re.match(r"^    (\w+)\s*:[^=]+=", tok.line)  # `    name: type = default  # help`
-        if m and m.group(1) in C.FIELD_INDEX and m.group(1) not in out:
-            out[m.group(1)] = tok.string.lstrip("#").strip()
-    return out
+field_help = C.field_help  # the fields' help lives with the fields (gepalib/config.py)
 
 
 def _shown(v: Any) -> str:
@@ -63,8 +40,12 @@ def add_override_args(p: argparse.ArgumentParser, sections: Sequence[str] | None
     """Add ``--<field>`` for every config field, plus ``--set name=value``.
 
     The fields of ``sections`` (default: all) are listed in ``--help``, one argument group per
-    section (flag, type, one-line help, default); the others work the same but are not listed."""
+    section (flag, type, one-line help, default); the others work the same but are not listed.
+    Call it after the subcommand's own arguments: the usage line is the parser's usage so far
+    followed by ``[--FIELD VALUE ...]``."""
     shown = set(C.SECTIONS if sections is None else sections)
+    if p.usage is None:  # the usage line lists the flags so far, then the field flags as one item
+        p.usage = p.format_usage().removeprefix("usage: ").rstrip("\n").replace("%", "%%") + " [--FIELD VALUE ...]"
     helps = field_help()
     groups = {sec: p.add_argument_group(f"{sec} fields") for sec in C.SECTIONS if sec in shown}
     for name, (sec, _f) in C.FIELD_INDEX.items():

@@ -44,12 +44,9 @@ from gepalib.config import EvalConfig, TTTConfig
 from gepalib.eval.lora import LoRA, token_nll
 from gepalib.eval.phased import doc_batches, doc_chunks, doc_ranges, doc_starts, phase_segments
 from gepalib.eval.windows import Sums, target_byte_counts
+from gepalib.ranks import rank_world
 
 PhaseStep = Callable[[int, int], list]
-
-
-def _rank_world() -> tuple[int, int]:
-    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist.active() else (0, 1)
 
 
 def _cache_state(cache: KVCache) -> tuple[list, Tensor | None]:
@@ -101,7 +98,7 @@ def run_doc_family(model: nn.Module, val_d: Tensor, luts_d, seq_len: int, tcfg: 
     their restoration. Returns the per-segment rows and extra stats."""
     t0 = time.perf_counter()
     N = val_d.numel() - 1
-    rank, world = _rank_world()
+    rank, world = rank_world()
     device = sums.t.device
     starts = doc_starts(val_d, model.cfg.bos_id)
     docs = doc_ranges(starts, N)

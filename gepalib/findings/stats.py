@@ -83,11 +83,9 @@ def min_detectable_effect(se: float, df: float, alpha: float = ALPHA, power: flo
     return float(optimize.brentq(gap, 0.0, hi, xtol=1e-10)) * se
 
 
-def _interval(est: float, se: float, df: float, alpha: float) -> tuple[float, float]:
-    if not (df > 0 and math.isfinite(se)):
-        return (math.nan, math.nan)
-    h = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    return (est - h, est + h)
+def _t_half_width(se: float, df: float, alpha: float) -> float:
+    """Half width of a two-sided ``1 - alpha`` t interval: t_{1-alpha/2, df}·se."""
+    return float(stats.t.ppf(1 - alpha / 2, df)) * se
 
 
 # ---------------------------------------------------------------------------
@@ -128,10 +126,11 @@ def compare_settings(a: Any, b: Any, alpha: float = ALPHA, power: float = POWER)
                    t=0.0 if equal else math.copysign(math.inf, diff), p_value=1.0 if equal else 0.0,
                    note="both samples constant" + (" and equal" if equal else ", different means"))
         return out
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    res = stats.ttest_ind(xa, xb, equal_var=False)
-    lo, hi = _interval(diff, se, df, alpha)
-    out.update(se=se, df=float(df), ci_low=lo, ci_high=hi, mde=min_detectable_effect(se, df, alpha, power),
+    res = stats.ttest_ind(xa, xb, equal_var=False)  # Welch; res.df is Welch–Satterthwaite
+    df = float(res.df)
+    ci = res.confidence_interval(1 - alpha)
+    lo, hi = float(ci.low), float(ci.high)
+    out.update(se=se, df=df, ci_low=lo, ci_high=hi, mde=min_detectable_effect(se, df, alpha, power),
                t=float(res.statistic), p_value=float(res.pvalue))
     return out
 
@@ -146,7 +145,13 @@ def mean_interval(values: Any, alpha: float = ALPHA, power: float = POWER) -> di
     mean = float(v.mean())
     sd = float(np.std(v, ddof=1)) if n > 1 else math.nan
     se = sd / math.sqrt(n) if n > 1 else math.nan
-    lo, hi = _interval(mean, se, n - 1, alpha) if n > 1 else (math.nan, math.nan)
+    if n < 2:
+        lo, hi = math.nan, math.nan
+    elif se == 0:
+        lo, hi = mean, mean
+    else:
+        ci = stats.ttest_1samp(v, 0.0).confidence_interval(1 - alpha)
+        lo, hi = float(ci.low), float(ci.high)
     return {"mean": mean, "sd": sd, "n": n, "se": se, "df": float(n - 1), "ci_low": lo, "ci_high": hi,
             "mde": min_detectable_effect(se, n - 1, alpha, power) if n > 1 else math.nan}
 
@@ -166,16 +171,17 @@ def slope_effect(x: Any, y: Any, alpha: float = ALPHA, power: float = POWER) -> 
     n = a.size
     if n < 2 or np.ptp(a) == 0:
         raise ValueError(f"slope_effect: need ≥2 distinct x values, got {a.tolist()}")
-    slope, intercept = np.polyfit(a, b, 1)
-    out: dict[str, Any] = {"n": int(n), "slope": float(slope), "intercept": float(intercept), "sd": math.nan,
+    fit = stats.linregress(a, b)
+    slope, intercept = float(fit.slope), float(fit.intercept)
+    out: dict[str, Any] = {"n": int(n), "slope": slope, "intercept": intercept, "sd": math.nan,
                            "se": math.nan, "df": float(n - 2), "ci_low": math.nan, "ci_high": math.nan,
                            "mde": math.nan, "alpha": alpha, "power": power}
     if n > 2:
-        resid = b - (slope * a + intercept)
-        sd = float(math.sqrt(np.sum(resid**2) / (n - 2)))
-        se = sd / float(math.sqrt(np.sum((a - a.mean()) ** 2)))
-        lo, hi = _interval(float(slope), se, n - 2, alpha) if se > 0 else (float(slope), float(slope))
-        out.update(sd=sd, se=se, ci_low=lo, ci_high=hi, mde=min_detectable_effect(se, n - 2, alpha, power))
+        se = float(fit.stderr)
+        sd = se * float(math.sqrt(np.sum((a - a.mean()) ** 2)))
+        h = _t_half_width(se, n - 2, alpha) if se > 0 else 0.0
+        out.update(sd=sd, se=se, ci_low=slope - h, ci_high=slope + h,
+                   mde=min_detectable_effect(se, n - 2, alpha, power))
     return out
 
 

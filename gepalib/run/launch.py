@@ -47,6 +47,7 @@ import torch
 import gepalib
 from gepalib.config import FIELD_INDEX, RunConfig
 from gepalib.paths import project_root, resolve_path
+from gepalib.procs import descendants, pid_alive
 from gepalib.fsio import atomic_write_text
 from gepalib.rundir import RunDir, as_rundir, default_run_dir, identity_diff, is_finished
 from gepalib.run.pipeline import evaluate_run, quantize_run
@@ -149,21 +150,9 @@ def torchrun_command(module_args: Sequence[str], nproc: int, log_dir: Path) -> l
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Linux /proc; empty elsewhere). torchrun starts its
-    workers in sessions of their own, so a process-group signal alone does not reach them."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    """Every live descendant of ``pid``. torchrun starts its workers in sessions of their own,
+    so a process-group signal alone does not reach them."""
+    return descendants(pid)
 
 
 def _signal_all(pids: Iterable[int], sig: int) -> None:
@@ -194,17 +183,7 @@ def _kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
     proc.wait()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of a dead torchrun is as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+_alive = pid_alive  # a zombie child of a dead torchrun is as good as gone
 
 
 def _strip_rank_prefix(line: str) -> str:

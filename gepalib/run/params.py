@@ -13,8 +13,9 @@ so the check sees which names were injected and what the defaults were:
 * a value of the wrong type fails with one line naming the parameter and the type;
 * strings are parsed where that is unambiguous (``papermill -p`` passes ``[42]`` as a
   string): lists from ``[42, 43]`` or ``42,43`` (a single value is a one-item list), numbers
-  from ``"0.5"``, bools from ``true``/``false``, dicts from ``{"ttt_lr": 0.1}``; ints are
-  accepted for floats; the parsed values replace the raw ones in the namespace.
+  from ``"0.5"``, dicts from ``{"ttt_lr": 0.1}``; bools, ints and floats by the one rule of
+  CLI overrides (:func:`gepalib.config.parse_scalar`: true/false, yes/no, on/off, 1/0); ints
+  are accepted for floats; the parsed values replace the raw ones in the namespace.
 
 Run outside papermill (JupyterLab, a script) there is nothing injected and every value
 is checked the same way.
@@ -27,9 +28,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, MutableMapping
 
+from gepalib.config import parse_scalar
+
 INJECTED_HEADER = "# Parameters"  # the first line of papermill's injected-parameters cell
 SCALARS = ("int", "float", "bool", "str")
-TRUE, FALSE, NONE = ("true", "yes", "on"), ("false", "no", "off"), ("none", "null", "~")
+NONE = ("none", "null", "~")
 
 
 class ParameterError(ValueError):
@@ -154,26 +157,8 @@ def coerce(name: str, value: Any, kind: Kind) -> Any:
         return value
     s = value.strip() if isinstance(value, str) else None
     try:
-        if kind.name == "bool":
-            if isinstance(value, bool):
-                return value
-            if s is not None and s.lower() in TRUE + FALSE:
-                return s.lower() in TRUE
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-        elif kind.name == "int":
-            if isinstance(value, bool):
-                raise fail()
-            if isinstance(value, int):
-                return value
-            v = float(s) if s is not None else value
-            if isinstance(v, float) and v.is_integer():
-                return int(s) if s is not None and s.lstrip("+-").isdigit() else int(v)
-        elif kind.name == "float":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if s is not None:
-                return float(s)
+        if kind.name in ("bool", "int", "float"):
+            return parse_scalar(value, {"bool": bool, "int": int, "float": float}[kind.name])
         elif kind.name == "str":
             if isinstance(value, str):
                 return value
