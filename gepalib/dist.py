@@ -90,6 +90,13 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the active process group; ``(0, 1)`` in a single process."""
+    if active():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place sum across ranks (no-op single-process). Returns ``t``."""
     if active():

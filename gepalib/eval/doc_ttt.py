@@ -44,7 +44,6 @@ from gepalib.config import EvalConfig, TTTConfig
 from gepalib.eval.lora import LoRA, token_nll
 from gepalib.eval.phased import doc_batches, doc_chunks, doc_ranges, doc_starts, phase_segments
 from gepalib.eval.windows import Sums, target_byte_counts
-from gepalib.ranks import rank_world
 
 PhaseStep = Callable[[int, int], list]
 
@@ -98,7 +97,7 @@ def run_doc_family(model: nn.Module, val_d: Tensor, luts_d, seq_len: int, tcfg: 
     their restoration. Returns the per-segment rows and extra stats."""
     t0 = time.perf_counter()
     N = val_d.numel() - 1
-    rank, world = rank_world()
+    rank, world = dist.rank_world()
     device = sums.t.device
     starts = doc_starts(val_d, model.cfg.bos_id)
     docs = doc_ranges(starts, N)

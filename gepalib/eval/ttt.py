@@ -206,19 +206,13 @@ def validate_ttt_config(tcfg: TTTConfig) -> None:
     check_ttt(tcfg)
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.active():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int]], params: list[nn.Parameter],
                  opt: torch.optim.Optimizer, lr: float, tcfg: TTTConfig, device: torch.device, autocast: str,
                  chunk: int, hooks: TTTHooks | None) -> list[float]:
     """``ttt_epochs`` passes over the chunk's sequences, one optimizer step per batch of
     ``ttt_batch_seqs``; returns each step's mean loss. The losses and gradient norms stay on the
     device until the chunk ends (one host sync per chunk; hooks see each step's norm then)."""
-    rank, world = _rank_world()
+    rank, world = dist.rank_world()
     for g in opt.param_groups:
         g["lr"] = lr
     steps: list[tuple[int, int, Tensor, Tensor]] = []  # (epoch, batch, loss, grad norm) on the device
@@ -296,7 +290,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
         chunk_windows = windows_by_segment(plan, [s[0] for s in segs] + [N]) if phased else windows_by_chunk(plan, C)
     else:
         plan, chunk_windows = None, None
-    rank, world = _rank_world()
+    rank, world = dist.rank_world()
 
     named = trainable_named_params(model, tcfg.ttt_freeze_blocks)
     params = [p for _, p in named]
