@@ -212,6 +212,7 @@ class TTTConfig:
     ttt_phase_docs: tuple[int, ...] = ()  # phase boundaries in documents, e.g. (2000,) or (667, 1333, 2000)
     ttt_phase_lr: float = 0.001  # LR of the global pass over the scored prefix (ttt_optimizer)
     ttt_phase_epochs: int = 1  # passes over the scored prefix at each phase boundary
+    ttt_compile: bool = True  # CUDA with triton: TTT's training forward runs torch.compile'd; eager elsewhere
 
     def __post_init__(self) -> None:
         check_ttt(self)

@@ -234,19 +234,21 @@ def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return ddp
 
 
-def reduce_grads(params: list[torch.nn.Parameter], extras: torch.Tensor) -> torch.Tensor:
-    """Average ``params``' gradients across ranks with one flat fp32 all-reduce (the trainer
-    passes none when DDP averaged them during the backward) and the ``extras`` vector in its
-    own dtype; returns the averaged extras."""
+def reduce_grads(params: list[torch.nn.Parameter], extras: torch.Tensor, *, mean: bool = True) -> torch.Tensor:
+    """Average (``mean=False``: sum) ``params``' gradients across ranks with one flat fp32
+    all-reduce (the trainer passes none when DDP averaged them during the backward) and the
+    ``extras`` vector in its own dtype; returns the reduced extras. TTT sums: each rank's loss is
+    already weighted by its share of the batch."""
     if not active():
         return extras
+    reduce = all_reduce_mean if mean else all_reduce_sum
     grads = [p.grad for p in params if p.grad is not None]
     if grads:
         flat = torch.cat([g.reshape(-1).float() for g in grads])
-        all_reduce_mean(flat)
+        reduce(flat)
         off = 0
         for g in grads:
             n = g.numel()
             g.copy_(flat[off:off + n].view_as(g))
             off += n
-    return all_reduce_mean(extras.clone())
+    return reduce(extras.clone())

@@ -486,3 +486,45 @@ def test_ttt_training_reads_the_device_once_per_chunk(luts, monkeypatch):
     trained = [c for c in r.extra["chunks"] if c["train_loss_first"] is not None]
     steps_per_chunk = len(log.steps) // len(trained)
     assert steps_per_chunk >= 4 and len(reads) == len(trained), (reads, len(log.steps))
+
+
+def test_ttt_forward_is_compiled_only_on_cuda_with_triton(monkeypatch):
+    """ttt_compile: eager on the CPU (and where triton is missing or the field is off); on CUDA
+    with triton, torch.compile with static shapes. Decided by configuration, no GPU needed."""
+    from gepalib.eval import ttt as ttt_mod
+
+    model = tiny_model(tiny_cfg())
+    assert ttt_mod.ttt_forward(model, True) is model  # this CPU
+    calls = []
+    monkeypatch.setattr(ttt_mod.torch, "compile", lambda m, **kw: calls.append(kw) or ("compiled", m))
+    monkeypatch.setattr(ttt_mod.importlib.util, "find_spec", lambda name: None)
+    assert ttt_mod.ttt_forward(model, True, "cuda") is model and not calls  # no triton: eager
+    monkeypatch.setattr(ttt_mod.importlib.util, "find_spec", lambda name: object())
+    assert ttt_mod.ttt_forward(model, False, "cuda") is model and not calls  # ttt_compile=false
+    assert ttt_mod.ttt_forward(model, True, "cuda") == ("compiled", model) and calls == [{"dynamic": False}]
+    assert ttt_mod.ttt_forward(model, True, "cpu") is model
+
+
+def test_ttt_training_pass_calls_what_ttt_forward_returns(luts, monkeypatch):
+    """run_ttt computes every training loss through ttt_forward's module (the compiled one on
+    CUDA), and a wrapper that only counts changes no number."""
+    from gepalib.eval import ttt as ttt_mod
+
+    cfg = tiny_cfg(ttt_epochs=2, ttt_lr=0.03, ttt_chunk_tokens=128, ttt_batch_seqs=3, ttt_warmup_div=20)
+    val = stream(5 * 128 + 40, seed=4)
+    want = run_ttt(tiny_model(cfg, seed=3), val, luts, T, cfg.ttt, cfg.eval)
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, y):
+            calls.append(tuple(x.shape))
+            return self.inner(x, y)
+
+    monkeypatch.setattr(ttt_mod, "ttt_forward", lambda m, enabled, device_type=None: Counting(m))
+    log = StepLog()
+    got = run_ttt(tiny_model(cfg, seed=3), val, luts, T, cfg.ttt, cfg.eval, hooks=log)
+    assert got.val_bpb == want.val_bpb and len(calls) == len(log.steps) > 0

@@ -53,6 +53,7 @@ banded-attention evaluator of gepalib.eval.streaming instead of its sliding wind
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import time
 from typing import Any, Callable
@@ -206,12 +207,25 @@ def validate_ttt_config(tcfg: TTTConfig) -> None:
     check_ttt(tcfg)
 
 
+def ttt_forward(model: nn.Module, enabled: bool, device_type: str | None = None) -> nn.Module:
+    """What TTT's training pass calls for its loss: ``model`` torch.compile'd (static shapes: one
+    graph per batch shape, i.e. the full batch and a chunk's last one) on CUDA when ``enabled``
+    (``ttt_compile``) and triton is there; else ``model`` itself (the CPU runs eager). The compiled
+    module shares ``model``'s parameters, so the optimizer and the scoring see the same weights."""
+    device_type = device_type or model_device(model).type
+    if not enabled or device_type != "cuda" or importlib.util.find_spec("triton") is None:
+        return model
+    return torch.compile(model, dynamic=False)
+
+
 def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int]], params: list[nn.Parameter],
                  opt: torch.optim.Optimizer, lr: float, tcfg: TTTConfig, device: torch.device, autocast: str,
-                 chunk: int, hooks: TTTHooks | None) -> list[float]:
+                 chunk: int, hooks: TTTHooks | None, fwd: nn.Module | None = None) -> list[float]:
     """``ttt_epochs`` passes over the chunk's sequences, one optimizer step per batch of
     ``ttt_batch_seqs``; returns each step's mean loss. The losses and gradient norms stay on the
-    device until the chunk ends (one host sync per chunk; hooks see each step's norm then)."""
+    device until the chunk ends (one host sync per chunk; hooks see each step's norm then).
+    ``fwd``: the module that computes the loss (:func:`ttt_forward`; default ``model``)."""
+    fwd = model if fwd is None else fwd
     rank, world = dist.rank_world()
     for g in opt.param_groups:
         g["lr"] = lr
@@ -231,19 +245,11 @@ def _train_chunk(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int
                 x = torch.stack([val_tokens[a: a + n] for a, n in mine]).to(device=device, dtype=torch.int64)
                 y = torch.stack([val_tokens[a + 1: a + n + 1] for a, n in mine]).to(device=device, dtype=torch.int64)
                 with dist.autocast_context(device, autocast):
-                    loss = model(x, y)
+                    loss = fwd(x, y)
                 w = x.numel() / sum(n for _, n in batch)  # this rank's share of the batch's tokens
                 (loss.float() * w).backward()
                 loss_sum += loss.detach().double() * w
-            if dist.active():
-                flat = torch.cat([p.grad.reshape(-1).float() for p in params])
-                dist.all_reduce_sum(flat)
-                off = 0
-                for p in params:
-                    n = p.numel()
-                    p.grad.copy_(flat[off: off + n].view_as(p.grad))
-                    off += n
-                dist.all_reduce_sum(loss_sum)
+            loss_sum = dist.reduce_grads(params, loss_sum, mean=False)  # the global sums, one flat all-reduce
             if tcfg.ttt_grad_clip > 0:
                 gn = torch.nn.utils.clip_grad_norm_(params, tcfg.ttt_grad_clip)
             else:
@@ -291,6 +297,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
     else:
         plan, chunk_windows = None, None
     rank, world = dist.rank_world()
+    fwd = ttt_forward(model, tcfg.ttt_compile, device.type)  # the training pass's loss (compiled on CUDA)
 
     named = trainable_named_params(model, tcfg.ttt_freeze_blocks)
     params = [p for _, p in named]
@@ -315,7 +322,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             p.requires_grad_(True)
         try:
             return _train_chunk(model, val_d, seqs, params, opt, tcfg.ttt_phase_lr, phase_cfg, device, autocast, k,
-                                hooks)
+                                hooks, fwd)
         finally:
             for p in params:
                 p.requires_grad_(not doc_family)
@@ -372,7 +379,7 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
                 seqs = chunk_train_seqs(c, N, C, seq_len)
                 if seqs:
                     train_losses = _train_chunk(model, val_d, seqs, params, opt, lr, tcfg, device, autocast,
-                                                c, hooks)
+                                                c, hooks, fwd)
                     if adapted_from is None:
                         adapted_from = seqs[0][0]
             train_s = time.perf_counter() - tt
