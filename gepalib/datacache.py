@@ -16,7 +16,6 @@ scan runs at every start (the cache is an optimisation; a failed write is ignore
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gepalib.data import list_shards, validate_data_dir, verify_dataset
+from gepalib.fsio import file_sha256
 
 CACHE_NAME = ".tokens_verified.json"
 SETTLE_S = 2.0
@@ -33,7 +33,7 @@ def scan_key(data_dir: str | os.PathLike, vocab_size: int, train_shards: int = 0
     """The key of the token scan for these arguments, and the newest scanned shard's mtime (s)."""
     data_dir = Path(data_dir)
     mpath = data_dir / "manifest.json"
-    manifest = hashlib.sha256(mpath.read_bytes()).hexdigest() if mpath.is_file() else ""
+    manifest = file_sha256(mpath)[0] if mpath.is_file() else ""
     used = [*list_shards(data_dir, "val"), *list_shards(data_dir, "train", train_shards)]
     stats = [(p.name, p.stat()) for p in used]
     key = {"manifest_sha256": manifest, "vocab_size": int(vocab_size), "train_shards": int(train_shards),

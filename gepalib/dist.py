@@ -32,10 +32,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+def device_type(name: str = "auto") -> str:
+    """The device type a ``device`` setting (auto | cpu | cuda) means here: ``auto`` is cuda when
+    CUDA is available, else cpu; the others as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` picks cuda:<local_rank> when CUDA is available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = device_type(name)
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device=cuda requested but CUDA is not available")

@@ -58,13 +58,6 @@ def resolve_ns_dtype(value: str, device_type: str, native_bf16: bool | None = No
     return "bf16" if (cpu_has_native_bf16() if native_bf16 is None else native_bf16) else "fp32"
 
 
-def config_device_type(device: str) -> str:
-    """The device type a run's ``device`` setting (auto | cpu | cuda) trains on."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 # ---------------------------------------------------------------------------
 # Muon
 

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from gepalib.config import RunConfig, load_config
-from gepalib.optim import config_device_type, resolve_ns_dtype
+from gepalib.dist import device_type
+from gepalib.optim import resolve_ns_dtype
 from gepalib.paths import resolve_path
 from gepalib.faults import NonFiniteResult
 from gepalib.fsio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
@@ -74,7 +75,7 @@ def identity(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     d = cfg.to_dict()
     out = {sec: dict(d[sec]) for sec in IDENTITY_SECTIONS if not (resume and sec == "quant")}
     # the precision the run trains with, not the word "auto" (an "auto" run on CUDA is the bf16 run)
-    out["train"]["muon_ns_dtype"] = resolve_ns_dtype(cfg.train.muon_ns_dtype, config_device_type(cfg.train.device))
+    out["train"]["muon_ns_dtype"] = resolve_ns_dtype(cfg.train.muon_ns_dtype, device_type(cfg.train.device))
     for f in BOOKKEEPING_FIELDS + (RESUMABLE_FIELDS if resume else ()):
         out["train"].pop(f, None)
     for f in PATH_FIELDS if not resume else ():
