@@ -12,6 +12,8 @@
    Newton-Schulz runs in bf16, which CPUs without AVX512-BF16/AMX emulate slowly.
 2. Eval modes on a tiny model (bench/eval_throughput.py's measurement, in this process):
    non-overlapping, sliding (stride 64), streaming and legal TTT, time per scored token.
+   Beside each training row, TTT's training pass (forward + backward + SGD over the same
+   tokens, gepalib.eval.ttt's chunk trainer) against the same plain step.
 
 The machine may be shared: the JSON keeps the load average before and after, every
 repeat's time and the CPU-time ratio, which other processes disturb less than wall time.
@@ -108,6 +110,32 @@ def plain_step(cfg, run_dir: Path):
     return step, sum(p.numel() for p in params)
 
 
+def ttt_train_step(cfg, run_dir: Path):
+    """One pass of legal TTT's training (gepalib.eval.ttt's chunk trainer, SGD as the default
+    TTTConfig, all parameters trainable, one optimizer step over the micro-batch's sequences)
+    on the preset's GPT: what TTT pays per token after it scores a chunk."""
+    from dataclasses import replace
+
+    from gepalib.eval.ttt import _make_optimizer, _train_chunk, trainable_named_params
+    from gepalib.model import GPT
+
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    model = GPT(cfg.model)
+    n_seqs = max(1, tc.micro_batch_tokens // tc.seq_len)
+    tcfg = replace(cfg.ttt, ttt_epochs=1, ttt_batch_seqs=n_seqs, ttt_freeze_blocks=0, ttt_grad_clip=1.0)
+    params = [p for _, p in trainable_named_params(model, 0)]
+    opt = _make_optimizer(params, tcfg)
+    g = torch.Generator().manual_seed(tc.seed)
+    val = torch.randint(0, cfg.model.vocab_size, (n_seqs * tc.seq_len + 1,), generator=g)
+    seqs = [(i * tc.seq_len, tc.seq_len) for i in range(n_seqs)]
+
+    def step() -> float:
+        return _train_chunk(model, val, seqs, params, opt, tcfg.ttt_lr, tcfg, torch.device("cpu"), "none", 0, None)[0]
+    step.close = lambda: None
+    return step, sum(p.numel() for p in params)
+
+
 def bf16_matmul_slowdown(n: int = 512, reps: int = 3) -> float:
     """Median time of an n x n bf16 matmul over the fp32 one on this CPU (Muon's Newton-Schulz
     runs in bf16: fast on GPUs, emulated on CPUs without AVX512-BF16/AMX)."""
@@ -134,7 +162,7 @@ def race(size: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1, thr
     cfg = get_preset(preset, data_dir=str(data_dir), batch_tokens=tokens, micro_batch_tokens=tokens, device="cpu",
                      val_tokens=4 * seq, progress="log", checkpoint_every=0, **kv)
     steps, params = {}, {}
-    makers = [("gepalib", gepa_step), ("plain", plain_step)]
+    makers = [("gepalib", gepa_step), ("plain", plain_step), ("ttt_train", ttt_train_step)]
     if per_matrix:
         makers.append(("gepalib_per_matrix_ns", lambda c, d: gepa_step(c, d, ns_batched=False)))
     for kind, make in makers:
@@ -167,6 +195,7 @@ def race(size: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1, thr
         / row["plain"]["us_per_token"]
     row["cpu_ratio"] = row["gepalib"]["cpu_us_per_token"] / row["plain"]["cpu_us_per_token"]
     row["within_target"] = row["ratio"] <= TARGET_RATIO
+    row["ttt_train_cpu_ratio"] = row["ttt_train"]["cpu_us_per_token"] / row["plain"]["cpu_us_per_token"]
     if per_matrix:
         row["ratio_per_matrix_ns"] = row["gepalib_per_matrix_ns"]["us_per_token"] / row["plain"]["us_per_token"]
     torch.set_num_threads(1)
@@ -193,6 +222,11 @@ def table(res: dict) -> str:
                      f"{r['plain']['us_per_token']:.0f}",
                      f"{r['ratio']:.2f}x (cpu {r['cpu_ratio']:.2f}x; without Muon {r['ratio_without_muon']:.2f}x{pm})",
                      f"<= {TARGET_RATIO}x: {'yes' if r['within_target'] else 'NO'}"))
+        if "ttt_train" in r:
+            rows.append((f"TTT training pass ({r['tokens_per_step']} tok, {r['threads']} thr, SGD)", r["preset"],
+                         f"{r['ttt_train']['us_per_token']:.0f}", f"{r['plain']['us_per_token']:.0f}",
+                         f"{r['ttt_train']['us_per_token'] / r['plain']['us_per_token']:.2f}x "
+                         f"(cpu {r['ttt_train_cpu_ratio']:.2f}x)", ""))
         ph = r["gepalib"]["phases_us_per_token"]
         rows.append(("  gepalib phases", r["preset"], " / ".join(f"{k} {v:.0f}" for k, v in ph.items()), "", "", ""))
     ev = res.get("eval")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from gepalib.attention import KVCache, sdpa
 from gepalib.config import ModelConfig
+from gepalib.eager import apply_rope, relu2
 from gepalib.validation import check_model
 
 # Name substrings that mark small "control" tensors (quantizer keeps them fp32).
@@ -102,14 +103,6 @@ def rope_cos_sin(cfg: ModelConfig, seq_len: int, device: torch.device,
     n = seq_len if n_pos is None else n_pos
     ang = torch.arange(n, dtype=torch.float64, device=device)[:, None] * theta[None, :]
     return ang.cos().float(), ang.sin().float()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first 2*cos.size(-1) dims of x [..., T, hd]: u'=u cos+w sin, w'=-u sin+w cos."""
-    half = cos.size(-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    u, w, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-    return torch.cat((u * cos + w * sin, w * cos - u * sin, rest), dim=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -251,7 +244,7 @@ class MLP(nn.Module):
         if self.act == "leaky_relu2":
             a = F.leaky_relu(u, 0.5).square()
         else:
-            a = F.relu(u).square()
+            a = relu2(u)
         if self.act == "star_relu2":
             a = torch.addcmul(self.beta.to(a.dtype), a, self.gamma.to(a.dtype))  # gamma*a + beta
         return self.down(a)
@@ -348,14 +341,19 @@ class GPT(nn.Module):
         return self.smear(e, idx) if self.cfg.smear else e
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, logits_from: int = 0) -> Tensor:
         """idx int64 [B,T] -> soft-capped fp32 logits [B,T,V]; with targets: fp32 token-mean
         cross-entropy (reduction='mean') or per-token nll [B,T] (reduction='none').
-        With ``cache``, idx continues the streams the cache holds (see KVCache)."""
+        With ``cache``, idx continues the streams the cache holds (see KVCache).
+        ``logits_from`` = k > 0: the head and the loss only at positions k .. T-1 (logits and nll
+        [B,T-k]; targets are still [B,T]): the same numbers for those positions, a quarter of
+        the head's work when a sliding window scores only its last quarter."""
         cfg = self.cfg
         if idx.dim() != 2:
             raise ValueError(f"GPT expects idx of shape [B, T], got {tuple(idx.shape)}")
         T = idx.size(1)
+        if not 0 <= logits_from < T:
+            raise ValueError(f"logits_from must be in [0, {T}) for T={T}, got {logits_from}")
         if cache is None:
             x = x0 = self.embed(idx)
             rope = rope_cos_sin(cfg, T, idx.device) if cfg.rope_dims else None
@@ -380,6 +378,9 @@ class GPT(nn.Module):
             if i < self.n_enc and cfg.skip_mode != "none":
                 skips.append(x)
 
+        if logits_from:
+            x = x[:, logits_from:]
+            targets = None if targets is None else targets[:, logits_from:]
         h = rms_norm(x, 1.0 / cfg.logit_softcap)  # z/cap = (RMSNorm(x)/cap) E_tok^T
         z = F.linear(h, self.tok_emb.weight.to(h.dtype))
         # tanh in z's dtype (bf16 under autocast, as the submission), the loss in fp32

@@ -335,3 +335,32 @@ def test_eval_cli_records_stages(run_dir, capsys):
     assert "float_ema" not in rd.stages()
     assert main(["eval", str(rd.path), "--model-dim", "128"]) == 2
     assert "cannot override model_dim" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tail", [True, False])
+def test_sliding_head_on_scored_positions_only_changes_no_number(luts, tail, monkeypatch):
+    """The sliding evaluator runs the LM head only from each batch's first scored position
+    (GPT.forward's ``logits_from``); the scores must be bit-equal to the full head's."""
+    model = tiny_model(seed=8)
+    T, stride, N = 32, 8, 300
+    val = stream(N, seed=9)
+    calls = []
+    real = GPT.forward
+
+    def spy(self, *a, **kw):
+        calls.append(kw.get("logits_from", 0))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    fast = eval_sliding(model, val, luts, T, stride, batch_seqs=5, tail_rescore=tail, return_token_losses=True)
+    assert max(calls) == T - stride and calls[0] == 0  # the first batch holds window 0 (scores all)
+
+    def full_head(self, idx, targets=None, reduction="mean", cache=None, logits_from=0):
+        out = real(self, idx, targets, reduction, cache)
+        return out[:, logits_from:]
+
+    monkeypatch.setattr(GPT, "forward", full_head)
+    slow = eval_sliding(model, val, luts, T, stride, batch_seqs=5, tail_rescore=tail, return_token_losses=True)
+    assert (fast.tokens, fast.bytes) == (slow.tokens, slow.bytes)
+    assert fast.val_loss == slow.val_loss and fast.val_bpb == slow.val_bpb
+    assert torch.equal(fast.token_losses, slow.token_losses)

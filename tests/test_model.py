@@ -255,6 +255,61 @@ def test_rope_matches_reference_and_ntk_formula():
     assert rope_base_for(dataclasses.replace(g11, rope_train_seq_len=1024), 2048) == pytest.approx(22082, abs=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_backwards_equal_autograd_bit_for_bit(dtype):
+    """gepalib.eager's hand-written backwards (partial RoPE, relu^2) against autograd's own of
+    the plain expressions: the same forward and gradients, bit for bit."""
+    import torch.nn.functional as F
+
+    from gepalib import eager
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(MINI, rope_dims=8, model_dim=64, num_heads=4)
+    cos, sin = rope_cos_sin(cfg, 10, torch.device("cpu"))
+    cases = [(lambda t: eager.apply_rope(t, cos, sin), lambda t: eager._rotate(t, cos.to(t.dtype), sin.to(t.dtype), 1.0),
+              (2, 3, 10, 16)),
+             (eager.relu2, lambda t: F.relu(t).square(), (4, 10, 48))]
+    for fast, plain, shape in cases:
+        x = torch.randn(shape, dtype=dtype)
+        g = torch.randn(shape, dtype=dtype)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(a), plain(b)
+        assert ya.grad_fn is not None and "Backward" in type(ya.grad_fn).__name__
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+        assert not torch.equal(a.grad, torch.zeros_like(a.grad))
+    # the whole model: one loss and every gradient equal with and without the eager functions
+    import gepalib.model as M
+
+    x = torch.randint(0, MINI.vocab_size, (2, 12))
+    grads = []
+    for rope, relu2 in ((eager.apply_rope, eager.relu2),
+                        (lambda t, c, s: eager._rotate(t, c.to(t.dtype), s.to(t.dtype), 1.0),
+                         lambda t: F.relu(t).square())):
+        M.apply_rope, M.relu2 = rope, relu2
+        try:
+            m = perturbed(MINI)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                loss = m(x, x)
+            loss.backward()
+        finally:
+            M.apply_rope, M.relu2 = eager.apply_rope, eager.relu2
+        grads.append([loss.detach()] + [p.grad for p in m.parameters()])
+    assert all(torch.equal(u, v) for u, v in zip(*grads))
+
+
+def test_logits_from_keeps_the_scored_rows_bit_equal():
+    m = perturbed(MINI).eval()
+    x = torch.randint(0, MINI.vocab_size, (3, 12))
+    with torch.inference_mode():
+        full, part = m(x, x, reduction="none"), m(x, x, reduction="none", logits_from=9)
+        assert part.shape == (3, 3) and torch.equal(full[:, 9:], part)
+        assert torch.equal(m(x)[:, 4:], m(x, logits_from=4))
+    with pytest.raises(ValueError, match="logits_from"):
+        m(x, logits_from=12)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     cfg = dataclasses.replace(MINI, rope_dims=8, model_dim=64, num_heads=4, rope_train_seq_len=64)
     cos, sin = rope_cos_sin(cfg, 20, torch.device("cpu"))

@@ -296,6 +296,7 @@ def score_windows(model: nn.Module, val_tokens: Tensor, luts_d, plan: WindowPlan
         return torch.as_tensor(a, device=device)[:, None]
 
     starts, lens = on_device(plan.start[windows]), on_device(lens_np)
+    s_lo_np = plan.score_lo[windows] - plan.start[windows]
     s_lo, f_lo = on_device(plan.score_lo[windows]) - starts, on_device(plan.fresh_lo[windows]) - starts
     for b0 in track(range(0, len(windows), batch_seqs), "eval_sliding", mode=progress):
         b1 = min(b0 + batch_seqs, len(windows))
@@ -303,8 +304,10 @@ def score_windows(model: nn.Module, val_tokens: Tensor, luts_d, plan: WindowPlan
         pos = torch.arange(L + 1, device=device)[None, :]
         seg = val[(starts[b0:b1] + pos).clamp_(max=plan.n_targets)].to(torch.int64)
         x, y, pos = seg[:, :-1], seg[:, 1:], pos[:, :-1]
+        k = int(s_lo_np[b0:b1].min())  # the head runs only from the batch's first scored position
         with dist.autocast_context(device, autocast):
-            nll = model(x, y, reduction="none").float()
+            nll = model(x, y, reduction="none", logits_from=k).float()
+        x, y, pos = x[:, k:], y[:, k:], pos[:, k:]
         # scored positions: [score_lo - start, length)
         mask = (pos >= s_lo[b0:b1]) & (pos < lens[b0:b1])
         sums.add(nll, target_byte_counts(x, y, luts_d), mask)
