@@ -3,6 +3,7 @@ is reused, and the GPU-hours of the rest (gepalib.run.bill, ``gepa reproduce --p
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gepalib.config import get_preset
 from gepalib.fsio import atomic_write_json
 from gepalib.run import bill as B
 from gepalib.run import plans as PL
+from gepalib.run import rates as R
 from gepalib.rundir import RunDir, default_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,3 +249,160 @@ def test_a_dry_run_notebook_prints_its_bill_and_launches_nothing(name, monkeypat
         shell.reset()
     out = capsys.readouterr().out
     assert f"notebook {name}:" in out and "GPU-h" in out and "dry run: " in out
+
+
+# ---------------------------------------------------------------------------
+# CPU rates from bench/results/speed_ledger.json
+
+SHAPE_KEYS = ("num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_hidden", "vocab_size")
+# the sizes bench/speed_ledger.py measures: tiny, small and "mid" (small's recipe, 6 x 192)
+MID = {"num_layers": 6, "model_dim": 192, "mlp_hidden": 576, "xsa_last_n": 2, "ve_layers": (4, 5)}
+LEDGER_US = {"tiny": 100.0, "mid": 400.0, "small": 1000.0}  # 1-thread us per token: 10k, 2.5k, 1k tok/s
+
+
+def _row(size: str, us: float, threads: int = 1) -> dict:
+    cfg = get_preset("small", **MID) if size == "mid" else get_preset(size)
+    return {"preset": size, "threads": threads, "seq_len": cfg.train.seq_len, "tokens_per_step": 4096,
+            "shape": {k: getattr(cfg.model, k) for k in SHAPE_KEYS},
+            "gepalib": {"us_per_token": us, "cpu_us_per_token": us * 0.9, "params": 1}}
+
+
+def _ledger(tmp_path, sizes=("tiny", "mid", "small")) -> Path:
+    res = {"bench": "speed_ledger", "quick": False, "started": "2031-02-03T04:05:06",
+           "machine": {"machine": "x86_64", "cpu_count": 2, "platform": "Linux-test", "torch": "2.x"},
+           "train": [_row(s, LEDGER_US[s]) for s in sizes] + [_row("tiny", 10.0, threads=2)],  # 2 threads: ignored
+           "eval": {"preset": "tiny", "seq_len": 256, "targets": 8192,
+                    "modes": {"nonoverlapping": {"seconds": 0.25, "tokens": 8192},
+                              "sliding64": {"seconds": 1.0, "tokens": 8192},
+                              "streaming": {"seconds": 0.4, "tokens": 8192},
+                              "ttt": {"chunk_tokens": 4096, "chunks": 2, "epochs": 3, "seconds": 2.5,
+                                      "tokens": 8384, "train_s_per_chunk": 1.5, "score_s_per_chunk": 0.5}}}}
+    p = tmp_path / "speed_ledger.json"
+    p.write_text(json.dumps(res))
+    return p
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _fpt(cfg) -> float:
+    """FLOPs per token, counted here from the shape (independently of the bill's function)."""
+    m, T = cfg.model, cfg.train.seq_len
+    kv = m.num_kv_heads * (m.model_dim // m.num_heads)
+    n = m.num_layers * (2 * m.model_dim ** 2 + 2 * m.model_dim * kv + 2 * m.model_dim * m.mlp_hidden)
+    n += m.vocab_size * m.model_dim + (m.bigram_dim * m.model_dim if m.bigram else 0)
+    n += m.ve_dim * kv if m.ve_layers else 0
+    return 6 * n + 6 * m.num_layers * m.model_dim * T
+
+
+def test_cpu_rates_interpolate_the_ledgers_sizes_log_log(tmp_path, no_cuda):
+    """At a measured size the training rate is the measured one; between two sizes it lies on
+    the straight line of log(tokens/s) against log(FLOPs/token); beyond them the end segment
+    goes on. Evaluation and TTT are measured on tiny and follow the same curve's ratio."""
+    r = B.load_rates(ledger=_ledger(tmp_path))
+    assert r.unit == "CPU process-h" and r.gpu == "1 thread each" and r.ref == "tiny"
+    sizes = {"tiny": get_preset("tiny"), "mid": get_preset("small", **MID), "small": get_preset("small")}
+    f = {k: _fpt(c) for k, c in sizes.items()}
+    assert [(n, fl) for n, fl, _ in r.sizes] == [(k, pytest.approx(f[k], rel=1e-12)) for k in ("tiny", "mid", "small")]
+    for k, cfg in sizes.items():
+        assert r.train_tok_s_at(cfg) == pytest.approx(1e6 / LEDGER_US[k], rel=1e-9), k
+    between = get_preset("tiny", num_layers=6, model_dim=160)  # tiny < it < mid
+    fb = _fpt(between)
+    assert f["tiny"] < fb < f["mid"]
+    t = (math.log(fb) - math.log(f["tiny"])) / (math.log(f["mid"]) - math.log(f["tiny"]))
+    want = math.exp((1 - t) * math.log(1e4) + t * math.log(2.5e3))
+    assert r.train_tok_s_at(between) == pytest.approx(want, rel=1e-9) and 2.5e3 < want < 1e4
+    # beyond small: the mid-small segment's slope goes on
+    big = get_preset("gepa11")
+    slope = (math.log(1e3) - math.log(2.5e3)) / (math.log(f["small"]) - math.log(f["mid"]))
+    assert r.train_tok_s_at(big) == pytest.approx(1e3 * (_fpt(big) / f["small"]) ** slope, rel=1e-9)
+    # evaluation (non-overlapping 8192 tokens in 0.25 s) and TTT (4096 x 3 epochs in 1.5 s) on tiny;
+    # the trainer's periodic validation is eager on a CPU: the evaluation rate
+    assert r.eval_tok_s == pytest.approx(8192 / 0.25) and r.val_tok_s == r.eval_tok_s
+    assert r.ttt_train_tok_s == pytest.approx(4096 * 3 / 1.5) and r.train_tok_s == pytest.approx(1e4)
+    assert r.eval_tok_s_at(sizes["small"]) == pytest.approx(8192 / 0.25 * 1e3 / 1e4, rel=1e-9)
+    assert r.ttt_train_tok_s_at(between) == pytest.approx(4096 * 3 / 1.5 * want / 1e4, rel=1e-9)
+
+
+def test_the_cpu_bill_prices_steps_at_the_measured_rate(tmp_path, no_cuda):
+    """A CPU plan's training costs steps x batch tokens / the 1-thread rate at its size, its
+    periodic validation passes x targets / the evaluation rate; the bill says CPU
+    process-hours and names the ledger, its machine, date and sizes."""
+    r = B.load_rates(ledger=_ledger(tmp_path, sizes=("tiny", "small")))
+    cfg = run.with_length(run.base_config("small", "cpu", str(tmp_path / "fineweb10B_sp1024")), 40, 0.4, 20)
+    n, _ = B.val_targets(cfg)
+    gpu_s, detail = B.price_training(cfg, 0, r)
+    steps, tokens = cfg.train.steps + (cfg.train.compile_warmup if cfg.train.compile else 0), cfg.train.batch_tokens
+    passes = 1 + 1 + 2  # step 0, step 20, the end (live and EMA)
+    assert gpu_s == pytest.approx(steps * tokens / 1e3 + passes * n / (8192 / 0.25 * 1e3 / 1e4), rel=1e-9)
+    assert f"{passes} validation passes" in detail and "CPU process-h" in detail and "GPU" not in detail
+    # a plan of two tiny runs, through the bill
+    params = {"scale": "cpu", "steps": 30, "val_every": 10, "runs_root": str(tmp_path / "runs"),
+              "data_dir": str(tmp_path / "none"), "preset": "tiny"}
+    bill = run.price_plans([run.plan_notebook("01_train", params)], r)
+    (item,) = [i for i in bill["items"] if i.what == "train"]
+    assert item.gpu_s == pytest.approx(30 * 4096 / 1e4, rel=1e-9)  # tiny's shape, 4096-token batches; no val shards
+    text = B.format_bill(bill)
+    total, rates_line = text.splitlines()[-2:]
+    wall = B._hours(bill["wall_hours"] * 3600)
+    assert total.endswith(f"{bill['gpu_hours']:.2f} CPU process-h (1 thread each), wall {wall}")
+    assert "GPU" not in text
+    assert rates_line.startswith("rates: speed_ledger.json of x86_64, 2 CPUs")
+    assert "started 2031-02-03T04:05:06" in rates_line
+    assert "tiny 10,000 / small 1,000" in rates_line and "per process (1 thread)" in rates_line
+
+
+def test_a_corrupt_or_missing_ledger_or_cuda_gives_the_gpu_rates(tmp_path, monkeypatch, no_cuda):
+    """Without a usable ledger the rates are the GPU ones (a note in the source, no error);
+    with a CUDA device they are the GPU ones too; kind forces either."""
+    sub = B.submission_rates()
+    assert B.load_rates(ledger=tmp_path / "missing.json") == sub
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", json.dumps({"train": []}), json.dumps({"train": [{"threads": 1, "preset": "tiny"}]}),
+                 json.dumps({"train": [{**_row("tiny", 100.0), "gepalib": {"us_per_token": 0}}]}),
+                 json.dumps([1, 2])):
+        bad.write_text(text)
+        r = B.load_rates(ledger=bad)
+        assert (r.train_tok_s, r.unit, r.sizes) == (sub.train_tok_s, "GPU-h", ()), text
+        assert r.source.startswith(sub.source) and "bad.json is unusable" in r.source
+    good = _ledger(tmp_path)
+    assert B.load_rates(ledger=good).unit == "CPU process-h"
+    assert B.load_rates(ledger=good, kind="gpu") == sub
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert B.load_rates(ledger=good) == sub
+    assert B.load_rates(ledger=good, kind="cpu").unit == "CPU process-h"
+    with pytest.raises(ValueError, match="rates kind"):
+        B.load_rates(kind="tpu")
+
+
+def test_auto_prices_a_gpu_preset_plan_at_gpu_rates_and_the_flag_forces_cpu(tmp_path, monkeypatch, no_cuda, capsys):
+    """Under auto a plan of gepa11 runs (the gpu.yaml parameters) keeps the GPU rates on a CPU
+    machine; ``--rates cpu`` prices it at this CPU's; a tiny plan gets the CPU rates."""
+    from gepalib.cli import main
+
+    monkeypatch.setattr(R, "default_ledger", lambda: _ledger(tmp_path))
+    gpu_yaml = str(NB_DIR / "01_train.gpu.yaml")
+    common = ["reproduce", "--plan", "--notebooks", "01_train", "--runs-root", str(tmp_path / "runs")]
+    assert main(common + ["--parameters", gpu_yaml]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^total: .* GPU-h \(A100-40GB\)", out, re.M) and "a size the CPU ledger did not measure" in out
+    assert main(common + ["--parameters", gpu_yaml, "--rates", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^total: .* CPU process-h \(1 thread each\)", out, re.M)
+    assert main(common + ["--quick"]) == 0
+    assert "CPU process-h (1 thread each)" in capsys.readouterr().out
+    assert main(common + ["--quick", "--rates", "gpu"]) == 0
+    assert "GPU-h (A100-40GB)" in capsys.readouterr().out
+    # the study's baseline runs are of tiny's family: still a CPU plan; one gepa11 run makes it a GPU one
+    tiny = get_preset("tiny")
+    cpu_plan = PL.NotebookPlan("x", 1, "runs", [tiny], [], {"baseline": run.baseline_config(tiny)})
+    assert B.plan_rates([cpu_plan]).unit == "CPU process-h"
+    gpu_plan = PL.NotebookPlan("y", 8, "runs", [get_preset("gepa11")], [])
+    assert B.plan_rates([cpu_plan, gpu_plan]).unit == "GPU-h"
+    assert B.plan_rates([cpu_plan, gpu_plan], "cpu").unit == "CPU process-h"

@@ -49,7 +49,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         from gepalib.run.bill import format_bill, plan_reproduce
 
         print(format_bill(plan_reproduce(args.notebooks, quick=args.quick, budget=budget, runs_root=args.runs_root,
-                                         data_dir=args.data_dir, figures=args.figures, parameters=params)))
+                                         data_dir=args.data_dir, figures=args.figures, parameters=params,
+                                         rates_kind=args.rates)))
         return 0
     res = reproduce(args.notebooks, budget=budget, out=args.out, figures=args.figures, runs_root=args.runs_root,
                     data_dir=args.data_dir, parameters=params, log_output=args.verbose, workers=args.workers)
@@ -70,6 +71,7 @@ examples:
   gepa reproduce --notebooks 10_warmdown 11_compressibility
   gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown -p nproc=8
   gepa reproduce --plan --parameters notebooks/12_sgd_vs_adamw.gpu.yaml --notebooks 12_sgd_vs_adamw
+  gepa reproduce --plan --study --rates cpu  # the study's bill at this CPU's measured rates
 
 Executed notebooks go to --out (the sources in notebooks/ stay output-free); the runs' progress
 lines are echoed as they come (--verbose: every line of output). A notebook that fails is
@@ -100,5 +102,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--verbose", action="store_true", help="echo the notebooks' cell output")
     p.add_argument("--plan", action="store_true",
                    help="list every run and evaluation the notebooks would launch (commands, what is reused) "
-                        "and the estimated GPU-hours and wall time; train nothing")
+                        "and the estimated GPU-hours (CPU process-hours on a CPU) and wall time; train nothing")
+    p.add_argument("--rates", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="--plan's rates: cpu = this CPU's bench/results/speed_ledger.json (one thread per process), "
+                        "gpu = bench/results/gpu.json or the submission's 4xA100 run; auto (default): cpu when no "
+                        "CUDA device is visible, the ledger reads and the plan trains only sizes it measured")
     p.set_defaults(func=cmd_reproduce)

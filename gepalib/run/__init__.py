@@ -11,7 +11,8 @@ Modules: :mod:`~gepalib.run.stages` (the stage ledger), :mod:`~gepalib.run.pipel
 :mod:`~gepalib.run.results` (tables), :mod:`~gepalib.run.configs` (the notebooks'
 experiment plans), :mod:`~gepalib.run.notebooks` (``gepa reproduce``),
 :mod:`~gepalib.run.plans` (what each notebook trains and evaluates) and
-:mod:`~gepalib.run.bill` (its GPU-hours, ``gepa reproduce --plan``). A run's identity
+:mod:`~gepalib.run.bill` (its GPU-hours, or CPU process-hours at :mod:`~gepalib.run.rates`'
+CPU rates, ``gepa reproduce --plan``). A run's identity
 is :func:`gepalib.rundir.identity` (see docs/runs.md).
 
 ``run.run_key`` (the notebooks' name) is :func:`~gepalib.rundir.identity_hash`. Note that
@@ -24,7 +25,8 @@ from gepalib.run.configs import (BASELINE_SWITCHES, SCALES, base_config, baselin
                                  longest_rung_configs, scale_overrides, with_length)
 from gepalib.run.launch import (KILL_GRACE_S, TAIL_LINES, RunFailed, ensure_artifact, ensure_stages, launch,
                                 launch_many, run_streamed, torchrun_command)
-from gepalib.run.bill import format_bill, load_rates, plan_reproduce, price_plans, stop_if_dry_run
+from gepalib.run.bill import format_bill, plan_reproduce, price_plans, stop_if_dry_run
+from gepalib.run.rates import load_rates
 from gepalib.run.notebooks import NOTEBOOKS, execute_notebook, load_parameters_file, reproduce
 from gepalib.run.plans import PLANNERS, plan_notebook
 from gepalib.run.pipeline import describe_artifact, evaluate_run, quantize_run

@@ -11,111 +11,40 @@ whose stage rows are in the run's ledger with the same settings costs nothing (t
 :func:`gepalib.run.ensure_stages`). Runs and evaluations that several notebooks share are
 priced once, by the first notebook that makes them.
 
-**Rates** (:func:`load_rates`). ``bench/results/gpu.json`` when it holds a GPU measurement
-(``bench/gpu_check.py``, not ``--tiny``): its per-GPU training tokens/s (compiled when it
-ran), evaluation tokens/s and TTT seconds per chunk. Otherwise the submission's 4xA100-40GB
-run: 10,011 s for 20,000 steps of 786,432 tokens (500.6 ms/step, 392.8k tokens/s per GPU)
-and 2,066 s for its TTT evaluation, whose forward-token work (969,088 windows of 2,048 tokens
-scored, 18,920 SGD steps of 32,768 tokens at 3x a forward) gives ~465k forward tokens/s per
-GPU for the (eager) evaluations. The trainer's periodic validation runs compiled: a forward
-is a third of a training step's FLOPs, so 3x the training rate. With a measurement, the
-evaluations take its non-overlapping rate and TTT its seconds per chunk. Other model sizes
-scale by training FLOPs per token (6 x matmul
-parameters + 6 L d T attention). Wall time is GPU-seconds / nproc (no communication cost,
-no compile time: a first-order estimate to decide on, not a promise).
+**Rates** (:func:`load_rates`, :mod:`gepalib.run.rates`). On a machine with a CUDA device,
+a GPU's: ``bench/results/gpu.json`` when it holds a GPU measurement, else the submission's
+4xA100-40GB run, at gepa11's size and scaled to other sizes by training FLOPs per token; the
+bill counts GPU-hours. On a CPU machine, the rates this CPU measured in
+``bench/results/speed_ledger.json`` (``make bench``): one training process of one torch thread
+at a few model sizes, log-log interpolated in FLOPs per token, and the evaluation modes; the
+bill counts CPU process-hours, one thread each, and the trainer's periodic validation runs at
+the (eager) evaluation rate. A plan that trains a preset the ledger did not measure (gepa11 or
+baseline9, as the ``*.gpu.yaml`` parameters do) is priced at the GPU rates it is meant for;
+``gepa reproduce --plan --rates cpu|gpu`` forces either. Wall time is process time / nproc (no
+communication cost, no compile time: a first-order estimate to decide on, not a promise).
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gepalib import checkpoint as ckpt
-from gepalib.config import RunConfig, get_preset, override
-from gepalib.paths import project_root, resolve_path
+from gepalib.config import RunConfig, override
+from gepalib.paths import resolve_path
 from gepalib.data import list_shards, read_shard_header, val_keep
 from gepalib.findings.reference import HEADLINE
 from gepalib.run.launch import torchrun_command
 from gepalib.run.plans import NotebookPlan, PlannedEval
+from gepalib.run.rates import (GEPA11_FLOPS, RATE_KINDS, Rates, flops_per_token, gpu_rates,  # noqa: F401 (re-exported)
+                               load_rates, submission_rates)
 from gepalib.run.stages import find_stage, stage_kinds, stage_settings
 from gepalib.rundir import RunDir, default_run_dir, is_finished
 
 FINEWEB_VAL_TOKENS = HEADLINE["val_targets"] + 1  # the submission's val split (62,021,633 tokens)
-SUBMISSION_GPUS = 4
-
-
-@dataclass(frozen=True)
-class Rates:
-    """Per-GPU throughputs at gepa11's size (other sizes scale by FLOPs per token)."""
-
-    source: str
-    gpu: str  # what one GPU-hour is an hour of
-    train_tok_s: float  # training tokens / s
-    val_tok_s: float  # the trainer's periodic validation (compiled on CUDA): tokens / s
-    eval_tok_s: float  # evaluations of gepa eval / ensure_stages (eager): forward tokens / s
-    ttt_train_tok_s: float  # TTT training tokens / s (one forward + backward each)
-
-
-def submission_rates() -> Rates:
-    step_s = HEADLINE["train_seconds"] / HEADLINE["steps"]
-    train = 786_432 / step_s / SUBMISSION_GPUS
-    score_work = HEADLINE["sliding_windows"] * 2048
-    ttt_work = 3 * HEADLINE["ttt_steps"] * 32_768
-    fwd = (score_work + ttt_work) / (HEADLINE["eval_seconds"] * SUBMISSION_GPUS)
-    return Rates(f"the submission's 4xA100 run ({1000 * step_s:.1f} ms/step, TTT eval {HEADLINE['eval_seconds']} s)",
-                 "A100-40GB", train, 3 * train, fwd, fwd / 3)
-
-
-def load_rates(path: str | os.PathLike | None = None) -> Rates:
-    """Rates from ``bench/results/gpu.json`` when it is a GPU measurement, else the submission's."""
-    p = Path(path) if path else project_root() / "bench" / "results" / "gpu.json"
-    try:
-        res = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return submission_rates()
-    parts = res.get("parts") or {}
-    train = parts.get("train") or {}  # the layout before the check's parts were split
-    runs = {"compiled": parts.get("train_compiled") or train.get("compiled"),
-            "eager": parts.get("train_eager") or train.get("eager")}
-    kind = "compiled" if runs["compiled"] else "eager"
-    run = runs[kind]
-    if res.get("tiny", True) or not run or not run.get("tokens_per_s"):
-        return submission_rates()
-    sub = submission_rates()
-    modes = ((res.get("parts") or {}).get("eval") or {}).get("modes") or {}
-    ev = (res.get("parts") or {}).get("eval") or {}
-    val = modes.get("nonoverlapping", {}).get("tokens_per_s")
-    ttt = modes.get("ttt", {})
-    chunk, epochs = ev.get("chunk_tokens"), ev.get("ttt_epochs")
-    ttt_rate = chunk * epochs / ttt["train_s_per_chunk"] if ttt.get("train_s_per_chunk") and chunk and epochs else None
-    micro = run.get("micro_batch_tokens") or train.get("micro_batch_tokens", 98_304)
-    return Rates(f"{p.name}: {res.get('device_name', 'GPU')} ({kind}, {run['ms_per_step_median']:.1f} ms per "
-                 f"{micro:,}-token micro-step)", res.get("device_name", "GPU"),
-                 float(run["tokens_per_s"]), 3 * float(run["tokens_per_s"]), float(val or sub.eval_tok_s),
-                 float(ttt_rate or sub.ttt_train_tok_s))
-
-
-# ---------------------------------------------------------------------------
-# Sizes
-
-
-def flops_per_token(cfg: RunConfig) -> float:
-    """Training FLOPs per token: 6 x the matmul parameters (tied head counted, lookup tables not)
-    + 6 L d T for causal attention."""
-    m, T = cfg.model, cfg.train.seq_len
-    kv = m.num_kv_heads * m.head_dim
-    block = 2 * m.model_dim * m.model_dim + 2 * m.model_dim * kv + 2 * m.model_dim * m.mlp_hidden
-    n = m.num_layers * block + m.vocab_size * m.model_dim
-    n += m.bigram_dim * m.model_dim if m.bigram else 0
-    n += m.ve_dim * kv if m.ve_layers else 0
-    return 6.0 * n + 6.0 * m.num_layers * m.model_dim * T
-
-
-GEPA11_FLOPS = flops_per_token(get_preset("gepa11"))
 
 
 def val_targets(cfg: RunConfig, val_tokens: int | None = None) -> tuple[int | None, str]:
@@ -169,22 +98,24 @@ def _eval_points(tc, start: int) -> list[int]:
 
 
 def price_training(cfg: RunConfig, start: int, rates: Rates) -> tuple[float, str]:
-    """GPU-seconds of training ``cfg`` from step ``start``: the steps (+ the compile warm-up) and
-    the periodic validation (live, EMA when ``val_ema`` and always at the end)."""
-    tc, ratio = cfg.train, flops_per_token(cfg) / GEPA11_FLOPS
+    """Seconds (of one GPU or CPU process) of training ``cfg`` from step ``start``: the steps (+
+    the compile warm-up) and the periodic validation (live, EMA when ``val_ema`` and always at
+    the end)."""
+    tc, u = cfg.train, rates.unit
     steps = tc.steps - start + (tc.compile_warmup if tc.compile and start < tc.steps else 0)
-    train_s = steps * tc.batch_tokens * ratio / rates.train_tok_s
+    train_s = steps * tc.batch_tokens / rates.train_tok_s_at(cfg)
     n, note = val_targets(cfg)
     pts = _eval_points(tc, start)
     passes = sum(1 if s == 0 else (2 if s == tc.steps or cfg.eval.val_ema else 1) for s in pts)
-    val_s = passes * (n or 0) * ratio / rates.val_tok_s
-    return train_s + val_s, f"{steps} steps {train_s / 3600:.2f} GPU-h + {passes} validation passes " \
-                            f"{val_s / 3600:.2f} GPU-h" + (f" ({note})" if note else "")
+    val_s = passes * (n or 0) / rates.val_tok_s_at(cfg)
+    return train_s + val_s, f"{steps} steps {train_s / 3600:.2f} {u} + {passes} validation passes " \
+                            f"{val_s / 3600:.2f} {u}" + (f" ({note})" if note else "")
 
 
 def price_eval(cfg: RunConfig, ev: PlannedEval, rates: Rates, kinds: list[str]) -> tuple[float, str]:
-    """GPU-seconds of the stage ``kinds`` (roundtrip | sliding | ttt) of ``ev`` on the run ``cfg``."""
-    ratio = flops_per_token(cfg) / GEPA11_FLOPS
+    """Seconds (of one GPU or CPU process) of the stage ``kinds`` (roundtrip | sliding | ttt) of
+    ``ev`` on the run ``cfg``."""
+    fwd, ttt_rate = rates.eval_tok_s_at(cfg), rates.ttt_train_tok_s_at(cfg)
     e = override(cfg, **ev.overrides) if ev.overrides and ev.kind != "quantizers" else cfg
     n, note = val_targets(e)
     if n is None:
@@ -193,15 +124,15 @@ def price_eval(cfg: RunConfig, ev: PlannedEval, rates: Rates, kinds: list[str]) 
     secs, parts = 0.0, []
     for k in kinds:
         if k == "roundtrip":
-            s = n / rates.eval_tok_s * max(1, len(ev.modes))
+            s = n / fwd * max(1, len(ev.modes))
         elif k == "sliding" or (k == "ttt" and e.ttt.ttt_scoring == "sliding"):
-            s = n * T / stride / rates.eval_tok_s  # every window's forward
+            s = n * T / stride / fwd  # every window's forward
         else:  # streaming scoring: about one forward per token
-            s = n / rates.eval_tok_s
+            s = n / fwd
         if k == "ttt":
             chunks = math.ceil(n / e.ttt.ttt_chunk_tokens)
-            s += (chunks - 1) * e.ttt.ttt_chunk_tokens * e.ttt.ttt_epochs / rates.ttt_train_tok_s
-        secs += s * ratio
+            s += (chunks - 1) * e.ttt.ttt_chunk_tokens * e.ttt.ttt_epochs / ttt_rate
+        secs += s
         parts.append(k)
     fam = "" if e.ttt.ttt_family == "full" or "ttt" not in kinds else f" ({e.ttt.ttt_family}: priced as full TTT)"
     return secs, "+".join(parts) + f" on {n:,} targets" + fam + (f" ({note})" if note else "")
@@ -228,9 +159,27 @@ def _has_artifact(rd: RunDir) -> bool:
         rd.artifact.stat().st_mtime >= rd.ema_weights.stat().st_mtime
 
 
-def price_plans(plans: list[NotebookPlan], rates: Rates | None = None) -> dict[str, Any]:
-    """Every run and evaluation of ``plans`` with its status and price (nothing is run)."""
-    rates = rates or load_rates()
+def plan_rates(plans: list[NotebookPlan], kind: str = "auto") -> Rates:
+    """:func:`load_rates` of ``kind`` for ``plans``. Under auto the CPU rates price only plans
+    whose runs are all of preset families the ledger measured (``tiny_baseline`` is of
+    ``tiny``'s); one of gepa11 or baseline9 (what the ``*.gpu.yaml`` parameters train) makes
+    the plan a GPU plan, priced at the GPU rates."""
+    rates = load_rates(kind=kind)
+    if kind != "auto" or not rates.sizes:
+        return rates
+    measured = {name for name, _, _ in rates.sizes}
+    other = sorted({cfg.preset.split("_")[0] for plan in plans for _, cfg in plan.all_runs()} - measured)
+    if not other:
+        return rates
+    r = load_rates(kind="gpu")
+    return replace(r, source=f"{r.source} (the plan trains {', '.join(other)}, a size the CPU ledger did not "
+                             f"measure; --rates cpu prices it on this CPU)")
+
+
+def price_plans(plans: list[NotebookPlan], rates: Rates | None = None, kind: str = "auto") -> dict[str, Any]:
+    """Every run and evaluation of ``plans`` with its status and price (nothing is run), at
+    ``rates`` (default :func:`plan_rates` of ``kind``)."""
+    rates = rates or plan_rates(plans, kind)
     items: list[Item] = []
     seen_runs: dict[str, str] = {}
     seen_evals: dict[tuple, str] = {}
@@ -303,23 +252,26 @@ def format_bill(bill: dict[str, Any], *, commands: bool = True) -> str:
     by_nb: dict[str, list[Item]] = {}
     for i in bill["items"]:
         by_nb.setdefault(i.notebook, []).append(i)
+    u = rates.unit
     for nb, items in by_nb.items():
         out.append(f"notebook {nb}:")
         for i in items:
             out.append(f"  {i.what:<5} {i.label}  nproc {i.nproc}  [{i.status}]  "
-                       f"{i.gpu_s / 3600:.2f} GPU-h, wall {_hours(i.wall_s)}" + (f"  ({i.detail})" if i.detail else ""))
+                       f"{i.gpu_s / 3600:.2f} {u}, wall {_hours(i.wall_s)}" + (f"  ({i.detail})" if i.detail else ""))
             if i.what == "train":
                 out.append(f"        run_dir {i.run_dir}")
             if commands and i.command:
                 out.append("        $ " + " ".join(i.command))
         sub = sum(i.gpu_s for i in items)
-        out.append(f"  subtotal {nb}: {sub / 3600:.2f} GPU-h, wall {_hours(sum(i.wall_s for i in items))}")
+        out.append(f"  subtotal {nb}: {sub / 3600:.2f} {u}, wall {_hours(sum(i.wall_s for i in items))}")
     out.append(f"total: {bill['train_runs']} runs to train ({bill['reused_runs']} reused or shared), "
-               f"{bill['evals']} evaluations; {bill['gpu_hours']:.2f} GPU-h ({rates.gpu}), "
+               f"{bill['evals']} evaluations; {bill['gpu_hours']:.2f} {u} ({rates.gpu}), "
                f"wall {_hours(bill['wall_hours'] * 3600)}")
-    out.append(f"rates: {rates.source}; per GPU: train {rates.train_tok_s:,.0f} tok/s, validation "
-               f"{rates.val_tok_s:,.0f} tok/s, evaluation {rates.eval_tok_s:,.0f} forward tok/s, TTT train {rates.ttt_train_tok_s:,.0f} tok/s at gepa11's size; wall = GPU time / nproc, "
-               f"no communication or compile time")
+    how = " (other sizes: log-log through the measured sizes' training rates)" if rates.sizes else ""
+    out.append(f"rates: {rates.source}; per {rates.per}: train {rates.train_tok_s:,.0f} tok/s, validation "
+               f"{rates.val_tok_s:,.0f} tok/s, evaluation {rates.eval_tok_s:,.0f} forward tok/s, TTT train "
+               f"{rates.ttt_train_tok_s:,.0f} tok/s at {rates.ref}'s size{how}; wall = {rates.per.split()[0]} time "
+               f"/ nproc, no communication or compile time")
     return "\n".join(out)
 
 
@@ -361,10 +313,11 @@ def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
 
 def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, budget: str | None = None,
                    runs_root: str = "runs", data_dir: str = "data/sotu_sp1024", figures: str = "figures",
-                   parameters: dict[str, Any] | None = None, rates: Rates | None = None) -> dict[str, Any]:
+                   parameters: dict[str, Any] | None = None, rates: Rates | None = None,
+                   rates_kind: str = "auto") -> dict[str, Any]:
     """The bill of ``gepa reproduce`` with the same arguments: each notebook gets the parameters
     :func:`gepalib.run.notebooks.reproduce` would inject (``budget`` demo | study | quick), and
-    nothing runs."""
+    nothing runs; priced at ``rates`` (default :func:`plan_rates` of ``rates_kind``)."""
     from gepalib.run.notebooks import NOTEBOOKS, budget_parameters
     from gepalib.run.plans import plan_notebook
 
@@ -380,4 +333,4 @@ def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, b
         params.update(budget_parameters(name, budget))
         params.update(parameters or {})
         plans.append(plan_notebook(name, params))
-    return price_plans(plans, rates)
+    return price_plans(plans, rates, rates_kind)
