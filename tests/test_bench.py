@@ -26,7 +26,9 @@ def test_speed_ledger_smoke(tmp_path, capsys):
     assert row["ratio"] > 0 and row["cpu_ratio"] > 0 and len(row["gepalib"]["step_s"]) == 1
     assert row["shape"]["num_layers"] == 4 and row["shape"]["model_dim"] == 128
     assert set(r["eval"]["modes"]) == {"nonoverlapping", "sliding64", "streaming", "ttt"}
+    assert row["ttt_train"]["cpu_us_per_token"] > 0 and row["ttt_train_cpu_ratio"] > 0
     printed = capsys.readouterr().out
+    assert "| TTT training pass (512 tok, 1 thr, SGD) | tiny |" in printed
     assert "| train step (512 tok, 1 thr, NS " in printed and "| eval ttt | tiny |" in printed
 
 
