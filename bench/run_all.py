@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "eval_throughput": ("eval_throughput.py", [], ["--quick"]),
     "compression": ("compression.py", [], ["--quick"]),
     "speed_ledger": ("speed_ledger.py", [], ["--quick"]),
+    "feature_costs": ("feature_costs.py", [], ["--quick"]),
     "gpu": ("gpu_check.py", [], []),
 }
 

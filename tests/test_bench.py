@@ -1,5 +1,5 @@
-"""The benchmarks' own checks: the speed ledger's smoke run, the plain baseline's shape and
-run_all's list of benchmarks (the GPU check's: tests/test_gpu_check.py)."""
+"""The benchmarks' own checks: the speed ledger's and the feature-cost bench's smoke runs, the
+plain baseline's shape and run_all's list of benchmarks (the GPU check's: tests/test_gpu_check.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import run_all, speed_ledger  # noqa: E402
+from bench import feature_costs, run_all, speed_ledger  # noqa: E402
 
 
 def test_speed_ledger_smoke(tmp_path, capsys):
@@ -30,6 +30,30 @@ def test_speed_ledger_smoke(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| TTT training pass (512 tok, 1 thr, SGD) | tiny |" in printed
     assert "| train step (512 tok, 1 thr, NS " in printed and "| eval ttt | tiny |" in printed
+
+
+def test_feature_costs_smoke(tmp_path, capsys):
+    out = tmp_path / "feature_costs.json"
+    assert feature_costs.main(["--quick", "--presets", "tiny", "--batch", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    (row,) = r["presets"]
+    assert row["preset"] == "tiny" and row["tokens_per_step"] == 256 and row["reps"] == 2 and row["warmup"] == 1
+    from gepalib.config import get_preset
+
+    names = [v["variant"] for v in row["variants"]]
+    assert names == [n for n, _, _ in feature_costs.variants_for(get_preset("tiny").model)]
+    assert {"default", "no_bigram", "no_smear", "no_value_embed", "no_xsa", "skip_add", "skip_none", "no_resid_mix",
+            "no_ln_scale", "no_qk_norm", "no_rope", "rope_full", "mlp_relu2", "embed_bfloat16", "all_off",
+            "plain_gpt"} == set(names)
+    for v in row["variants"]:
+        assert len(v["cpu_us_per_token"]) == 2 and min(v["cpu_us_per_token"]) > 0 and v["median_us_per_token"] > 0
+        assert v["params"] > 0 and ("cost_us_per_token" in v) == (v["variant"] != "default")
+    by = {v["variant"]: v for v in row["variants"]}
+    assert by["no_bigram"]["params"] < by["default"]["params"] == by["no_xsa"]["params"]
+    top = row["profile"]["top"]
+    assert len(top) == 10 and all(t["self_cpu_us"] > 0 for t in top) and 0 < sum(t["share"] for t in top) <= 1
+    printed = capsys.readouterr().out
+    assert "| no_bigram | bigram=False |" in printed and "| aten::" in printed
 
 
 def test_plain_baseline_has_the_preset_shape():
