@@ -50,7 +50,8 @@ from gepalib.eval.windows import eval_nonoverlapping
 from gepalib.faults import FaultHooks, NonFiniteLoss, StopFlag, TrainInterrupted
 from gepalib.fsio import atomic_torch_save
 from gepalib.model import GPT
-from gepalib.optim import build_optimizers, format_group_table, resolve_ns_dtype, set_lr
+from gepalib.muon import resolve_ns_dtype
+from gepalib.optim import build_optimizers, format_group_table, set_lr
 from gepalib.paths import resolve_path
 from gepalib.plan import check_data_dir, make_plan
 from gepalib.rundir import RunDir, identity_hash

@@ -13,7 +13,7 @@ import torch
 
 from gepalib import checkpoint as ckpt
 from gepalib.config import get_preset, override
-from gepalib.optim import resolve_ns_dtype
+from gepalib.muon import resolve_ns_dtype
 from gepalib.rundir import RunDir
 from gepalib.faults import NAN_ENV, SIGNAL_ENV, FaultHooks
 from gepalib.train import TIMING_KEYS, EMA, NonFiniteLoss, Trainer, TrainInterrupted, train
