@@ -36,7 +36,7 @@ from gepalib.config import override
 from gepalib.faults import WRITE_ENV
 from gepalib.fsio import loads_strict, verify_file
 from gepalib.quant.artifact import load_artifact_state_dict
-from gepalib.run.launch import _descendants
+from gepalib.run.supervise import _descendants
 from gepalib.rundir import RunDir, is_finished
 from gepalib.runlock import RunLock
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gepalib import muon, run, rundir
-from gepalib.run.launch import _alive
+from gepalib.run.supervise import _alive
 from gepalib.config import get_preset, override
 from gepalib.rundir import RunDir
 
