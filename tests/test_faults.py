@@ -36,7 +36,7 @@ from gepalib.config import override
 from gepalib.faults import WRITE_ENV
 from gepalib.fsio import loads_strict, verify_file
 from gepalib.quant.artifact import load_artifact_state_dict
-from gepalib.run.launch import _descendants
+from gepalib.run.supervise import _descendants
 from gepalib.rundir import RunDir, is_finished
 from gepalib.runlock import RunLock
 
@@ -542,7 +542,7 @@ def test_bad_values_are_refused_before_the_run_dir_exists(ref, tmp_path):
 def test_bad_dataset_input_is_refused_in_one_line(sotu_data_dir, tmp_path):
     """`gepa data prepare` with --val-docs below 1 or a vocabulary SentencePiece cannot build;
     `gepa data check` on a dataset whose manifest.json was deleted (not `status: ok`)."""
-    from gepalib.prepare import sotu_documents
+    from gepalib.corpus import sotu_documents
 
     _, train, _ = sotu_documents(2000, 1_250_000, 1337)
     src = tmp_path / "docs.jsonl"
@@ -574,7 +574,7 @@ def test_bad_dataset_input_is_refused_in_one_line(sotu_data_dir, tmp_path):
 
 def test_prepare_killed_at_random_moments(tmp_path):
     from gepalib.data import check_manifest_files, read_manifest
-    from gepalib.prepare import sotu_documents
+    from gepalib.corpus import sotu_documents
 
     val, train, _ = sotu_documents(4000, 1_250_000, 1337)
     src = tmp_path / "docs.jsonl"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gepalib import dist
 from gepalib import model as M
-from gepalib import optim as O
+from gepalib import muon as MU
 from gepalib.config import ModelConfig, get_preset, override
 from gepalib.train import Trainer, reduce_grads
 
@@ -133,18 +133,18 @@ def test_gepa11_compiles_with_the_submissions_warmup():
 
 
 def test_newton_schulz_is_compiled_on_cuda_and_eager_on_the_cpu(monkeypatch):
-    assert O.newton_schulz_fn("cpu") is O._newton_schulz
-    monkeypatch.setattr(O, "_NS_COMPILED", None)
+    assert MU.newton_schulz_fn("cpu") is MU._newton_schulz
+    monkeypatch.setattr(MU, "_NS_COMPILED", None)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "triton" else real(name, *a))
-    fn = O.newton_schulz_fn("cuda")
-    assert fn is not O._newton_schulz and O.newton_schulz_fn("cuda") is fn  # compiled once
+    fn = MU.newton_schulz_fn("cuda")
+    assert fn is not MU._newton_schulz and MU.newton_schulz_fn("cuda") is fn  # compiled once
     G = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
     try:  # the compiled graph (inductor's CPU backend here) computes the same bf16 iteration
         got = fn(G, 5, 1e-7)
     except Exception as e:  # noqa: BLE001 -- no C++ toolchain for inductor on this machine
         pytest.skip(f"inductor cannot compile on this CPU: {type(e).__name__}")
-    want = O._newton_schulz(G, 5, 1e-7)
+    want = MU._newton_schulz(G, 5, 1e-7)
     assert got.dtype == torch.bfloat16 and got.shape == G.shape
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
 

@@ -11,8 +11,9 @@ import torch
 
 from gepalib import config as C
 from gepalib.attention import NATIVE_GQA, sdpa
-from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, component_of, param_breakdown,
-                           rope_base_for, rope_cos_sin, validate_config, xsa)
+from gepalib.model import (CONTROL_PATTERNS, GPT, apply_rope, bigram_hash, rope_base_for, rope_cos_sin,
+                           validate_config, xsa)
+from gepalib.param_count import component_of, param_breakdown
 
 # A small config with every feature on; n_enc = 2, so block 2 gets block 1's output,
 # block 3 gets block 0's, block 4 gets none. rope_train_seq_len=8 makes NTK active at T > 8.

@@ -1,4 +1,4 @@
-"""Muon, the submission's parameter groups and the schedules (gepalib/optim.py)."""
+"""Muon (gepalib/muon.py), the submission's parameter groups and the schedules (gepalib/optim.py)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gepalib.config import TrainConfig, get_preset, override
-from gepalib.optim import (Muon, build_optimizers, group_of, lr_multiplier, muon_momentum, muon_shape_scale,
-                           param_groups, set_lr, zeropower_newton_schulz)
+from gepalib.muon import Muon, muon_shape_scale, zeropower_newton_schulz
+from gepalib.optim import build_optimizers, group_of, lr_multiplier, muon_momentum, param_groups, set_lr
 
 A, B, C = 3.4445, -4.7750, 2.0315
 
@@ -279,7 +279,7 @@ def test_set_lr_applies_base_lr_times_multiplier(gepa11_model):
 def test_ns_dtype_auto_is_chosen_by_the_device():
     """"auto": the submission's bf16 on CUDA and on CPUs with native bf16 matmuls, fp32 on CPUs
     that emulate them; explicit values pass through; the optimizer gets the resolved one."""
-    from gepalib.optim import resolve_ns_dtype
+    from gepalib.muon import resolve_ns_dtype
 
     assert resolve_ns_dtype("auto", "cuda", native_bf16=False) == "bf16"
     assert resolve_ns_dtype("auto", "cpu", native_bf16=False) == "fp32"
@@ -303,7 +303,7 @@ def test_batched_newton_schulz_equals_the_per_matrix_iteration(dtype):
     """One batched product per iteration step over same-shape matrices gives each matrix's own
     result: within fp32 rounding in fp32 (bit-equal on the AVX-512 CPU it was written on), and
     Muon's batched and per-matrix steps move the weights alike."""
-    from gepalib.optim import newton_schulz_batched
+    from gepalib.muon import newton_schulz_batched
 
     g = torch.Generator().manual_seed(0)
     for shape in ((4, 32, 16), (3, 16, 48), (2, 24, 24)):

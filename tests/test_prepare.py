@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from gepalib import corpus
 from gepalib import prepare as P
 from gepalib.cli import main as gepa
 from gepalib.data import list_shards, load_tokenizer, read_shard, sha256_file, validate_data_dir
@@ -39,7 +40,7 @@ def test_sotu_manifest_and_shards(sotu_data_dir):
 
 
 def test_sotu_documents_are_val_first_and_held_out_by_speech(sotu_data_dir):
-    val, train, source = P.sotu_documents(4000, 1_250_000, 1337)
+    val, train, source = corpus.sotu_documents(4000, 1_250_000, 1337)
     assert 0 < len(source["val_speeches"]) < source["speeches"]
     assert not set(val) & set(train)
     assert max(len(d) for d in val + train) < 4000 + 9000  # paragraphs are never split; the longest is ~8.4k
@@ -105,7 +106,7 @@ def _write_jsonl(path, texts):
 
 @pytest.fixture(scope="module")
 def small_texts():
-    val, train, _ = P.sotu_documents(2000, 1_250_000, 1337)
+    val, train, _ = corpus.sotu_documents(2000, 1_250_000, 1337)
     return train[:120]
 
 

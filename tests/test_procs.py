@@ -5,7 +5,7 @@ import sys
 import time
 
 from gepalib import procs, runlock
-from gepalib.run.launch import _alive, _descendants
+from gepalib.run.supervise import _alive, _descendants
 
 
 def test_pid_alive_live_dead_zombie_and_no_pid():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gepalib import optim, run, rundir
-from gepalib.run.launch import _alive
+from gepalib import muon, run, rundir
+from gepalib.run.supervise import _alive
 from gepalib.config import get_preset, override
 from gepalib.rundir import RunDir
 
@@ -68,10 +68,10 @@ def test_identity_hashes_are_stable(monkeypatch):
             assert rundir.identity_hash(c) == run_hash, preset
             assert rundir.identity_hash(c, resume=True) == resume_hash, preset
     cpu = override(get_preset("tiny"), data_dir="/data/sotu_sp1024", device="cpu")
-    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(muon, "cpu_has_native_bf16", lambda: False)
     assert rundir.identity_hash(cpu) == rundir.identity_hash(override(cpu, muon_ns_dtype="fp32"))
     assert rundir.identity_hash(cpu) != rundir.identity_hash(override(cpu, muon_ns_dtype="bf16"))
-    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(muon, "cpu_has_native_bf16", lambda: True)
     assert rundir.identity_hash(cpu) == rundir.identity_hash(override(cpu, muon_ns_dtype="bf16"))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from gepalib import run
 from gepalib.config import get_preset, override
-from gepalib.optim import Muon, zeropower_newton_schulz
+from gepalib.muon import Muon, zeropower_newton_schulz
 from gepalib.run import notebooks as NB
 from gepalib.run import study
 from gepalib.run.plans import notebook_defaults

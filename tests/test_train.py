@@ -1,4 +1,4 @@
-"""The trainer (gepalib/train.py): run directory, EMA, resume, failures, learning."""
+"""The trainer (gepalib/train.py, gepalib/trainloop.py): run directory, EMA, resume, failures, learning."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,10 @@ import torch
 
 from gepalib import checkpoint as ckpt
 from gepalib.config import get_preset, override
-from gepalib.optim import resolve_ns_dtype
+from gepalib.muon import resolve_ns_dtype
 from gepalib.rundir import RunDir
-from gepalib.faults import NAN_ENV, SIGNAL_ENV, FaultHooks
-from gepalib.train import TIMING_KEYS, EMA, NonFiniteLoss, Trainer, TrainInterrupted, train
+from gepalib.faults import NAN_ENV, SIGNAL_ENV, FaultHooks, TrainInterrupted
+from gepalib.train import TIMING_KEYS, EMA, NonFiniteLoss, Trainer, train
 
 # A GEPA model small enough for ~30 ms steps: every feature on, 2 layers.
 MICRO = dict(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_hidden=128, ve_layers=(1,),

@@ -152,7 +152,7 @@ def part_compile_probe(chk: Check, res: dict) -> dict:
     forward+backward at the TTT batch). On the CPU the aot_eager backend: graph capture observed,
     no code generated (no C++ toolchain needed)."""
     from gepalib import dist
-    from gepalib.optim import _newton_schulz
+    from gepalib.muon import _newton_schulz
 
     backend = "inductor" if chk.cuda else "aot_eager"
     cfg, T, dev = chk.cfg, chk.T, chk.dev

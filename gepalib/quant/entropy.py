@@ -203,6 +203,19 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int,
 
     The side stream is decompressed only when its declared length is at most what
     ``encode`` can write for these shapes and at most ``max_side`` (the caller's cap)."""
+    side_raw, words = _read_payload(payload, shapes, residual_len, max_side)
+    side = _Reader(side_raw, "rans side data")
+    plans = [_read_models(side, rows, cols) for rows, cols in shapes]
+    residual = side.take(residual_len)
+    if side.pos != len(side_raw):
+        raise ValueError(f"rans side data: {len(side_raw) - side.pos} unexpected bytes")
+    return _decode_symbols(words, plans), residual
+
+
+def _read_payload(payload: bytes, shapes: list[tuple[int, int]], residual_len: int,
+                  max_side: int | None) -> tuple[bytes, np.ndarray]:
+    """(the raw side bytes, the ANS words) of a payload, its lengths checked before anything is
+    decompressed and nothing left over after the words."""
     rd = _Reader(payload, "rans payload")
     codec, blob_len, side_len = struct.unpack("<BII", rd.take(9))
     limit = max_side_bytes(shapes, residual_len)
@@ -216,44 +229,47 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int,
         side_raw = _decompress_side(codec, rd.take(blob_len), side_len)
     except (zstandard.ZstdError, lzma.LZMAError, brotli.error) as e:
         raise ValueError(f"rans side data is corrupt ({e})") from None
-    side = _Reader(side_raw, "rans side data")
     n_words = rd.u32()
     words = np.frombuffer(rd.take(4 * n_words), dtype="<u4").astype(np.uint32)
     if rd.pos != len(payload):
         raise ValueError(f"rans payload: {len(payload) - rd.pos} trailing bytes")
+    return side_raw, words
 
-    plans = []
-    for rows, cols in shapes:
-        kr, kc = side.u8(), side.u8()
-        if not (1 <= kr <= MAX_CLUSTERS and 1 <= kc <= MAX_CLUSTERS):
-            raise ValueError(f"rans side data: bad cluster counts ({kr}, {kc})")
-        ra = side.array(rows, "u1") if kr > 1 else np.zeros(rows, np.int64)
-        ca = side.array(cols, "u1") if kc > 1 else np.zeros(cols, np.int64)
-        if (ra.size and ra.max() >= kr) or (ca.size and ca.max() >= kc):
-            raise ValueError("rans side data: cluster id out of range")
-        parts = []
-        for r in range(kr):
-            ri = _members(ra, kr, r)
-            for c in range(kc):
-                ci = _members(ca, kc, c)
-                lo, hi = side.u8(), side.u8()
-                nr, nc = (rows if kr == 1 else len(ri)), (cols if kc == 1 else len(ci))
-                n = nr * nc
-                if lo > hi:
-                    if n:
-                        raise ValueError("rans side data: empty model for a non-empty context")
-                    continue
-                if hi >= ALPHABET:
-                    raise ValueError(f"rans side data: symbol range {lo}..{hi} outside the int6 alphabet")
-                f = side.array(hi - lo + 1, "<u2")
-                if n == 0 or f.sum() == 0:
-                    raise ValueError("rans side data: model does not match its context")
-                parts.append((ri, ci, nr, nc, lo, f))
-        plans.append((rows, cols, parts))
-    residual = side.take(residual_len)
-    if side.pos != side_len:
-        raise ValueError(f"rans side data: {side_len - side.pos} unexpected bytes")
 
+def _read_models(side: _Reader, rows: int, cols: int) -> tuple[int, int, list[tuple]]:
+    """One tensor's contexts from the side stream: (rows, cols, [(row ids, column ids, context
+    rows, context columns, lowest symbol, frequencies)]), each checked against the shape."""
+    kr, kc = side.u8(), side.u8()
+    if not (1 <= kr <= MAX_CLUSTERS and 1 <= kc <= MAX_CLUSTERS):
+        raise ValueError(f"rans side data: bad cluster counts ({kr}, {kc})")
+    ra = side.array(rows, "u1") if kr > 1 else np.zeros(rows, np.int64)
+    ca = side.array(cols, "u1") if kc > 1 else np.zeros(cols, np.int64)
+    if (ra.size and ra.max() >= kr) or (ca.size and ca.max() >= kc):
+        raise ValueError("rans side data: cluster id out of range")
+    parts = []
+    for r in range(kr):
+        ri = _members(ra, kr, r)
+        for c in range(kc):
+            ci = _members(ca, kc, c)
+            lo, hi = side.u8(), side.u8()
+            nr, nc = (rows if kr == 1 else len(ri)), (cols if kc == 1 else len(ci))
+            n = nr * nc
+            if lo > hi:
+                if n:
+                    raise ValueError("rans side data: empty model for a non-empty context")
+                continue
+            if hi >= ALPHABET:
+                raise ValueError(f"rans side data: symbol range {lo}..{hi} outside the int6 alphabet")
+            f = side.array(hi - lo + 1, "<u2")
+            if n == 0 or f.sum() == 0:
+                raise ValueError("rans side data: model does not match its context")
+            parts.append((ri, ci, nr, nc, lo, f))
+    return rows, cols, parts
+
+
+def _decode_symbols(words: np.ndarray, plans: list[tuple[int, int, list[tuple]]]) -> list[np.ndarray]:
+    """The int6 matrices from the ANS words, context by context as the models say; the stream
+    must end exactly after the last symbol."""
     try:
         coder = _constriction().stream.stack.AnsCoder(words)
         out = []
@@ -274,4 +290,4 @@ def decode(payload: bytes, shapes: list[tuple[int, int]], residual_len: int,
         raise ValueError(f"rans payload: ANS stream is corrupt ({e})") from None
     if not empty:
         raise ValueError("rans payload: ANS stream has data left after the last symbol")
-    return out, residual
+    return out

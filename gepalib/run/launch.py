@@ -7,10 +7,10 @@
 
 **Launching.** :func:`launch` runs ``python -m torch.distributed.run --standalone
 --nproc-per-node N -m gepalib train --run-dir DIR --config CONFIG.json`` with the
-caller's own interpreter, in its own session (process group). Rank 0's output is
-streamed live, line by line; torchrun keeps every rank's stdout/stderr under
-``DIR/logs/torchrun/`` and the streamed console under ``DIR/logs/console.log``; the
-trainer writes ``DIR/train.log`` itself. A non-zero exit raises :class:`RunFailed`
+caller's own interpreter, in its own session (process group), supervised by
+:mod:`gepalib.run.supervise`. Rank 0's output is streamed live, line by line; torchrun keeps
+every rank's stdout/stderr under ``DIR/logs/torchrun/`` and the streamed console under
+``DIR/logs/console.log``; the trainer writes ``DIR/train.log`` itself. A non-zero exit raises :class:`RunFailed`
 carrying the tail of the log; interrupting (KeyboardInterrupt) sends SIGTERM to the
 whole group (the trainer checkpoints on SIGTERM, so relaunching resumes), SIGKILL
 after a grace period, and re-raises.
@@ -32,29 +32,25 @@ changes the last bits of every step and so the run's numbers (by 1e-5 to 1e-3 bp
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
 import gepalib
 from gepalib.config import FIELD_INDEX, RunConfig
 from gepalib.paths import project_root, resolve_path
-from gepalib.procs import descendants, pid_alive
 from gepalib.fsio import atomic_write_text
 from gepalib.rundir import RunDir, as_rundir, default_run_dir, identity_diff, is_finished
 from gepalib.run.pipeline import evaluate_run, quantize_run
+# (KILL_GRACE_S, TAIL_LINES: gepalib.run re-exports them from here; tests patch run_streamed here)
+from gepalib.run.supervise import KILL_GRACE_S, TAIL_LINES, rank_error_tails, run_streamed  # noqa: F401
 from gepalib.run.stages import find_stage, stage_config, stage_kinds, stage_settings
 
-TAIL_LINES = 40
-KILL_GRACE_S = 15.0
 MAX_DEFAULT_THREADS = 8  # a small model gains nothing from more intra-op threads
 
 
@@ -116,7 +112,7 @@ def intra_op_threads(threads: int | None) -> Iterator[int]:
 
 
 # ---------------------------------------------------------------------------
-# Subprocess plumbing
+# The torchrun command, its environment, and one supervised launch
 
 
 def _child_env(extra: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
@@ -149,104 +145,6 @@ def torchrun_command(module_args: Sequence[str], nproc: int, log_dir: Path) -> l
             "-m", *module_args]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``. torchrun starts its workers in sessions of their own,
-    so a process-group signal alone does not reach them."""
-    return descendants(pid)
-
-
-def _signal_all(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        for kill in (os.killpg, os.kill):  # its group if it leads one, else the process
-            try:
-                kill(pid, sig)
-                break
-            except (ProcessLookupError, PermissionError):
-                continue
-
-
-def _kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
-    """Stop the launched process tree: SIGTERM to the launcher's process group (torchrun
-    forwards it to its workers, which checkpoint and exit); after ``grace`` seconds SIGKILL
-    whatever is left of the group and of its descendants (workers run in their own sessions)."""
-    tree = _descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not any(_alive(p) for p in tree):
-            break
-        time.sleep(0.1)
-    _signal_all([p for p in (proc.pid, *tree) if _alive(p)], signal.SIGKILL)
-    proc.wait()
-
-
-_alive = pid_alive  # a zombie child of a dead torchrun is as good as gone
-
-
-def _strip_rank_prefix(line: str) -> str:
-    """torchrun's tee prefixes lines with ``[default0]:``; drop it for display."""
-    if line.startswith("[default") and "]:" in line[:20]:
-        return line.split("]:", 1)[1]
-    return line
-
-
-def run_streamed(cmd: Sequence[str], *, console_log: Path | None = None, stream: bool = True,
-                 env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                 on_line: Callable[[str], None] | None = None, kill_grace: float = KILL_GRACE_S) -> tuple[int, str]:
-    """Run ``cmd`` in a new session; echo its output line by line (``stream``), append it to
-    ``console_log``; return (exit code, last :data:`TAIL_LINES` lines).
-
-    Any exception while waiting -- KeyboardInterrupt from an interrupted notebook cell
-    included -- kills the whole process group and is re-raised.
-    """
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    logf = None
-    if console_log is not None:
-        console_log.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(console_log, "a", encoding="utf-8")
-        logf.write(f"$ {' '.join(map(str, cmd))}\n")
-    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True, text=True,
-                            bufsize=1, errors="replace")
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = _strip_rank_prefix(raw.rstrip("\n"))
-            tail.append(line)
-            if logf is not None:
-                logf.write(line + "\n")
-                logf.flush()
-            if stream:
-                print(line, flush=True)
-            if on_line is not None:
-                on_line(line)
-        rc = proc.wait()
-    except BaseException:
-        _kill_group(proc, kill_grace)
-        raise
-    finally:
-        if logf is not None:
-            logf.close()
-    return rc, "\n".join(tail)
-
-
-def _rank_error_tails(log_dir: Path, since: float, n: int = 15) -> str:
-    """Tails of the per-rank logs written by this launch that contain an error."""
-    parts = []
-    for p in sorted(log_dir.glob("**/*.log")):
-        try:
-            if p.stat().st_mtime < since:
-                continue
-            lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        if any(("Error" in ln or "error:" in ln or "Traceback" in ln) for ln in lines):
-            parts.append(f"--- {p.relative_to(log_dir)} ---\n" + "\n".join(lines[-n:]))
-    return "\n".join(parts)
-
 
 def _run_torchrun(module_args: Sequence[str], *, nproc: int, rd: RunDir, what: str, stream: bool,
                   env: dict[str, str] | None, threads: int) -> None:
@@ -257,7 +155,7 @@ def _run_torchrun(module_args: Sequence[str], *, nproc: int, rd: RunDir, what: s
     rc, tail = run_streamed(cmd, console_log=rd.path / "logs" / "console.log", stream=stream,
                             env=_child_env(env, threads), cwd=str(project_root()))
     if rc != 0:
-        ranks = _rank_error_tails(log_dir, t0 - 1)
+        ranks = rank_error_tails(log_dir, t0 - 1)
         log_tail = tail + ("\n" + ranks if ranks and ranks not in tail else "")
         raise RunFailed(f"{what} failed (exit code {rc}) for {rd.path}; last lines of its log:\n{log_tail}",
                         returncode=rc, run_dir=rd.path, log_tail=log_tail)

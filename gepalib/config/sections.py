@@ -1,40 +1,25 @@
-"""Frozen configuration dataclasses and named presets.
+"""The configuration's frozen dataclasses: one per section, and :class:`RunConfig` holding them.
 
-One name per field everywhere: the Python field ``steps`` is ``--steps`` on the
-CLI and ``steps`` in a papermill parameters cell. Field names are unique across
-all sections, so flat overrides (``steps=200 model_dim=128``) are unambiguous.
-
-A run is fully described by a :class:`RunConfig` (data + model + train + quant +
-eval + ttt). Presets are ``RunConfig`` values; change them with
-:func:`override` (which is ``dataclasses.replace`` routed to the right section).
+One name per field everywhere: the Python field ``steps`` is ``--steps`` on the CLI and
+``steps`` in a papermill parameters cell. Field names are unique across all sections (checked
+by :data:`gepalib.config.overrides.FIELD_INDEX`), so flat overrides are unambiguous. The comment
+ending a field's line is its help (:func:`gepalib.config.overrides.field_help` reads it).
 
 Every value is checked when it is built: each section's ``__post_init__`` (and
-``RunConfig``'s, for checks across sections) runs :mod:`gepalib.validation`, which
-raises a ValueError naming the field, so a bad ``override``/``replace``/``from_dict``/
-CLI flag fails before anything runs or is written. Only the checks that need the
-number of processes (gradient accumulation) are left to the trainer's plan.
+``RunConfig``'s, for checks across sections) runs :mod:`gepalib.validation`.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
-import io
 import json
 import os
-import textwrap
-import tokenize
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from gepalib.paths import resolve_path
 from gepalib.validation import (check_data, check_eval, check_model, check_quant, check_run, check_train,
                                 check_ttt)
-
-# ---------------------------------------------------------------------------
-# Sections
 
 
 @dataclass(frozen=True)
@@ -122,7 +107,7 @@ class TrainConfig:
     muon_momentum_warmup: int = 1500
     muon_ns_steps: int = 5
     # auto (bf16 on CUDA and on CPUs with native bf16, fp32 on other CPUs, which emulate bf16
-    # matmuls) | bf16 (the submission) | fp32; resolved by the trainer (gepalib.optim.resolve_ns_dtype)
+    # matmuls) | bf16 (the submission) | fp32; resolved by the trainer (gepalib.muon.resolve_ns_dtype)
     muon_ns_dtype: str = "auto"
     grad_clip: float = 0.3
     ema_decay: float = 0.997
@@ -262,249 +247,6 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-
-
-# ---------------------------------------------------------------------------
-# Flat overrides
-
-
-def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
-    idx: dict[str, tuple[str, dataclasses.Field]] = {}
-    for sec, klass in SECTIONS.items():
-        for f in fields(klass):
-            if f.name in idx:
-                raise RuntimeError(f"duplicate config field name {f.name!r}")
-            idx[f.name] = (sec, f)
-    return idx
-
-
-FIELD_INDEX = _field_index()
-
-
-@functools.cache
-def field_help() -> dict[str, str]:
-    """Each config field's one-line help: the comment ending the line that defines it in its
-    section class (``    name: type = default  # help``), read once from the class source
-    (``inspect.getsource``; ``ast`` finds the field definitions, ``tokenize`` the comments)."""
-    out: dict[str, str] = {}
-    for klass in SECTIONS.values():
-        src = textwrap.dedent(inspect.getsource(klass))
-        comments = {t.start[0]: t.string.lstrip("#").strip()
-                    for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.COMMENT}
-        for node in ast.parse(src).body[0].body:
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
-                    and node.target.id in FIELD_INDEX and node.lineno in comments):
-                out.setdefault(node.target.id, comments[node.lineno])
-    return out
-
-
-def field_type(name: str) -> type:
-    """Python type of a flat field (bool, int, float, str or tuple)."""
-    sec, f = FIELD_INDEX[name]
-    default = getattr(SECTIONS[sec](), name)
-    return type(default)
-
-
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-
-
-def parse_scalar(raw: Any, t: type) -> Any:
-    """``raw`` as ``t`` (bool, int or float): the one rule for CLI overrides, :func:`override`
-    and notebook parameters. TypeError for a value of the wrong kind, ValueError for a string
-    that does not parse.
-
-    * bool: a bool; the int 0 or 1; a string in :data:`TRUE_WORDS` / :data:`FALSE_WORDS`
-      (case and surrounding spaces ignored). Nothing else is true or false.
-    * int: an int (not a bool); an integral float (2.0); a string of digits, or a float
-      literal with an integral value ("1e3", "2.0").
-    * float: an int or float (not a bool); a float literal string.
-    """
-    if t is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, int) and raw in (0, 1):
-            return bool(raw)
-        if not isinstance(raw, str):
-            raise TypeError(raw)
-        if raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-            return raw.strip().lower() in TRUE_WORDS
-        raise ValueError(raw)
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise TypeError(raw)
-    if t is float:
-        return float(raw.strip() if isinstance(raw, str) else raw)
-    if t is not int:
-        raise TypeError(f"parse_scalar: {t!r} is not bool, int or float")
-    if isinstance(raw, int):
-        return raw
-    s = raw.strip() if isinstance(raw, str) else None
-    if s is not None and s.lstrip("+-").isdigit():
-        return int(s)
-    v = float(s) if s is not None else raw
-    if v.is_integer():
-        return int(v)
-    raise ValueError(raw)
-
-
-def parse_value(name: str, raw: Any) -> Any:
-    """Coerce a CLI/papermill value to the field's type (:func:`parse_scalar`'s rule; a tuple
-    from a sequence or a "1,2" / "(1, 2)" string), with a clear error."""
-    if name not in FIELD_INDEX:
-        raise KeyError(f"unknown config field {name!r}; see `gepa info --fields`")
-    t = field_type(name)
-    what = "a bool" if t is bool else t.__name__
-    try:
-        if t is tuple:
-            if not isinstance(raw, str):
-                return tuple(raw)
-            s = raw.strip().strip("()[] ")
-            return tuple(int(x) for x in s.replace(",", " ").split()) if s else ()
-        if t is str:
-            if isinstance(raw, str):
-                return raw.strip()
-            raise TypeError(raw)
-        return parse_scalar(raw, t)
-    except TypeError:
-        raise TypeError(f"field {name!r} expects {what}, got {raw!r}") from None
-    except (ValueError, OverflowError):
-        raise ValueError(f"field {name!r}: cannot parse {raw!r} as {t.__name__}") from None
-
-
-def override(cfg: RunConfig, **kv: Any) -> RunConfig:
-    """Return ``cfg`` with flat fields replaced, e.g. ``override(cfg, steps=100, model_dim=128)``."""
-    per_sec: dict[str, dict[str, Any]] = {}
-    top: dict[str, Any] = {}
-    for k, v in kv.items():
-        if k == "preset":
-            top[k] = v
-            continue
-        sec, _ = FIELD_INDEX.get(k, (None, None))
-        if sec is None:
-            raise KeyError(f"unknown config field {k!r}; see `gepa info --fields`")
-        per_sec.setdefault(sec, {})[k] = parse_value(k, v)
-    for sec, changes in per_sec.items():
-        top[sec] = replace(getattr(cfg, sec), **changes)
-    return replace(cfg, **top)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse ``["steps=100", "model_dim=128"]`` into typed values."""
-    out: dict[str, Any] = {}
-    for it in items:
-        if "=" not in it:
-            raise ValueError(f"override {it!r} is not of the form name=value")
-        k, v = it.split("=", 1)
-        k = k.strip().lstrip("-").replace("-", "_")
-        out[k] = parse_value(k, v)
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Presets
-
-# The submission compiled (torch.compile, then 20 real steps undone before step 1): so does
-# gepa11, on every device (on a CPU pass compile=false compile_warmup=0 for a quick look).
-GEPA11 = RunConfig(preset="gepa11", data=DataConfig(data_dir="data/fineweb10B_sp1024", train_shards=80),
-                   train=TrainConfig(compile=True, compile_warmup=20))
-
-BASELINE9 = RunConfig(
-    preset="baseline9",
-    data=DataConfig(data_dir="data/fineweb10B_sp1024", train_shards=80),
-    model=ModelConfig(
-        num_layers=9,
-        mlp_hidden=1024,
-        mlp_act="relu2",
-        rope_dims=64,
-        ln_scale=False,
-        skip_mode="add",
-        bigram=False,
-        smear=False,
-        xsa_last_n=0,
-        ve_layers=(),
-        embed_dtype="float32",
-    ),
-)
-
-# CPU presets: same family, every GEPA feature on, scaled layer indices
-# (XSA on the last third, VE on the last two layers, skips across halves).
-TINY = RunConfig(
-    preset="tiny",
-    # Sized with bench/model_throughput.py: fwd+bwd (fp32, all features on) runs at 0.43-0.49x
-    # the speed of the 2-layer d=128 plain GPT quoted at ~32k tokens/s on 2 free cores, i.e.
-    # ~14-15.5k tokens/s (the first guess, 6 layers, was ~12k). `small` is ~5x slower per token.
-    model=ModelConfig(
-        num_layers=4,
-        model_dim=128,
-        num_heads=4,
-        num_kv_heads=2,
-        mlp_hidden=384,
-        rope_dims=8,
-        rope_train_seq_len=256,
-        bigram_buckets=1024,
-        bigram_dim=32,
-        xsa_last_n=1,
-        ve_layers=(2, 3),
-        ve_dim=32,
-        embed_dtype="float32",
-    ),
-    train=TrainConfig(
-        steps=600,
-        warmdown=240,
-        ema_decay=0.99,  # 0.997 averages over ~330 steps: too long a memory for a 600-step run
-        batch_tokens=8192,
-        micro_batch_tokens=8192,
-        seq_len=256,
-        val_every=100,
-        log_every=20,
-        checkpoint_every=200,
-        muon_momentum_warmup=150,
-        embed_lr=0.035,
-    ),
-    eval=EvalConfig(eval_stride=64, eval_batch_seqs=32),
-    ttt=TTTConfig(ttt_chunk_tokens=8192, ttt_epochs=3, ttt_freeze_blocks=1),
-)
-
-SMALL = RunConfig(
-    preset="small",
-    model=ModelConfig(
-        num_layers=8,
-        model_dim=256,
-        num_heads=4,
-        num_kv_heads=2,
-        mlp_hidden=768,
-        rope_dims=16,
-        rope_train_seq_len=512,
-        bigram_buckets=2048,
-        bigram_dim=64,
-        xsa_last_n=3,
-        ve_layers=(6, 7),
-        ve_dim=64,
-        embed_dtype="float32",
-    ),
-    train=TrainConfig(
-        steps=1500,
-        warmdown=600,
-        ema_decay=0.995,
-        batch_tokens=16384,
-        micro_batch_tokens=16384,
-        seq_len=512,
-        val_every=250,
-        log_every=25,
-        checkpoint_every=250,
-        muon_momentum_warmup=300,
-    ),
-    ttt=TTTConfig(ttt_chunk_tokens=16384, ttt_epochs=3, ttt_freeze_blocks=1),
-)
-
-PRESETS: dict[str, RunConfig] = {c.preset: c for c in (GEPA11, BASELINE9, TINY, SMALL)}
-
-
-def get_preset(name: str, **overrides: Any) -> RunConfig:
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = PRESETS[name]
-    return override(cfg, **overrides) if overrides else cfg
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:
