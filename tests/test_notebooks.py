@@ -281,3 +281,74 @@ def test_gepa_reproduce_cli_writes_findings_md(nb_env, capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--bogus"])
     assert main(["reproduce", "--notebooks", "99_nope", "--figures", nb_env["figures_dir"]]) == 2
+
+
+# ---------------------------------------------------------------------------
+# A notebook the package has never heard of
+
+NEW_NOTEBOOK = '''# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 20 · A new finding: a tiny run has an int6 artifact
+
+# %% tags=["parameters"]
+preset: str = "tiny"
+scale: str = "quick"
+nproc: int = 1
+data_dir: str = "data/sotu_sp1024"
+runs_root: str = "runs"
+figures_dir: str = "figures"
+steps: int = 8                 # training steps
+dry_run: bool = False
+
+# %% tags=["plan"]
+from gepalib import run
+
+run.check_parameters(globals())
+plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["E9"])
+cfg = plan.train(run.with_length(run.base_config(preset, scale, data_dir), steps, 0.5, 2, seed=11))
+plan.evaluate(cfg, "artifact")
+run.stop_if_dry_run(plan, dry_run)
+
+# %%
+from gepalib.findings.report import save_finding
+
+rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)
+size = run.artifact_bytes(run.ensure_artifact(rd))
+save_finding({"finding": "E9", "title": "a tiny run has an int6 artifact", "ours": f"{size:,} bytes",
+              "published": "-", "verdict": "agrees" if size > 0 else "does not agree"}, figures_dir)
+'''
+
+
+@pytest.mark.timeout(300)
+def test_a_new_notebook_is_planned_priced_pretrained_and_run_with_no_package_edit(tmp_path, sotu_data_dir, capsys):
+    """A findings notebook in its own folder (parameters, a plan cell with one tiny run and one
+    evaluation, a quick.yaml): ``gepa reproduce --plan`` lists and prices it, ``gepa reproduce
+    --notebooks NAME`` trains its run beforehand, executes it and tabulates its record."""
+    from gepalib.cli import main
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    (folder / "20_new_finding.py").write_text(NEW_NOTEBOOK)
+    jupytext.write(jupytext.read(folder / "20_new_finding.py"), folder / "20_new_finding.ipynb")
+    (folder / "20_new_finding.quick.yaml").write_text("steps: 6\n")
+    common = ["--quick", "--notebooks-dir", str(folder), "--runs-root", str(tmp_path / "runs"),
+              "--data-dir", str(sotu_data_dir)]
+    assert main(["reproduce", "--plan", *common]) == 0
+    out = capsys.readouterr().out
+    assert "notebook 20_new_finding:" in out and "train tiny steps 6 (warmdown 3) seed 11  nproc 1  [new]" in out
+    assert "eval  int6 artifact of tiny steps 6 seed 11" in out and not (tmp_path / "runs").exists()
+    assert main(["reproduce", "--notebooks", "20_new_finding", *common, "--out", str(tmp_path / "out"),
+                 "--figures", str(tmp_path / "fig")]) == 0
+    out = capsys.readouterr().out
+    assert "plan:20_new_finding runs:1 evals:1" in out and "pretrain: finished tiny-" in out
+    assert "notebook:20_new_finding status:ok" in out and "reusing " in out  # the notebook found its run trained
+    md = (tmp_path / "fig" / "findings.md").read_text()
+    assert "| E9: a tiny run has an int6 artifact |" in md and "**agrees**" in md
+    assert "| 20_new_finding | ok |" in md

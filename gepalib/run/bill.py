@@ -254,7 +254,7 @@ def format_bill(bill: dict[str, Any], *, commands: bool = True) -> str:
         by_nb.setdefault(i.notebook, []).append(i)
     u = rates.unit
     for nb, items in by_nb.items():
-        out.append(f"notebook {nb}:")
+        out.append(f"notebook {nb}:" if nb else "this notebook:")
         for i in items:
             out.append(f"  {i.what:<5} {i.label}  nproc {i.nproc}  [{i.status}]  "
                        f"{i.gpu_s / 3600:.2f} {u}, wall {_hours(i.wall_s)}" + (f"  ({i.detail})" if i.detail else ""))
