@@ -2,10 +2,12 @@
 
 Each notebook's first code cell (its plan cell) calls :func:`check_parameters`. The
 parameters cell is the one place that declares the parameters: one annotated assignment
-each (``seeds: list[int] = [42, 43, 44]``, ``ttt_val_tokens: Optional[int] = 131072``), so
+each (``seeds: list[int] = [42, 43, 44]``, ``val_tokens: Optional[int] = 131072``), so
 the names, their types and defaults are what the notebook declares -- Python keeps the
-annotations in the namespace's ``__annotations__``, and :func:`notebook_parameters` reads
-the same cell from the notebook file (AST), as ``papermill.inspect_notebook`` does.
+annotations in the namespace's ``__annotations__``, and :func:`parameters_cell` with
+:func:`parameters_spec` / :func:`parameter_defaults` read the same cell from the notebook file
+(AST), as ``papermill.inspect_notebook`` does. Comments on the parameters cell hold no ``=``
+(papermill's reader takes a line with two for a line it cannot parse).
 
 * a name papermill injected that the parameters cell does not declare fails (papermill itself
   only warns and runs the defaults): ``unknown notebook parameter 'seedz' (did you mean

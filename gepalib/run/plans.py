@@ -2,11 +2,11 @@
 notebook itself from its parameters (what ``gepa reproduce --plan`` prices and what
 ``gepa reproduce`` pretrains).
 
-    plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F1"])   # in the plan cell
-    cfgs = plan.train(run.longest_rung_configs(base, ladder_steps, seeds=seeds))
-    plan.evaluate(0, "stages", sliding=True, ttt=True, val_tokens=ttt_val_tokens)
+    plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F1"])   # in the cell tagged plan
+    cfgs = plan.train(run.ladder_configs(base, [450, 1000], seeds=[42, 43]))
+    plan.evaluate(cfgs[0], "stages", sliding=True, ttt=True, val_tokens=131072)
     run.stop_if_dry_run(plan, dry_run)          # dry_run: print the bill, run nothing more
-    rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)   # later cells launch them
+    rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)   # a later cell launches them
 
 The notebook then launches the configs it planned, so the plan and the runs cannot drift.
 Nothing here touches a run directory; :mod:`gepalib.run.bill` checks what exists and prices
