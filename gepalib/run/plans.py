@@ -126,8 +126,10 @@ def publish(plan: Plan) -> bool:
     :data:`PLAN_MIME` output; True if it did."""
     if not os.environ.get(RECORD_ENV):
         return False
-    from IPython.display import display
-
+    try:
+        from IPython.display import display  # the kernel's (ipykernel, the notebooks extra)
+    except ImportError:
+        return False
     display({PLAN_MIME: plan.to_dict()}, raw=True)
     return True
 
