@@ -140,7 +140,7 @@ def test_papermill_reads_every_parameter_as_declared(name, caplog):
 
 def _effective(budget: str) -> dict[str, dict]:
     """Every notebook's parameters under a budget: its defaults, then the budget's file."""
-    return {n: {**parameter_defaults(cell_source(NB_DIR / f"{n}.py")), **NB.budget_parameters(n, budget)}
+    return {n: {**parameter_defaults(cell_source(NB_DIR / f"{n}.ipynb")), **NB.budget_parameters(n, budget)}
             for n in NOTEBOOKS}
 
 

@@ -56,7 +56,7 @@ def test_ttt_gain_uses_the_same_scoring():
 
 
 def notebook_defaults(name: str) -> dict:
-    return parameter_defaults(parameters_cell(NB.notebooks_dir() / f"{name}.py"))
+    return parameter_defaults(parameters_cell(NB.notebooks_dir() / f"{name}.ipynb"))
 
 
 @pytest.mark.parametrize("budget", ["demo", "quick"])

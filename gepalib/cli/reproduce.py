@@ -75,11 +75,10 @@ examples:
   gepa reproduce --plan --parameters notebooks/NAME.gpu.yaml --notebooks NAME
   gepa reproduce --plan --study --rates cpu  # the study's bill at this CPU's measured rates
 
-The notebooks are the NN_name.ipynb files of --notebooks-dir (default notebooks/), run in name
-order; each records in its plan cell what it trains and evaluates, and gepa reproduce (and
---plan) executes it through that cell first to learn it. The demo's and --quick's parameters
-are NN_name.demo.yaml and NN_name.quick.yaml beside each notebook. Executed notebooks go to
---out (the sources in notebooks/ stay output-free); the runs' progress
+The notebooks are the NN_name.ipynb of --notebooks-dir, run in name order, each executed first
+through its plan cell to learn what it trains; the demo's and --quick's parameters are the
+NN_name.demo.yaml / .quick.yaml beside it. Executed notebooks go to --out (the sources in
+notebooks/ stay output-free); the runs' progress
 lines are echoed as they come (--verbose: every line of output). A notebook that fails is
 reported and the others still run; the exit code is then 5. A misspelt or mistyped parameter
 fails its notebook with a line naming it.

@@ -38,7 +38,7 @@ from gepalib.paths import resolve_path
 from gepalib.data import list_shards, read_shard_header, val_keep
 from gepalib.findings.reference import HEADLINE
 from gepalib.run.launch import torchrun_command
-from gepalib.run.plans import NotebookPlan, PlannedEval, publish
+from gepalib.run.plans import Plan, PlannedEval, publish
 from gepalib.run.rates import (GEPA11_FLOPS, RATE_KINDS, Rates, flops_per_token, gpu_rates,  # noqa: F401 (re-exported)
                                load_rates, submission_rates)
 from gepalib.run.stages import find_stage, stage_kinds, stage_settings
@@ -159,7 +159,7 @@ def _has_artifact(rd: RunDir) -> bool:
         rd.artifact.stat().st_mtime >= rd.ema_weights.stat().st_mtime
 
 
-def plan_rates(plans: list[NotebookPlan], kind: str = "auto") -> Rates:
+def plan_rates(plans: list[Plan], kind: str = "auto") -> Rates:
     """:func:`load_rates` of ``kind`` for ``plans``. Under auto the CPU rates price only plans
     whose runs are all of preset families the ledger measured (``tiny_baseline`` is of
     ``tiny``'s); one of gepa11 or baseline9 (what the ``*.gpu.yaml`` parameters train) makes
@@ -176,7 +176,7 @@ def plan_rates(plans: list[NotebookPlan], kind: str = "auto") -> Rates:
                              f"measure; --rates cpu prices it on this CPU)")
 
 
-def price_plans(plans: list[NotebookPlan], rates: Rates | None = None, kind: str = "auto") -> dict[str, Any]:
+def price_plans(plans: list[Plan], rates: Rates | None = None, kind: str = "auto") -> dict[str, Any]:
     """Every run and evaluation of ``plans`` with its status and price (nothing is run), at
     ``rates`` (default :func:`plan_rates` of ``kind``)."""
     rates = rates or plan_rates(plans, kind)
@@ -286,7 +286,7 @@ class DryRun(Exception):
         return [f"DryRun: {self}"]
 
 
-def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
+def stop_if_dry_run(plan: Plan, dry_run: bool) -> None:
     """The plan cell's last call. While ``gepa reproduce`` records plans, publish ``plan``
     (:func:`gepalib.run.plans.publish`) and return. Else with ``dry_run``: print the
     notebook's bill and stop -- in Jupyter or papermill by raising :class:`DryRun` (the
@@ -295,23 +295,16 @@ def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
     if publish(plan) or not dry_run:
         return
     print(format_bill(price_plans([plan])), flush=True)
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        get_ipython = None
-    if get_ipython is None or get_ipython() is None:
-        sys.exit(0)
+    if "IPython" not in sys.modules or sys.modules["IPython"].get_ipython() is None:
+        sys.exit(0)  # a plain script
     raise DryRun("nothing was launched; set dry_run = False to run the notebook")
 
 
 def plan_reproduce(notebooks: list[str] | None = None, *, rates: Rates | None = None, rates_kind: str = "auto",
                    **kw: Any) -> dict[str, Any]:
-    """The bill of ``gepa reproduce`` with the same arguments (``notebooks``, ``budget``,
-    ``quick``, ``runs_root``, ``data_dir``, ``figures``, ``parameters``, ``notebooks_dir``):
-    each notebook records its plan with the parameters :func:`gepalib.run.notebooks.reproduce`
-    would inject (:func:`gepalib.run.notebooks.record_plans`), and nothing is trained; priced
-    at ``rates`` (default :func:`plan_rates` of ``rates_kind``). A notebook whose plan cell
-    fails raises ValueError naming it."""
+    """The bill of ``gepa reproduce`` with the same arguments (``kw``: those of
+    :func:`gepalib.run.notebooks.record_plans`, which records the plans); nothing is trained.
+    Priced at ``rates`` (default :func:`plan_rates` of ``rates_kind``)."""
     from gepalib.run.notebooks import record_plans
 
     return price_plans(record_plans(notebooks, **kw), rates, rates_kind)

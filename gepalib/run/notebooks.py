@@ -1,23 +1,13 @@
-"""Executing the notebooks headlessly (papermill) and tabulating the findings: ``gepa reproduce``.
+"""``gepa reproduce``: the notebooks of a folder, their plans, their headless execution.
 
-The notebooks are the files ``NN_name.ipynb`` of the notebooks folder (``notebooks/``, or
-``--notebooks-dir``), run in name order (``10`` trains the ladder that ``11``-``16`` reuse).
-Each declares its parameters (its ``parameters`` cell: the calibrated study's values) and,
-in the cell tagged ``plan``, the runs and evaluations it makes (:class:`gepalib.run.Plan`).
-The demo's and the smoke run's reduced parameters are ``NN_name.demo.yaml`` and
-``NN_name.quick.yaml`` beside it (:func:`budget_parameters`); the full-scale ones
-``NN_name.gpu.yaml``.
-
-Steps: prepare the embedded dataset if needed; execute each notebook through its plan cell
-with the parameters it will get, to learn its plan (:func:`record_plans`, several notebooks at
-once); train the union of the planned runs, several at once (:func:`gepalib.run.study.pretrain`;
-a run that fails is retried by its notebook, which then reports it); execute each notebook with
-papermill (kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the
-sources stay output-free; each findings notebook computes its verdict with
-:mod:`gepalib.findings` and stores it with :func:`gepalib.findings.report.save_finding` as
-``<figures>/finding_<id>.json``; finally :func:`gepalib.findings.report.write_findings_md`
-tabulates them into ``<figures>/findings.md`` (the submission's number, ours, the verdict). A
-failing notebook is reported and the others still run.
+The notebooks are the ``NN_name.ipynb`` files of ``notebooks/`` (or ``--notebooks-dir``), run
+in name order. Each declares its parameters (cell ``parameters``: the study's values; the
+demo's and the smoke run's are ``NN_name.demo.yaml`` / ``NN_name.quick.yaml`` beside it) and
+its runs and evaluations (cell ``plan``: :class:`gepalib.run.Plan`). :func:`reproduce` learns
+every plan by executing each notebook through that cell (:func:`record_plans`), trains the union
+of the planned runs several at once (:func:`gepalib.run.study.pretrain`), executes the notebooks
+with papermill into ``<out>/<name>.ipynb`` (the sources stay output-free) and tabulates the
+records they saved in ``<figures>/findings.md``. A failing notebook is reported, the others run.
 """
 from __future__ import annotations
 
@@ -41,11 +31,8 @@ from gepalib.run.study import pretrain
 
 KERNEL = "python3"
 NAME = re.compile(r"^\d\d_\w+$")  # NN_name
-# Three budgets, one code path: the study is every notebook's own parameters (``gepa
-# reproduce --study``, ``make study``); the demo (``gepa reproduce``, ``make demo``: the same
-# experiments, shorter and with two seeds, so every verdict reads "inconclusive" and says why)
-# and the smoke run (``--quick``, the test-suite: the smallest runs that still exercise every
-# code path) inject the values of ``NN_name.demo.yaml`` / ``NN_name.quick.yaml``.
+# The study: the notebooks' own parameters; the demo (shorter, two seeds: inconclusive verdicts
+# that say why) and the smoke run (the smallest runs through every code path): their yaml files.
 BUDGETS = ("demo", "study", "quick")
 
 
@@ -104,11 +91,11 @@ def budget_parameters(name: str, budget: str, folder: str | os.PathLike | None =
 def reproduce_parameters(name: str, budget: str, *, data_dir: str, runs_root: str, figures: str,
                          parameters: Mapping[str, Any] | None = None,
                          folder: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What ``gepa reproduce`` injects into ``name``: the paths, the budget's values, the user's."""
-    params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": figures}
-    params.update(budget_parameters(name, budget, folder))
-    params.update(parameters or {})
-    return params
+    """What ``gepa reproduce`` injects into ``name``: the paths, the budget's values, the user's
+    (their ``data_dir`` wins)."""
+    data_dir = str((parameters or {}).get("data_dir", data_dir))
+    return {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": figures,
+            **budget_parameters(name, budget, folder), **(parameters or {})}
 
 
 # ---------------------------------------------------------------------------
@@ -156,8 +143,8 @@ class ProgressEcho:
 
 
 def _kernel_env() -> str:
-    """Prepare this process's environment, which the kernel inherits: gepalib's root on
-    PYTHONPATH, ``GEPA_HOME`` and ``OMP_WAIT_POLICY=PASSIVE`` (unless set). Returns the root."""
+    """The project root, after putting it on PYTHONPATH and setting ``GEPA_HOME`` and
+    ``OMP_WAIT_POLICY=PASSIVE`` (unless set) in the environment the kernel inherits."""
     root = str(project_root())
     pp = os.environ.get("PYTHONPATH", "")
     if root not in pp.split(os.pathsep):
@@ -236,8 +223,8 @@ def _record_all(params: Mapping[str, dict[str, Any]], folder: str | os.PathLike 
             for n, f in futs.items():
                 try:
                     out[n] = f.result()
-                except ValueError as e:
-                    out[n] = e
+                except Exception as e:  # noqa: BLE001 -- a dead kernel too: that notebook's plan is unknown
+                    out[n] = e if isinstance(e, ValueError) else ValueError(f"{n}: {type(e).__name__}: {e}")
     finally:
         os.environ.pop(RECORD_ENV, None)
     return out
@@ -254,7 +241,6 @@ def record_plans(notebooks: Sequence[str] | None = None, *, quick: bool = False,
     """The plans of ``notebooks`` (all by default, in order) with the parameters :func:`reproduce`
     would inject; nothing is trained. ValueError naming each notebook whose plan cell failed."""
     names = select_notebooks(notebooks, notebooks_dir)
-    data_dir = str((parameters or {}).get("data_dir", data_dir))
     params = {n: reproduce_parameters(n, _budget(quick, budget), data_dir=data_dir, runs_root=runs_root,
                                       figures=figures, parameters=parameters, folder=notebooks_dir) for n in names}
     plans = _record_all(params, notebooks_dir, workers)

@@ -9,11 +9,9 @@ annotations in the namespace's ``__annotations__``, and :func:`parameters_cell` 
 (AST), as ``papermill.inspect_notebook`` does. Comments on the parameters cell hold no ``=``
 (papermill's reader takes a line with two for a line it cannot parse).
 
-* a name papermill injected that the parameters cell does not declare fails (papermill itself
-  only warns and runs the defaults): ``unknown notebook parameter 'seedz' (did you mean
-  'seeds'?)``. Papermill assigns such names in its cell right after the parameters cell, so
-  they are the plain values the namespace gained after the last declared parameter and before
-  the plan cell's first import;
+* a name papermill injected that the parameters cell does not declare fails (papermill only
+  warns): ``unknown notebook parameter 'seedz' (did you mean 'seeds'?)`` -- such a name is a
+  plain value assigned after the last declared parameter, before the plan cell's first import;
 * a value of the wrong type fails with one line naming the parameter and the type;
 * strings are parsed where that is unambiguous (``papermill -p`` passes ``[42]`` as a
   string): lists from ``[42, 43]`` or ``42,43`` (a single value is a one-item list), numbers
@@ -21,8 +19,6 @@ annotations in the namespace's ``__annotations__``, and :func:`parameters_cell` 
   CLI overrides (:func:`gepalib.config.parse_scalar`: true/false, yes/no, on/off, 1/0); ints
   are accepted for floats; the parsed values replace the raw ones in the namespace.
 
-Run outside papermill (JupyterLab, a script) nothing is injected and every value is checked
-the same way.
 """
 from __future__ import annotations
 
@@ -106,21 +102,13 @@ def parameter_defaults(source: str) -> dict[str, Any]:
 
 
 def parameters_cell(path: str | os.PathLike) -> str:
-    """The source of the cell tagged ``parameters`` in a notebook (``.ipynb``) or its
-    py:percent source (``.py``); ValueError if there is none."""
-    text = Path(path).read_text(encoding="utf-8")
-    if str(path).endswith(".ipynb"):
-        cells = [c for c in json.loads(text)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-        if cells:
-            src = cells[0]["source"]
-            return "".join(src) if isinstance(src, list) else src
-    else:
-        lines = text.splitlines()
-        start = next((i for i, ln in enumerate(lines) if ln.startswith("# %%") and '"parameters"' in ln), None)
-        if start is not None:
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# %%")), len(lines))
-            return "\n".join(lines[start + 1:end])
-    raise ValueError(f"{path}: no cell tagged parameters")
+    """The source of the cell tagged ``parameters`` of a notebook (``.ipynb``); ValueError if none."""
+    cells = [c for c in json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ValueError(f"{path}: no cell tagged parameters")
+    src = cells[0]["source"]
+    return "".join(src) if isinstance(src, list) else src
 
 
 def _literal(s: str) -> Any:

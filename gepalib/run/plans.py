@@ -1,19 +1,15 @@
 """A notebook's plan: the runs it trains and the evaluations it asks for, recorded by the
-notebook itself from its parameters (what ``gepa reproduce --plan`` prices and what
-``gepa reproduce`` pretrains).
+notebook itself, from its parameters, in its cell tagged ``plan``:
 
-    plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F1"])   # in the cell tagged plan
+    plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F1"])
     cfgs = plan.train(run.ladder_configs(base, [450, 1000], seeds=[42, 43]))
     plan.evaluate(cfgs[0], "stages", sliding=True, ttt=True, val_tokens=131072)
     run.stop_if_dry_run(plan, dry_run)          # dry_run: print the bill, run nothing more
-    rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)   # a later cell launches them
 
-The notebook then launches the configs it planned, so the plan and the runs cannot drift.
-Nothing here touches a run directory; :mod:`gepalib.run.bill` checks what exists and prices
-the rest. A plan travels as JSON (:meth:`Plan.to_dict`, configs by ``RunConfig.to_dict``):
-when ``gepa reproduce`` executes a notebook through its plan cell it sets
-:data:`RECORD_ENV`, and :func:`publish` puts the plan into that cell's output under
-:data:`PLAN_MIME`, where the executor reads it back (:func:`read_published`).
+Later cells launch ``cfgs``, so the plan and the runs cannot drift; :mod:`gepalib.run.bill`
+prices a plan. While ``gepa reproduce`` records plans (:data:`RECORD_ENV` set), the plan cell
+publishes its plan as JSON (configs by ``RunConfig.to_dict``) in its output (:func:`publish`,
+:func:`read_published`).
 """
 from __future__ import annotations
 
@@ -88,11 +84,9 @@ class Plan:
             raise ValueError(f"unknown evaluation kind {kind!r}; choose one of {', '.join(KINDS)}")
         runs = [c for _, c in self.all_runs()]
         if isinstance(run, RunConfig):
-            if not any(c is run for c in runs):
-                raise ValueError("Plan.evaluate: plan the run with Plan.train first")
-            run = next(i for i, c in enumerate(runs) if c is run)
+            run = next((i for i, c in enumerate(runs) if c is run), -1)
         if not 0 <= run < len(runs):
-            raise IndexError(f"Plan.evaluate: run {run} of a plan with {len(runs)} runs")
+            raise IndexError(f"Plan.evaluate: no such planned run (plan it with Plan.train first): {run}")
         ev = PlannedEval(run, kind, sliding=sliding, ttt=ttt, streaming=streaming, label=label,
                          overrides={k: v for k, v in overrides.items() if v is not None},
                          modes=tuple(modes), compressors=tuple(compressors))
@@ -116,9 +110,6 @@ class Plan:
                    configs=[RunConfig.from_dict(c) for c in d["configs"]], evals=[ev(e) for e in d["evals"]],
                    extra={k: RunConfig.from_dict(c) for k, c in d.get("extra", {}).items()},
                    notebook=d.get("notebook", "") if notebook is None else notebook)
-
-
-NotebookPlan = Plan  # the name the bill's callers know
 
 
 def publish(plan: Plan) -> bool:
