@@ -15,36 +15,36 @@
 # already exists, so re-running this notebook is cheap.
 
 # %% tags=["parameters"]
-preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
-scale = "cpu"                  # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
-overrides = {}                 # any other config field, e.g. {"model_dim": 192}
-nproc = 1                      # processes per run (torchrun --nproc-per-node)
-data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
-runs_root = "runs"             # content-addressed run directories: finished runs are reused
-figures_dir = "figures"
-steps = 100                    # training steps: a short first run
-warmdown_frac = 0.4
-val_every = 25
-dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
+preset: str = "tiny"                  # model family: tiny | small | gepa11 | baseline9
+scale: str = "cpu"                    # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
+overrides: dict = {}                  # any other config field, e.g. {"model_dim": 192}
+nproc: int = 1                        # processes per run (torchrun --nproc-per-node)
+data_dir: str = "data/sotu_sp1024"    # the embedded dataset; data/fineweb10B_sp1024 for the real one
+runs_root: str = "runs"               # content-addressed run directories: finished runs are reused
+figures_dir: str = "figures"
+steps: int = 100                      # training steps: a short first run
+warmdown_frac: float = 0.4
+val_every: int = 25
+dry_run: bool = False                 # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
-# %%
+# %% tags=["plan"]
 from gepalib import run
-from gepalib.run.params import check_parameters
 
-check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
-plan = run.plan_notebook("00_quickstart", globals())  # every run and evaluation below
+run.check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.Plan(nproc=nproc, runs_root=runs_root)  # every run and evaluation below
+base = run.base_config(preset, scale, data_dir, overrides)
+cfg = plan.train(run.with_length(base, steps, warmdown_frac, val_every, seed=42))
+plan.evaluate(cfg, "stages", sliding=True)
 run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%
 run.ensure_data(data_dir)
-base = run.base_config(preset, scale, data_dir, overrides)
 
 # %% [markdown]
 # ## Train
 # Rank 0's output streams below; every rank's log is kept in `<run>/logs/`.
 
 # %%
-cfg = plan.configs[0]  # = run.with_length(base, steps, warmdown_frac, val_every, seed=42)
 rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)
 rd
 

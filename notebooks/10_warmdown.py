@@ -19,42 +19,45 @@
 # and the per-phase rates are compared as the submission did (`F.phase_rates`).
 
 # %% tags=["parameters"]
-preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
-scale = "cpu"                  # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
-overrides = {}                 # any other config field, e.g. {"model_dim": 192}
-nproc = 1                      # processes per run (torchrun --nproc-per-node)
-data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
-runs_root = "runs"             # content-addressed run directories: finished runs are reused
-figures_dir = "figures"
-ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is F1's design
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
-ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
-val_every = 25                 # validation interval in steps, the same for every run
-seeds = [42, 43, 44]
-constant_steps = 1000          # calibration: the longest rung's length at constant LR (seed = seeds[0]); 0: skip
-dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
+from typing import Optional
+preset: str = "tiny"                  # model family: tiny | small | gepa11 | baseline9
+scale: str = "cpu"                    # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
+overrides: dict = {}                  # any other config field, e.g. {"model_dim": 192}
+nproc: int = 1                        # processes per run (torchrun --nproc-per-node)
+data_dir: str = "data/sotu_sp1024"    # the embedded dataset; data/fineweb10B_sp1024 for the real one
+runs_root: str = "runs"               # content-addressed run directories: finished runs are reused
+figures_dir: str = "figures"
+ladder_steps: list[int] = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is F1's design
+warmdown_frac: float = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: Optional[list[int]] = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every: int = 25                   # validation interval in steps, the same for every run
+seeds: list[int] = [42, 43, 44]
+constant_steps: int = 1000            # calibration: the longest rung's length at constant LR (seed: the first of seeds); 0: skip
+dry_run: bool = False                 # True: print the runs, their torchrun commands and GPU-hours; train nothing
+
+# %% tags=["plan"]
+from gepalib import run
+
+run.check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F1"])  # every run and evaluation below
+base = run.base_config(preset, scale, data_dir, overrides)
+cfgs = plan.train(run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown))
+const = plan.train(run.with_length(base, constant_steps, 0.0, val_every, seed=seeds[0], warmdown=0),
+                   name="constant") if constant_steps else None
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%
-from gepalib import run
 from gepalib import findings as F
 from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
-from gepalib.run.params import check_parameters
 
-check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
-plan = run.plan_notebook("10_warmdown", globals())  # every run and evaluation below
-run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
-
-# %%
 P.set_style()
 run.ensure_data(data_dir)
-cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
-#                                            ladder_warmdown)
 longest, warmdown = cfgs[0].train.steps, cfgs[0].train.warmdown
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
-const_rd = run.launch(plan.extra["constant"], nproc=nproc, runs_root=runs_root) if "constant" in plan.extra else None
+const_rd = run.launch(const, nproc=nproc, runs_root=runs_root) if const else None
 steps, bpb, per_seed = run.mean_trajectory(rds, "val_bpb")
 
 # %% [markdown]

@@ -17,52 +17,60 @@
 # `"float_live"` for the submission's float→final definition.
 
 # %% tags=["parameters"]
-preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
-scale = "cpu"                  # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
-overrides = {}                 # any other config field, e.g. {"model_dim": 192}
-nproc = 1                      # processes per run (torchrun --nproc-per-node)
-data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
-runs_root = "runs"             # content-addressed run directories: finished runs are reused
-figures_dir = "figures"
-ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
-ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
-val_every = 25                 # validation interval in steps, the same for every run
-seed = 42
-sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3, "ttt_freeze_blocks": 1,
-       "ttt_chunk_tokens": 4096}  # PR #461's SGD: where the held-out sweep starts (= 12's, so runs are shared)
-sweep_lrs = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # SGD's LRs tried on the held-out slice (= 12's); {}: no sweep
-sweep_chunk_tokens = [2048, 4096]  # tried at SGD's best LR (= 12's)
-sweep_epochs = [1, 3]          # then tried at the best chunk size (= 12's)
-ttt_val_tokens: "Optional[int]" = 131072  # scored val targets (32 chunks of 4,096); None: the run's own
-ttt_scoring = "streaming"      # streaming (cheap on a CPU) | sliding (as the submission)
-share_base = "int6_streaming"  # int6_streaming (with streaming TTT) | int6_sliding | float_live | float_ema | int6_roundtrip
-baseline_bpb: "Optional[float]" = None  # None: measure a same-scale baseline; 1.224 at full scale
-baseline_steps = 450           # training steps of the same-scale baseline (= the shortest rung)
-dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
+from typing import Optional
+preset: str = "tiny"                  # model family: tiny | small | gepa11 | baseline9
+scale: str = "cpu"                    # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
+overrides: dict = {}                  # any other config field, e.g. {"model_dim": 192}
+nproc: int = 1                        # processes per run (torchrun --nproc-per-node)
+data_dir: str = "data/sotu_sp1024"    # the embedded dataset; data/fineweb10B_sp1024 for the real one
+runs_root: str = "runs"               # content-addressed run directories: finished runs are reused
+figures_dir: str = "figures"
+ladder_steps: list[int] = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
+warmdown_frac: float = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: Optional[list[int]] = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every: int = 25                   # validation interval in steps, the same for every run
+seed: int = 42
+sgd: dict = {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3, "ttt_freeze_blocks": 1,
+             "ttt_chunk_tokens": 4096}  # PR #461's SGD: where the held-out sweep starts (as 12's, so runs are shared)
+sweep_lrs: dict = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # SGD's LRs tried on the held-out slice (as 12's); {}: no sweep
+sweep_chunk_tokens: list[int] = [2048, 4096]  # tried at SGD's best LR (as 12's)
+sweep_epochs: list[int] = [1, 3]      # then tried at the best chunk size (as 12's)
+ttt_val_tokens: Optional[int] = 131072  # scored val targets (32 chunks of 4,096); None: the run's own
+ttt_scoring: str = "streaming"        # streaming (cheap on a CPU) | sliding (as the submission)
+share_base: str = "int6_streaming"    # int6_streaming (with streaming TTT) | int6_sliding | float_live | float_ema | int6_roundtrip
+baseline_bpb: Optional[float] = None  # None: measure a same-scale baseline; 1.224 at full scale
+baseline_steps: int = 450             # training steps of the same-scale baseline (the shortest rung)
+dry_run: bool = False                 # True: print the runs, their torchrun commands and GPU-hours; train nothing
+
+# %% tags=["plan"]
+from gepalib import run
+
+run.check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F5"])  # every run and evaluation below
+base = run.base_config(preset, scale, data_dir, overrides)
+cfgs = plan.train(run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
+                                     warmdowns=ladder_warmdown))
+stream = ttt_scoring == "streaming"
+for c in cfgs:  # priced at sgd's settings; the sweep below may retune them
+    plan.evaluate(c, "stages", sliding=not stream, streaming=stream, ttt=True, label="ttt", val_tokens=ttt_val_tokens,
+                  **sgd, ttt_scoring=ttt_scoring)
+bcfg = None
+if baseline_bpb is None:  # the same-scale naive baseline: GEPA's features off, a short budget
+    bcfg = plan.train(run.baseline_config(run.with_length(base, baseline_steps, warmdown_frac, val_every, seed=seed)),
+                      name="baseline")
+    plan.evaluate(bcfg, "stages", sliding=not stream, streaming=stream, label="baseline", val_tokens=ttt_val_tokens)
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%
-from gepalib import run
 from gepalib import findings as F
 from gepalib.findings import calplots as C
 from gepalib.findings import plots as P
 from gepalib.findings import reference as R
 from gepalib.findings.report import save_finding
 from gepalib.run import study
-from gepalib.run.params import check_parameters
 
-check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
-plan = run.plan_notebook("14_ttt_share", globals())  # every run and evaluation below
-run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
-
-# %%
 P.set_style()
 run.ensure_data(data_dir)
-base = run.base_config(preset, scale, data_dir, overrides)
-
-# %%
-cfgs = plan.configs  # = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed],
-#                                      val_every=val_every, warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 longest_rd = rds[max(range(len(cfgs)), key=lambda i: cfgs[i].train.steps)]
 
@@ -77,7 +85,6 @@ if sweep_rows:
     fig = C.ttt_sweep_figure(sweep_rows, {"sgd": F.choose_setting(sweep_rows)},
                              title="F5 calibration — held-out TTT sweep (SGD)")
     P.save_figure(fig, "F5_calibration", figures_dir)
-stream = ttt_scoring == "streaming"
 rows = [run.ensure_stages(rd, sliding=not stream, streaming=stream, ttt=True, nproc=nproc, val_tokens=ttt_val_tokens,
                           **ttt) for rd in rds]
 n_targets = ttt_val_tokens or cfgs[0].data.val_tokens
@@ -88,9 +95,7 @@ final_bpb = [r["ttt"]["val_bpb"] for r in rows]
 list(zip(ladder_steps, float_bpb, final_bpb))
 
 # %%
-if baseline_bpb is None:
-    bcfg = plan.extra["baseline"]  # = run.baseline_config(run.with_length(base, baseline_steps,
-    #                                       warmdown_frac, val_every, seed=seed))
+if bcfg is not None:
     brd = run.launch(bcfg, nproc=nproc, runs_root=runs_root)
     baseline = run.stage_bpb(brd, share_base, run.ensure_stages(brd, sliding=not stream, streaming=stream,
                                                              nproc=nproc, val_tokens=ttt_val_tokens))

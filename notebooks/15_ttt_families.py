@@ -22,22 +22,23 @@
 # of losing cross-document context from the gain of adapting.
 
 # %% tags=["parameters"]
-preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
-scale = "cpu"                  # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
-overrides = {}                 # any other config field, e.g. {"model_dim": 192}
-nproc = 1                      # processes per run (torchrun --nproc-per-node)
-data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
-runs_root = "runs"             # content-addressed run directories: finished runs are reused
-figures_dir = "figures"
-ladder_steps = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
-ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
-val_every = 25                 # validation interval in steps, the same for every run
-seeds = [42, 43, 44]
-ttt_val_tokens: "Optional[int]" = 131072  # val targets every family scores (the study's regime); None: the run's own
-ttt_scoring = "streaming"      # how every family scores: streaming (cheap on a CPU) | sliding (as the submission)
-phase_docs = [32, 64, 96]      # phase boundaries (in documents) of the phased families (three phases, as PR #1855)
-families = {
+from typing import Optional
+preset: str = "tiny"                  # model family: tiny | small | gepa11 | baseline9
+scale: str = "cpu"                    # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
+overrides: dict = {}                  # any other config field, e.g. {"model_dim": 192}
+nproc: int = 1                        # processes per run (torchrun --nproc-per-node)
+data_dir: str = "data/sotu_sp1024"    # the embedded dataset; data/fineweb10B_sp1024 for the real one
+runs_root: str = "runs"               # content-addressed run directories: finished runs are reused
+figures_dir: str = "figures"
+ladder_steps: list[int] = [450, 600, 750, 1000]  # training lengths (shared by 10-16); the longest is the base model
+warmdown_frac: float = 0.4            # the submission: 8,000 of 20,000 steps (used where ladder_warmdown is None)
+ladder_warmdown: Optional[list[int]] = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every: int = 25                   # validation interval in steps, the same for every run
+seeds: list[int] = [42, 43, 44]
+ttt_val_tokens: Optional[int] = 131072  # val targets every family scores (the study's regime); None: the run's own
+ttt_scoring: str = "streaming"        # how every family scores: streaming (cheap on a CPU) | sliding (as the submission)
+phase_docs: list[int] = [32, 64, 96]  # phase boundaries (in documents) of the phased families (three phases, as PR #1855)
+families: dict = {
     # the submission's TTT (PR #461's SGD); with sweep_lrs its LR, chunk and epochs come from 12's held-out sweep
     "full": {"ttt_family": "full", "ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_momentum": 0.9, "ttt_epochs": 3,
              "ttt_freeze_blocks": 1, "ttt_chunk_tokens": 4096},
@@ -56,38 +57,43 @@ families = {
     "doc_local": {"ttt_family": "lora_doc", "ttt_lora_steps": 0, "ttt_lora_chunk_tokens": 64,
                   "ttt_lora_batch_docs": 16},
 }
-sweep_lrs = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # the full family's SGD sweep (= 12's, cached); {}: as given
-sweep_chunk_tokens = [2048, 4096]  # (= 12's)
-sweep_epochs = [1, 3]          # (= 12's)
-family_sweeps = {"lora_doc": {"ttt_lora_lr": [0.003, 0.01, 0.03]},
-                 "phased": {"ttt_phase_lr": [0.003, 0.01, 0.03]}}  # held-out sweeps; phased+lora_doc takes both; {}: as given
-cost_seeds = 1                 # bases (the first ones) on which wall time and peak memory are measured
-dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
+sweep_lrs: dict = {"sgd": [0.005, 0.01, 0.02, 0.04]}  # the full family's SGD sweep (as 12's, cached); {}: as given
+sweep_chunk_tokens: list[int] = [2048, 4096]  # (as 12's)
+sweep_epochs: list[int] = [1, 3]      # (as 12's)
+family_sweeps: dict = {"lora_doc": {"ttt_lora_lr": [0.003, 0.01, 0.03]},
+                       "phased": {"ttt_phase_lr": [0.003, 0.01, 0.03]}}  # held-out sweeps; phased+lora_doc takes both; {}: as given
+cost_seeds: int = 1                   # bases (the first ones) on which wall time and peak memory are measured
+dry_run: bool = False                 # True: print the runs, their torchrun commands and GPU-hours; train nothing
+
+# %% tags=["plan"]
+from gepalib import run
+
+run.check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["E1", "E2"])  # every run and evaluation below
+base = run.base_config(preset, scale, data_dir, overrides)
+cfgs = plan.train(run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every, ladder_warmdown))
+settings = {name: {"ttt_scoring": ttt_scoring, **kv,
+                   **({"ttt_phase_docs": tuple(phase_docs)} if kv["ttt_family"].startswith("phased") else {})}
+            for name, kv in families.items()}
+stream = ttt_scoring == "streaming"
+for fam, kv in settings.items():  # priced at these settings; the held-out sweeps below may retune them
+    for c in cfgs:
+        plan.evaluate(c, "stages", sliding=not stream, streaming=stream, ttt=True, label=fam,
+                      val_tokens=ttt_val_tokens, **kv)
+for fam, kv in settings.items():  # the cost probes: each family's TTT once more on the first cost_seeds bases
+    for c in cfgs[:cost_seeds]:
+        plan.evaluate(c, "ttt_cost", ttt=True, label=f"{fam} (cost probe)", val_tokens=ttt_val_tokens, **kv)
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%
-from gepalib import run
 from gepalib.findings import families as FA
 from gepalib.findings import plots as P
 from gepalib.findings.report import save_finding
 from gepalib.run import study
-from gepalib.run.params import check_parameters
 from gepalib.run.ttt_cost import ttt_cost
 
-check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
-plan = run.plan_notebook("15_ttt_families", globals())  # every run and evaluation below
-run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
-
-# %%
 P.set_style()
 run.ensure_data(data_dir)
-base = run.base_config(preset, scale, data_dir, overrides)
-settings = {name: {"ttt_scoring": ttt_scoring, **kv,
-                   **({"ttt_phase_docs": tuple(phase_docs)} if kv["ttt_family"].startswith("phased") else {})}
-            for name, kv in families.items()}
-
-# %%
-cfgs = plan.configs  # = run.longest_rung_configs(base, ladder_steps, warmdown_frac, seeds, val_every,
-#                                            ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 
 # %% [markdown]
@@ -115,7 +121,6 @@ for (fam, field), v in chosen.items():  # the composite takes each part's choice
             settings[name] = {**settings[name], field: v}
 
 # %%
-stream = ttt_scoring == "streaming"
 rows = {name: [run.ensure_stages(rd, sliding=not stream, streaming=stream, ttt=True, nproc=nproc,
                                  val_tokens=ttt_val_tokens, **kv)
                for rd in rds] for name, kv in settings.items()}

@@ -19,49 +19,50 @@
 # load the bytes back and score the weights: bytes against round-trip val_bpb.
 
 # %% tags=["parameters"]
-preset = "tiny"                # model family: tiny | small | gepa11 | baseline9
-scale = "cpu"                  # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
-overrides = {}                 # any other config field, e.g. {"model_dim": 192}
-nproc = 1                      # processes per run (torchrun --nproc-per-node)
-data_dir = "data/sotu_sp1024"  # the embedded dataset; data/fineweb10B_sp1024 for the real one
-runs_root = "runs"             # content-addressed run directories: finished runs are reused
-figures_dir = "figures"
-ladder_steps = [450, 600, 750, 1000]  # training lengths (the ladder of notebooks 10-15)
-warmdown_frac = 0.4            # used where ladder_warmdown is None
-ladder_warmdown: "Optional[list[int]]" = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
-val_every = 25
-seed = 42
-quantizers = {                 # name -> quant fields (quant_mode and its settings)
+from typing import Optional
+preset: str = "tiny"                  # model family: tiny | small | gepa11 | baseline9
+scale: str = "cpu"                    # cpu (2-core defaults) | quick (smoke test) | full (the preset as it is)
+overrides: dict = {}                  # any other config field, e.g. {"model_dim": 192}
+nproc: int = 1                        # processes per run (torchrun --nproc-per-node)
+data_dir: str = "data/sotu_sp1024"    # the embedded dataset; data/fineweb10B_sp1024 for the real one
+runs_root: str = "runs"               # content-addressed run directories: finished runs are reused
+figures_dir: str = "figures"
+ladder_steps: list[int] = [450, 600, 750, 1000]  # training lengths (the ladder of notebooks 10-15)
+warmdown_frac: float = 0.4            # used where ladder_warmdown is None
+ladder_warmdown: Optional[list[int]] = [200, 250, 300, 400]  # per rung, as the submission's 4k/5k/6k/8k of 9k/12k/15k/20k
+val_every: int = 25
+seed: int = 42
+quantizers: dict = {  # name -> quant fields (quant_mode and its settings)
     "faithful": {"quant_mode": "faithful"},  # GPTQ-lite as the submission ran it
     "per_row": {"quant_mode": "per_row"},
     "gptq": {"quant_mode": "gptq"},          # full GPTQ of every Linear; the embedding tables per_row
     "gptq+head": {"quant_mode": "gptq", "gptq_tied_head": True},  # and tok_emb as the output head
 }
-compressors = ["zstd", "brotli", "rans"]  # zstd-22 (as run), brotli-11, rANS
-quant_overrides = {}           # quant fields for every mode, e.g. {"gptq_damp": 0.05, "gptq_calib_batches": 16}
-frontier_bytes = "model_bytes"  # model_bytes (the artifact) | total_bytes (+ the code bytes, the challenge's rule)
-dry_run = False                # True: print the runs, their torchrun commands and GPU-hours; train nothing
+compressors: list[str] = ["zstd", "brotli", "rans"]  # zstd-22 (as run), brotli-11, rANS
+quant_overrides: dict = {}            # quant fields for every mode, e.g. {"gptq_damp": 0.05, "gptq_calib_batches": 16}
+frontier_bytes: str = "model_bytes"   # model_bytes (the artifact) | total_bytes (+ the code bytes, the challenge's rule)
+dry_run: bool = False                 # True: print the runs, their torchrun commands and GPU-hours; train nothing
+
+# %% tags=["plan"]
+from gepalib import run
+
+run.check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
+plan = run.Plan(nproc=nproc, runs_root=runs_root)  # every run and evaluation below
+base = run.base_config(preset, scale, data_dir, overrides)
+cfgs = plan.train(run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed], val_every=val_every,
+                                     warmdowns=ladder_warmdown))
+for c in cfgs:  # every quantizer x compressor on every rung
+    plan.evaluate(c, "quantizers", modes=list(quantizers), compressors=compressors)
+run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%
 import pandas as pd
 
-from gepalib import run
 from gepalib.findings import plots as P
 from gepalib.run import quantizers as Q
-from gepalib.run.params import check_parameters
 
-check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
-plan = run.plan_notebook("16_quantizers", globals())  # every run and evaluation below
-run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
-
-# %%
 P.set_style()
 run.ensure_data(data_dir)
-base = run.base_config(preset, scale, data_dir, overrides)
-
-# %%
-cfgs = plan.configs  # = run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[seed],
-#                                      val_every=val_every, warmdowns=ladder_warmdown)
 rds = run.launch_many(cfgs, nproc=nproc, runs_root=runs_root)
 rows = [r for rd in rds for r in Q.compare_quantizers(rd, quantizers, compressors, **quant_overrides)]
 df = pd.DataFrame(rows)[["steps", "quantizer", "compressor", "model_bytes", "total_bytes", "fits", "val_bpb",

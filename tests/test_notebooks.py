@@ -1,6 +1,7 @@
-"""The notebooks: py:percent sources paired with output-free .ipynb files (jupytext),
-full-scale YAMLs that name real parameters, and every notebook executed headlessly under
-papermill with its smallest (``--quick``) parameters.
+"""The notebooks: py:percent sources paired with output-free .ipynb files (jupytext), annotated
+parameters papermill can read, demo/quick/full-scale YAMLs that name real parameters (and agree
+where notebooks share runs), and every notebook executed headlessly under papermill with its
+smallest (``--quick``) parameters.
 
 The executions share one runs root, so the ladder of quick runs is trained once and
 reused by the notebooks after the first (content addressing in gepalib.run).
@@ -19,11 +20,15 @@ import yaml
 from gepalib import findings as F
 from gepalib.findings import report
 from gepalib.run import notebooks as NB
-from gepalib.run.params import check_parameters, parameters_spec
+from gepalib.run.params import check_parameters, parameter_defaults, parameters_spec
+from gepalib.run.params import parameters_cell as cell_source
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
 VERDICTS = set(F.VERDICTS)
+NOTEBOOKS = NB.notebook_names()
+FINDING = {"10_warmdown": "F1", "11_compressibility": "F2", "12_sgd_vs_adamw": "F3", "13_freezing": "F4",
+           "14_ttt_share": "F5"}  # the record each findings notebook writes (its plan says so too)
 
 
 def parameters_cell(nb) -> nbformat.NotebookNode:
@@ -43,15 +48,17 @@ def cells_of(nb) -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 def test_every_notebook_is_a_jupytext_pair():
-    assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == sorted(NB.NOTEBOOKS)
-    assert sorted(p.stem for p in NB_DIR.glob("*.py")) == sorted(NB.NOTEBOOKS)
-    assert sorted(p.name.removesuffix(".gpu.yaml") for p in NB_DIR.glob("*.gpu.yaml")) == sorted(NB.NOTEBOOKS)
+    assert len(NOTEBOOKS) == 10 and NOTEBOOKS == sorted(NOTEBOOKS)
+    assert sorted(p.stem for p in NB_DIR.glob("*.ipynb")) == NOTEBOOKS
+    assert sorted(p.stem for p in NB_DIR.glob("*.py")) == NOTEBOOKS
+    for kind in ("gpu", "demo", "quick"):
+        assert sorted(p.name.removesuffix(f".{kind}.yaml") for p in NB_DIR.glob(f"*.{kind}.yaml")) == NOTEBOOKS
     config = (NB_DIR / "jupytext.toml").read_text()
     assert 'formats = "ipynb,py:percent"' in config
     assert not (REPO / "scripts" / "make_notebooks.py").exists()
 
 
-@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_pair_in_sync(name):
     """The .ipynb holds exactly the cells jupytext makes from the .py (run `jupytext --sync
     notebooks/*.py` after editing a source outside JupyterLab)."""
@@ -64,7 +71,7 @@ def test_pair_in_sync(name):
     assert "# %% tags=[\"parameters\"]" in py.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_committed_notebook_is_output_free_with_parameters(name):
     path = NB_DIR / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
@@ -79,10 +86,11 @@ def test_committed_notebook_is_output_free_with_parameters(name):
     gpu = yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text())
     assert set(gpu) <= names, f"{name}.gpu.yaml sets unknown parameters {set(gpu) - names}"
     assert gpu["scale"] == "full" and gpu["preset"] == "gepa11"
-    assert set(NB.QUICK_PARAMETERS[name]) | set(NB.QUICK_COMMON) <= names
+    for budget in ("demo", "quick"):
+        assert set(NB.budget_parameters(name, budget)) <= names
 
 
-@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_sources_use_the_current_api(name):
     text = (NB_DIR / f"{name}.py").read_text(encoding="utf-8")
     for old in ("from gepalib import runs", "gepalib.reproduce", "-m gepalib.train", "SPEC", "(issue"):
@@ -92,23 +100,65 @@ def test_sources_use_the_current_api(name):
             ast.parse(c.source)
 
 
-@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_are_checked_first_and_the_shipped_values_pass(name):
-    """The first code cell after the parameters cell checks them; the quick and full-scale
-    parameter sets have the kinds the parameters cell declares."""
+    """The first code cell after the parameters cell is tagged plan and checks them; every
+    parameter is annotated; the demo, quick and full-scale parameter sets have the declared kinds."""
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code"]
     i = cells.index(parameters_cell(nb))
-    assert "check_parameters(globals())" in cells[i + 1].source
+    assert "check_parameters(globals())" in cells[i + 1].source and "plan" in cells[i + 1].metadata["tags"]
     src = parameters_cell(nb).source
-    defaults: dict = {}
-    exec(src, defaults)
-    gpu = yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text())
-    for given in (gpu, {**NB.QUICK_COMMON, **NB.QUICK_PARAMETERS[name]}):
-        ns = {**defaults, **given}
-        injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in given.items())
-        got = check_parameters(ns, parameters_source=src, injected_source=injected)
+    tree = ast.parse(src)
+    assert not [n for n in tree.body if isinstance(n, ast.Assign)], f"{name}: a parameter without its type"
+    for given in (yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text()), NB.budget_parameters(name, "demo"),
+                  NB.budget_parameters(name, "quick")):
+        ns: dict = {}
+        exec(src, ns)
+        ns.update(given)
+        exec("import os", ns)  # the plan cell's first import
+        got = check_parameters(ns)
         assert {k: got[k] for k in given} == given
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_reads_every_parameter_as_declared(name, caplog):
+    """papermill.inspect_notebook parses every line of the parameters cell (no "Unable to parse"
+    warning), with the annotation as its type and the same default."""
+    import papermill as pm
+
+    src = parameters_cell(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)).source
+    with caplog.at_level("WARNING", logger="papermill"):
+        found = pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    tree = ast.parse(src)
+    want = {n.target.id: ast.unparse(n.annotation).strip("'\"") for n in tree.body if isinstance(n, ast.AnnAssign)}
+    assert {k: v["inferred_type_name"] for k, v in found.items()} == want
+    defaults = parameter_defaults(src)
+    assert {k: ast.literal_eval(v["default"]) for k, v in found.items()} == defaults
+
+
+def _effective(budget: str) -> dict[str, dict]:
+    """Every notebook's parameters under a budget: its defaults, then the budget's file."""
+    return {n: {**parameter_defaults(cell_source(NB_DIR / f"{n}.ipynb")), **NB.budget_parameters(n, budget)}
+            for n in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("budget", ["demo", "study", "quick"])
+def test_notebooks_that_share_runs_agree_on_their_settings(budget):
+    """Under each budget the notebooks agree where they share runs: one ladder for every notebook
+    that has one (so 11-16 reuse 10's runs), the training run of 01/02 is its longest rung, and the
+    TTT notebooks with an SGD start (12-14) share it, its held-out sweep and the scored targets."""
+    p = _effective(budget)
+    ladder = {(tuple(q["ladder_steps"]), q["ladder_warmdown"] and tuple(q["ladder_warmdown"]), q["val_every"],
+               q["warmdown_frac"], q["preset"], q["scale"]) for q in p.values() if "ladder_steps" in q}
+    assert len(ladder) == 1, ladder
+    ((steps, *_),) = ladder
+    single = {(q["steps"], q["seed"], q["scale"]) for q in p.values() if "steps" in q and "seed" in q}
+    assert single == {(max(steps), 42, next(iter(ladder))[5])}
+    ttt = {json.dumps([q["sgd"], q["sweep_lrs"].get("sgd"), q["sweep_chunk_tokens"], q["sweep_epochs"],
+                       q["ttt_val_tokens"], q["ttt_scoring"]]) for q in p.values() if "sgd" in q}
+    assert len(ttt) == 1, ttt
 
 
 def test_progress_echo_shows_the_runs_lines():
@@ -144,8 +194,10 @@ def test_findings_records_and_table(tmp_path):
                                                             "seconds": 3.0}])
     text = md.read_text()
     assert text.count("| **agrees** |") == 2
-    assert "Not computed: F1 (10_warmdown), F3 (12_sgd_vs_adamw), F4 (13_freezing)." in text
+    assert "Not computed: F1, F3, F4." in text
     assert "| 14_ttt_share | ok | 3 |" in text
+    text = report.write_findings_md(tmp_path, sources={"F1": "10_warmdown", "F3": "12_sgd_vs_adamw"}).read_text()
+    assert "Not computed: F1 (10_warmdown), F3 (12_sgd_vs_adamw), F4." in text  # the notebooks' plans name them
     # the TTT families' records get their own section
     from gepalib.findings import families as FA
     gains = {fam: [-1e-3, -1.2e-3, -0.9e-3] for fam in ("full", "lora_doc", "phased", "phased+lora_doc")}
@@ -171,8 +223,8 @@ def nb_env(tmp_path_factory, sotu_data_dir):
 
 
 def quick_params(name: str, env: dict) -> dict:
-    return {**NB.QUICK_COMMON, **NB.QUICK_PARAMETERS[name], "runs_root": env["runs_root"],
-            "figures_dir": env["figures_dir"], "data_dir": env["data_dir"]}
+    return NB.reproduce_parameters(name, "quick", data_dir=env["data_dir"], runs_root=env["runs_root"],
+                                   figures=env["figures_dir"])
 
 
 FIGURES = {"01_train": "01_training_curves", "02_artifact_and_eval": "02_stage_ledger", "10_warmdown": "F1_warmdown",
@@ -181,7 +233,7 @@ FIGURES = {"01_train": "01_training_curves", "02_artifact_and_eval": "02_stage_l
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", NB.NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, nb_env):
     out = NB.execute_notebook(name, nb_env["out"], quick_params(name, nb_env))
     nb = nbformat.read(out, as_version=4)
@@ -194,7 +246,7 @@ def test_notebook_executes(name, nb_env):
     if name in FIGURES:
         for ext in ("png", "pdf"):
             assert (fig_dir / f"{FIGURES[name]}.{ext}").stat().st_size > 1000
-    finding = {nb: f for f, nb in report.FINDINGS.items()}.get(name)
+    finding = FINDING.get(name)
     if finding:
         rec = json.loads((fig_dir / f"finding_{finding}.json").read_text())
         assert rec["verdict"] in VERDICTS and rec["finding"] == finding
@@ -229,3 +281,74 @@ def test_gepa_reproduce_cli_writes_findings_md(nb_env, capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--bogus"])
     assert main(["reproduce", "--notebooks", "99_nope", "--figures", nb_env["figures_dir"]]) == 2
+
+
+# ---------------------------------------------------------------------------
+# A notebook the package has never heard of
+
+NEW_NOTEBOOK = '''# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 20 · A new finding: a tiny run has an int6 artifact
+
+# %% tags=["parameters"]
+preset: str = "tiny"
+scale: str = "quick"
+nproc: int = 1
+data_dir: str = "data/sotu_sp1024"
+runs_root: str = "runs"
+figures_dir: str = "figures"
+steps: int = 8                 # training steps
+dry_run: bool = False
+
+# %% tags=["plan"]
+from gepalib import run
+
+run.check_parameters(globals())
+plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["E9"])
+cfg = plan.train(run.with_length(run.base_config(preset, scale, data_dir), steps, 0.5, 2, seed=11))
+plan.evaluate(cfg, "artifact")
+run.stop_if_dry_run(plan, dry_run)
+
+# %%
+from gepalib.findings.report import save_finding
+
+rd = run.launch(cfg, nproc=nproc, runs_root=runs_root)
+size = run.artifact_bytes(run.ensure_artifact(rd))
+save_finding({"finding": "E9", "title": "a tiny run has an int6 artifact", "ours": f"{size:,} bytes",
+              "published": "-", "verdict": "agrees" if size > 0 else "does not agree"}, figures_dir)
+'''
+
+
+@pytest.mark.timeout(300)
+def test_a_new_notebook_is_planned_priced_pretrained_and_run_with_no_package_edit(tmp_path, sotu_data_dir, capsys):
+    """A findings notebook in its own folder (parameters, a plan cell with one tiny run and one
+    evaluation, a quick.yaml): ``gepa reproduce --plan`` lists and prices it, ``gepa reproduce
+    --notebooks NAME`` trains its run beforehand, executes it and tabulates its record."""
+    from gepalib.cli import main
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    (folder / "20_new_finding.py").write_text(NEW_NOTEBOOK)
+    jupytext.write(jupytext.read(folder / "20_new_finding.py"), folder / "20_new_finding.ipynb")
+    (folder / "20_new_finding.quick.yaml").write_text("steps: 6\n")
+    common = ["--quick", "--notebooks-dir", str(folder), "--runs-root", str(tmp_path / "runs"),
+              "--data-dir", str(sotu_data_dir)]
+    assert main(["reproduce", "--plan", *common]) == 0
+    out = capsys.readouterr().out
+    assert "notebook 20_new_finding:" in out and "train tiny steps 6 (warmdown 3) seed 11  nproc 1  [new]" in out
+    assert "eval  int6 artifact of tiny steps 6 seed 11" in out and not (tmp_path / "runs").exists()
+    assert main(["reproduce", "--notebooks", "20_new_finding", *common, "--out", str(tmp_path / "out"),
+                 "--figures", str(tmp_path / "fig")]) == 0
+    out = capsys.readouterr().out
+    assert "plan:20_new_finding runs:1 evals:1" in out and "pretrain: finished tiny-" in out
+    assert "notebook:20_new_finding status:ok" in out and "reusing " in out  # the notebook found its run trained
+    md = (tmp_path / "fig" / "findings.md").read_text()
+    assert "| E9: a tiny run has an int6 artifact |" in md and "**agrees**" in md
+    assert "| 20_new_finding | ok |" in md

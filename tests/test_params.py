@@ -1,36 +1,38 @@
-"""Notebook parameters: unknown names and wrong types fail with one line naming the parameter;
-strings from ``papermill -p`` are parsed where that is unambiguous (gepalib.run.params)."""
+"""Notebook parameters: the parameters cell declares them (annotated assignments); unknown
+names and wrong types fail with one line naming the parameter; strings from ``papermill -p``
+are parsed where that is unambiguous (gepalib.run.params)."""
 from __future__ import annotations
 
 import nbformat
 import pytest
 
 from gepalib.run import notebooks as NB
-from gepalib.run.params import (Kind, ParameterError, check_parameters, coerce, find_cells, kind_of,
-                                parameters_spec)
+from gepalib.run.params import (Kind, ParameterError, check_parameters, coerce, injected_unknowns,
+                                kind_of_annotation, parameter_defaults, parameters_spec)
 
-PARAMS = '''preset = "tiny"                # model family
-nproc = 1
-warmdown_frac = 0.4            # the submission: 8,000 of 20,000 steps
-seeds = [42, 43]
-ladder_warmdown: "Optional[list[int]]" = None  # warmdown steps per rung
-ttt_val_tokens: "Optional[int]" = 32768
+PARAMS = '''from typing import Optional
+preset: str = "tiny"                # model family
+nproc: int = 1
+warmdown_frac: float = 0.4          # the submission: 8,000 of 20,000 steps
+seeds: list[int] = [42, 43]
+ladder_warmdown: Optional[list[int]] = None  # warmdown steps per rung
+ttt_val_tokens: Optional[int] = 32768
 baseline_bpb: "Optional[float]" = None
-overrides = {}
-sgd = {"ttt_optimizer": "sgd", "ttt_lr": 0.002,
-       "ttt_epochs": 3}
-compile = False
+overrides: dict = {}
+sgd: dict = {"ttt_optimizer": "sgd", "ttt_lr": 0.002,
+             "ttt_epochs": 3}
+compile: bool = False
 '''
 CHECK = "from gepalib.run.params import check_parameters\ncheck_parameters(globals())\n"
 
 
 def namespace(**injected):
-    """A notebook's globals after the parameters cell, papermill's injected cell and the check cell ran."""
+    """A notebook's globals when the check runs: the parameters cell, papermill's injected cell
+    (its assignments), then the plan cell's first import."""
     ns: dict = {}
     exec(PARAMS, ns)
-    inj = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in injected.items())
     ns.update(injected)
-    ns["In"] = ["", PARAMS, inj, CHECK] if injected else ["", PARAMS, CHECK]
+    exec("import os", ns)
     return ns
 
 
@@ -42,7 +44,12 @@ def test_parameters_cell_gives_names_and_kinds():
     assert spec["ladder_warmdown"] == Kind("list", Kind("int"), optional=True)
     assert str(spec["ttt_val_tokens"]) == "int or None" and spec["compile"] == Kind("bool")
     assert spec["sgd"] == spec["overrides"] == Kind("dict")
-    assert kind_of([0.5, 1]) == Kind("list", Kind("float")) and kind_of(None).name == "any"
+    assert spec["baseline_bpb"] == Kind("float", optional=True)
+    assert parameter_defaults(PARAMS)["sgd"] == {"ttt_optimizer": "sgd", "ttt_lr": 0.002, "ttt_epochs": 3}
+    # what the kernel keeps: the evaluated annotations give the same kinds as the source
+    ns = namespace()
+    assert {k: kind_of_annotation(a) for k, a in ns["__annotations__"].items()} == spec
+    assert parameters_spec("x = 1\ny: int = 2") == {"y": Kind("int")}  # only annotated names are parameters
 
 
 def test_a_misspelt_parameter_names_itself_and_the_closest():
@@ -84,20 +91,23 @@ def test_a_wrong_type_is_one_line_naming_the_parameter(name, value, msg):
     assert str(e.value) == f"notebook parameter {msg}"
 
 
-def test_finding_the_cells_in_the_input_history():
-    inj = "# Parameters\nseeds = 1\n"
-    assert find_cells(["", PARAMS, inj, CHECK]) == (PARAMS, inj)
-    assert find_cells(["", PARAMS, CHECK]) == (PARAMS, None)  # no papermill: the defaults are checked
-    assert find_cells(["", "import os\n" + PARAMS, inj, CHECK]) == ("import os\n" + PARAMS, inj)
-    assert find_cells(["", "x = compute()\nprint(x)", CHECK]) == (None, None)  # out of order, interactively
-    assert check_parameters({"In": ["", "print(1)", CHECK]}) == {}
+def test_injected_names_are_the_plain_values_after_the_parameters():
+    """A name papermill injected sits after the last declared parameter and before the plan
+    cell's first import; what later cells define (interactively, out of order) is not one."""
+    ns = namespace(seedz=42, _i2="# Parameters")
+    assert injected_unknowns(ns, ns["__annotations__"]) == ["seedz"]
+    ns = namespace()
+    exec("cfgs = [1, 2]\nrds = []", ns)  # later cells, after the import
+    assert injected_unknowns(ns, ns["__annotations__"]) == [] and check_parameters(ns)["nproc"] == 1
+    assert check_parameters({"x": 1}) == {}  # no parameters cell ran: nothing to compare against
     assert coerce("x", "7", Kind("int")) == 7
 
 
 def _synthetic_notebook(folder):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("seeds = [42]\nwarmdown_frac = 0.4", metadata={"tags": ["parameters"]}),
+    nb.cells = [nbformat.v4.new_code_cell("seeds: list[int] = [42]\nwarmdown_frac: float = 0.4",
+                                          metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(CHECK + 'print(f"seeds:{seeds} warmdown_frac:{warmdown_frac}")\n'
                                           'print("chatter that is no progress line")\n'
                                           'print("step:1/2 train_loss:1.0000")\n')]

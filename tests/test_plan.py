@@ -1,12 +1,15 @@
-"""The bill before the run: what each notebook trains and evaluates (gepalib.run.plans), what
-is reused, and the GPU-hours of the rest (gepalib.run.bill, ``gepa reproduce --plan``)."""
+"""The bill before the run: what each notebook records it trains and evaluates (its plan cell,
+gepalib.run.plans), what is reused, and the GPU-hours of the rest (gepalib.run.bill,
+``gepa reproduce --plan``)."""
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -14,6 +17,7 @@ from gepalib import run
 from gepalib.config import get_preset
 from gepalib.fsio import atomic_write_json
 from gepalib.run import bill as B
+from gepalib.run import notebooks as NB
 from gepalib.run import plans as PL
 from gepalib.run import rates as R
 from gepalib.rundir import RunDir, default_run_dir
@@ -62,8 +66,6 @@ def test_plan_of_every_gpu_yaml_lists_what_the_notebook_launches(path, tmp_path,
     from gepalib.cli import main
 
     name, p = yaml_name(path), yaml.safe_load(path.read_text())
-    if name not in PL.PLANNERS:
-        pytest.fail(f"{name} has no planner in gepalib.run.plans")
     assert main(["reproduce", "--plan", "--parameters", str(path), "--notebooks", name,
                  "--runs-root", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
@@ -158,8 +160,10 @@ def test_finished_runs_are_reused_interrupted_ones_resumed_and_shared_ones_price
     (rd2.checkpoints).mkdir(parents=True)
     atomic_write_json(rd2.config, partial.to_dict())
     (rd2.checkpoints / "step_000015.pt").write_bytes(b"x")
-    plans = [run.plan_notebook("10_warmdown", params),
-             run.plan_notebook("13_freezing", {**params, "freeze_blocks": [0, 1]})]
+    common = {k: v for k, v in params.items() if k not in ("runs_root", "data_dir", "constant_steps", "sweep_lrs")}
+    where = {"budget": "study", "runs_root": str(root), "data_dir": str(sotu_data_dir)}
+    plans = run.record_plans(["10_warmdown"], parameters={**common, "constant_steps": 0}, **where) + \
+        run.record_plans(["13_freezing"], parameters={**common, "sweep_lrs": {}, "freeze_blocks": [0, 1]}, **where)
     assert [c.train.seed for c in plans[0].configs] == [42, 43] and plans[0].configs == plans[1].configs
     b = run.price_plans(plans)
     trains = [i for i in b["items"] if i.what == "train"]
@@ -192,63 +196,50 @@ def test_the_listed_command_is_the_one_launch_runs(tmp_path, monkeypatch):
     assert seen["cmd"] == B.train_command(default_run_dir(cfg, tmp_path), 2)
 
 
-def test_every_notebook_launches_its_plans_configs():
-    """The notebooks train ``plan.configs`` (and ``plan.extra``): the runs the plan lists are the
-    runs they launch, whatever the parameters."""
-    import ast
-
-    for name in PL.PLANNERS:
-        src = (NB_DIR / f"{name}.py").read_text(encoding="utf-8")
-        if "dry_run" not in src:
-            pytest.fail(f"{name}.py has no dry_run parameter")
-        assert f'run.plan_notebook("{name}", globals())' in src and "run.stop_if_dry_run(plan, dry_run)" in src
-        tree = ast.parse(src)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
-                    "ladder_configs", "longest_rung_configs", "with_length", "baseline_config"):
-                pytest.fail(f"{name}.py builds configs itself ({node.func.attr}) instead of taking plan's")
+CONFIG_BUILDERS = ("ladder_configs", "longest_rung_configs", "with_length", "baseline_config", "base_config")
 
 
-def _cells(name: str) -> list[str]:
-    """The code cells of notebooks/<name>.py (jupytext percent format), in order."""
+def test_every_notebook_plans_in_one_cell_and_launches_what_it_planned():
+    """Each notebook's cell tagged plan (its first code cell) records the runs with plan.train
+    and ends with run.stop_if_dry_run(plan, dry_run); no later cell builds a config or plans:
+    the runs the plan lists are the runs the notebook launches, whatever the parameters."""
     import jupytext
 
-    return [c.source for c in jupytext.read(NB_DIR / f"{name}.py").cells if c.cell_type == "code"]
+    for name in NB.notebook_names():
+        cells = [c for c in jupytext.read(NB_DIR / f"{name}.py").cells if c.cell_type == "code"]
+        plan_cells = [i for i, c in enumerate(cells) if "plan" in c.metadata.get("tags", [])]
+        assert plan_cells == [1], f"{name}: the first code cell after the parameters must be the only plan cell"
+        src = cells[1].source
+        assert "run.Plan(" in src and "plan.train(" in src, name
+        assert src.rstrip().splitlines()[-1].startswith("run.stop_if_dry_run(plan, dry_run)"), name
+        for c in cells[2:]:
+            for node in ast.walk(ast.parse(c.source)):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                        node.func.attr in CONFIG_BUILDERS or node.func.attr in ("train", "evaluate")
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "plan"):
+                    pytest.fail(f"{name}.py: a cell after the plan cell calls {node.func.attr}")
 
 
-@pytest.mark.parametrize("name", ["00_quickstart", "12_sgd_vs_adamw", "14_ttt_share"])
-def test_a_dry_run_notebook_prints_its_bill_and_launches_nothing(name, monkeypatch, capsys):
-    """Executed cell by cell in an IPython shell as papermill would (parameters, injected
-    gpu.yaml parameters + dry_run, the rest): the plan is printed, no launch or data function is
-    called, every cell after the plan's is a no-op, and no cell fails."""
-    from IPython.core.interactiveshell import InteractiveShell
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["00_quickstart", "14_ttt_share"])
+def test_a_dry_run_notebook_prints_its_bill_and_launches_nothing(name, tmp_path):
+    """Executed by papermill with its gpu.yaml parameters and dry_run: the plan cell prints the
+    bill and stops the notebook (DryRun, one line); no later cell ran and nothing was written."""
+    import papermill as pm
 
-    def refuse(*a, **k):
-        raise AssertionError("a dry run launched something")
-
-    for f in ("launch", "launch_many", "ensure_stages", "ensure_artifact", "ensure_data"):
-        monkeypatch.setattr(run, f, refuse)
-    given = {**yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text()), "dry_run": True}
-    cells = _cells(name)
-    injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in given.items())
-    shell = InteractiveShell.instance()
-    try:
-        for src in [cells[0], injected] + cells[1:]:
-            res = shell.run_cell(src, store_history=True)
-            assert res.success, (src[:200], res.error_in_exec or res.error_before_exec)
-        plan = shell.user_ns["plan"]
-        assert plan.configs == run.plan_notebook(name, given).configs
-        assert "rds" not in shell.user_ns and "rd" not in shell.user_ns  # the later cells did not run
-        # interactively: dry_run = False and the plan cell again, and cells run as usual
-        assert shell.run_cell("x = 1").success and "x" not in shell.user_ns
-        assert shell.run_cell("dry_run = False").success and shell.run_cell(cells[1]).success
-        assert shell.run_cell("x = 1").success and shell.user_ns["x"] == 1
-    finally:
-        if B._skip_cell in shell.input_transformers_post:
-            shell.input_transformers_post.remove(B._skip_cell)
-        shell.reset()
-    out = capsys.readouterr().out
-    assert f"notebook {name}:" in out and "GPU-h" in out and "dry run: " in out
+    given = {**yaml.safe_load((NB_DIR / f"{name}.gpu.yaml").read_text()), "dry_run": True,
+             "runs_root": str(tmp_path / "runs")}
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        NB.execute_notebook(name, tmp_path / "out", given, echo=False)
+    assert e.value.ename == "DryRun" and "set dry_run = False" in e.value.evalue
+    nb = nbformat.read(tmp_path / "out" / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    plan_cell = next(c for c in code if "plan" in c.metadata.get("tags", []))
+    text = "".join(o.get("text", "") for o in plan_cell.outputs)
+    assert text.startswith("this notebook:\n")  # the kernel does not know the notebook's file name
+    assert "GPU-h" in text and "train gepa11 steps" in text
+    assert all(c.execution_count is None for c in code[code.index(plan_cell) + 1:])  # the later cells did not run
+    assert not (tmp_path / "runs").exists()
 
 
 # ---------------------------------------------------------------------------
@@ -343,7 +334,9 @@ def test_the_cpu_bill_prices_steps_at_the_measured_rate(tmp_path, no_cuda):
     # a plan of two tiny runs, through the bill
     params = {"scale": "cpu", "steps": 30, "val_every": 10, "runs_root": str(tmp_path / "runs"),
               "data_dir": str(tmp_path / "none"), "preset": "tiny"}
-    bill = run.price_plans([run.plan_notebook("01_train", params)], r)
+    plan = run.Plan(runs_root=params["runs_root"])  # what 01_train's plan cell records with these parameters
+    plan.train(run.with_length(run.base_config("tiny", "cpu", params["data_dir"]), 30, 0.4, 10, seed=42))
+    bill = run.price_plans([plan], r)
     (item,) = [i for i in bill["items"] if i.what == "train"]
     assert item.gpu_s == pytest.approx(30 * 4096 / 1e4, rel=1e-9)  # tiny's shape, 4096-token batches; no val shards
     text = B.format_bill(bill)
@@ -401,8 +394,8 @@ def test_auto_prices_a_gpu_preset_plan_at_gpu_rates_and_the_flag_forces_cpu(tmp_
     assert "GPU-h (A100-40GB)" in capsys.readouterr().out
     # the study's baseline runs are of tiny's family: still a CPU plan; one gepa11 run makes it a GPU one
     tiny = get_preset("tiny")
-    cpu_plan = PL.NotebookPlan("x", 1, "runs", [tiny], [], {"baseline": run.baseline_config(tiny)})
+    cpu_plan = PL.Plan(nproc=1, configs=[tiny], extra={"baseline": run.baseline_config(tiny)}, notebook="x")
     assert B.plan_rates([cpu_plan]).unit == "CPU process-h"
-    gpu_plan = PL.NotebookPlan("y", 8, "runs", [get_preset("gepa11")], [])
+    gpu_plan = PL.Plan(nproc=8, configs=[get_preset("gepa11")], notebook="y")
     assert B.plan_rates([cpu_plan, gpu_plan]).unit == "GPU-h"
     assert B.plan_rates([cpu_plan, gpu_plan], "cpu").unit == "CPU process-h"

@@ -12,7 +12,7 @@ from gepalib.config import get_preset, override
 from gepalib.muon import Muon, zeropower_newton_schulz
 from gepalib.run import notebooks as NB
 from gepalib.run import study
-from gepalib.run.plans import notebook_defaults
+from gepalib.run.params import parameter_defaults, parameters_cell
 from gepalib.run.stages import ttt_gain
 
 
@@ -55,15 +55,29 @@ def test_ttt_gain_uses_the_same_scoring():
         ttt_gain({"streaming": {"val_bpb": 1.0}, "ttt": {"val_bpb": 1.0, "settings": {"ttt_scoring": "sliding"}}})
 
 
+def notebook_defaults(name: str) -> dict:
+    return parameter_defaults(parameters_cell(NB.notebooks_dir() / f"{name}.ipynb"))
+
+
 @pytest.mark.parametrize("budget", ["demo", "quick"])
-def test_budget_parameters_are_notebook_parameters(budget):
-    for name in NB.NOTEBOOKS:
+def test_budget_parameters_are_notebook_parameters(budget, tmp_path):
+    for name in NB.notebook_names():
         given = NB.budget_parameters(name, budget)
+        assert given, (name, budget)  # every notebook has its reduced values beside it
         unknown = set(given) - set(notebook_defaults(name))
         assert not unknown, (name, unknown)
     assert NB.budget_parameters("10_warmdown", "study") == {}
     with pytest.raises(ValueError):
         NB.budget_parameters("10_warmdown", "huge")
+    # a budget file naming a parameter the notebook does not declare is refused, naming the file
+    for f in ("10_warmdown.ipynb", f"10_warmdown.{budget}.yaml"):
+        (tmp_path / f).write_bytes((NB.notebooks_dir() / f).read_bytes())
+    with open(tmp_path / f"10_warmdown.{budget}.yaml", "a") as fh:
+        fh.write("seedz: [1]\n")
+    with pytest.raises(ValueError, match=r"10_warmdown\.\w+\.yaml: unknown notebook parameter 'seedz' "
+                                         r"\(did you mean 'seeds'\?\)"):
+        NB.budget_parameters("10_warmdown", budget, tmp_path)
+    assert NB.budget_parameters("10_warmdown", budget, tmp_path / "none") == {}  # no file: the notebook's own
 
 
 def test_study_parameters_are_the_calibrated_regime():

@@ -29,7 +29,8 @@ CLI_MODULES = ["gepalib.cli.data", "gepalib.cli.train", "gepalib.cli.quant", "ge
 # Expected failures: one clear line on stderr and an exit code, no traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError)
 # Arguments that are paths (relative ones are taken from the current directory, see user_paths).
-PATH_ARGS = ("run_dir", "config", "file", "dir", "out", "figures", "runs_root", "data_dir", "parameters")
+PATH_ARGS = ("run_dir", "config", "file", "dir", "out", "figures", "runs_root", "data_dir", "parameters",
+             "notebooks_dir")
 PATH_FIELDS = ("data_dir", "tokenizer_path")  # config fields: stored relative to the checkout when under it
 
 

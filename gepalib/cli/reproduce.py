@@ -3,11 +3,11 @@
     gepa reproduce                          # the demo: reduced parameters (< 15 min on 2 cores)
     gepa reproduce --study                  # the calibrated study: the notebooks' own parameters (< 2 h)
     gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
-    gepa reproduce --notebooks 10_warmdown 11_compressibility
-    gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown
+    gepa reproduce --notebooks NAME [NAME ...]   # a subset of notebooks/ (NN_name.ipynb)
+    gepa reproduce --parameters notebooks/NAME.gpu.yaml --notebooks NAME
 
-Steps: prepare the embedded dataset if needed; train every planned run (several at once);
-execute each notebook with papermill
+Steps: prepare the embedded dataset if needed; learn what each notebook runs by executing it
+through its plan cell; train every planned run (several at once); execute each notebook with papermill
 (kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the sources
 in ``notebooks/`` stay output-free; each findings notebook stores its verdict as
 ``<figures>/finding_F<n>.json``; finally ``<figures>/findings.md`` tabulates them (the
@@ -23,7 +23,7 @@ from typing import Any
 
 from gepalib.cli.common import add_parser
 from gepalib.errors import NOTEBOOK_FAILED
-from gepalib.run.notebooks import NOTEBOOKS, load_parameters_file, reproduce
+from gepalib.run.notebooks import load_parameters_file, reproduce
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -48,12 +48,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.plan:
         from gepalib.run.bill import format_bill, plan_reproduce
 
-        print(format_bill(plan_reproduce(args.notebooks, quick=args.quick, budget=budget, runs_root=args.runs_root,
+        print(format_bill(plan_reproduce(args.notebooks, budget=budget, runs_root=args.runs_root,
                                          data_dir=args.data_dir, figures=args.figures, parameters=params,
+                                         notebooks_dir=args.notebooks_dir, workers=args.workers,
                                          rates_kind=args.rates)))
         return 0
     res = reproduce(args.notebooks, budget=budget, out=args.out, figures=args.figures, runs_root=args.runs_root,
-                    data_dir=args.data_dir, parameters=params, log_output=args.verbose, workers=args.workers)
+                    data_dir=args.data_dir, parameters=params, log_output=args.verbose, workers=args.workers,
+                    notebooks_dir=args.notebooks_dir)
     failed = [r for r in res["notebooks"] if r["status"] != "ok"]
     print(Path(res["findings_md"]).read_text(encoding="utf-8"))
     if failed:
@@ -68,12 +70,15 @@ examples:
   gepa reproduce                          # the demo: reduced parameters (< 15 min on 2 cores)
   gepa reproduce --study                  # the calibrated study: the notebooks' own parameters (< 2 h)
   gepa reproduce --quick                  # smallest parameters (a smoke run, a few minutes)
-  gepa reproduce --notebooks 10_warmdown 11_compressibility
-  gepa reproduce --parameters notebooks/10_warmdown.gpu.yaml --notebooks 10_warmdown -p nproc=8
-  gepa reproduce --plan --parameters notebooks/12_sgd_vs_adamw.gpu.yaml --notebooks 12_sgd_vs_adamw
+  gepa reproduce --notebooks NAME [NAME ...]   # some of the notebooks (their NN_name)
+  gepa reproduce --parameters notebooks/NAME.gpu.yaml --notebooks NAME -p nproc=8
+  gepa reproduce --plan --parameters notebooks/NAME.gpu.yaml --notebooks NAME
   gepa reproduce --plan --study --rates cpu  # the study's bill at this CPU's measured rates
 
-Executed notebooks go to --out (the sources in notebooks/ stay output-free); the runs' progress
+The notebooks are the NN_name.ipynb of --notebooks-dir, run in name order, each executed first
+through its plan cell to learn what it trains; the demo's and --quick's parameters are the
+NN_name.demo.yaml / .quick.yaml beside it. Executed notebooks go to --out (the sources in
+notebooks/ stay output-free); the runs' progress
 lines are echoed as they come (--verbose: every line of output). A notebook that fails is
 reported and the others still run; the exit code is then 5. A misspelt or mistyped parameter
 fails its notebook with a line naming it.
@@ -85,18 +90,20 @@ def add_cli(subparsers) -> None:
                    description="Execute the notebooks headlessly (papermill) and tabulate the five findings "
                                "in <figures>/findings.md.", epilog=EPILOG)
     p.add_argument("--notebooks", nargs="+", metavar="NAME", default=None,
-                   help=f"a subset of: {' '.join(NOTEBOOKS)}")
+                   help="some of the notebooks (default: every NN_name.ipynb of --notebooks-dir, in name order)")
+    p.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                   help="the folder of the notebooks and their parameter files (default notebooks/)")
     p.add_argument("--study", action="store_true",
                    help="the calibrated study: the notebooks' own parameters (default: the demo's reduced ones)")
     p.add_argument("--quick", action="store_true", help="smallest parameters (smoke run)")
     p.add_argument("--workers", type=int, default=None,
-                   help="training runs at once before the notebooks (default: one per usable core)")
+                   help="training runs (and plan cells) at once before the notebooks (default: one per usable core)")
     p.add_argument("--out", default="runs/notebooks", help="where executed notebooks go (default runs/notebooks)")
     p.add_argument("--figures", default="figures", help="figures and findings.md (default figures)")
     p.add_argument("--runs-root", default="runs", help="content-addressed run directories (default runs)")
     p.add_argument("--data-dir", default="data/sotu_sp1024", help="dataset (default: the embedded one)")
     p.add_argument("--parameters", default=None, metavar="YAML",
-                   help="notebook parameters for every notebook, e.g. notebooks/10_warmdown.gpu.yaml")
+                   help="notebook parameters for every notebook, e.g. notebooks/NAME.gpu.yaml")
     p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                    help="one notebook parameter (YAML value), e.g. -p nproc=2")
     p.add_argument("--verbose", action="store_true", help="echo the notebooks' cell output")

@@ -1,4 +1,4 @@
-"""The TTT families on the same base (notebook 15_ttt_families): table, verdicts, figure.
+"""The TTT families on the same base (the TTT families notebook): table, verdicts, figure.
 
 Two claims of the challenge's later line, each judged like the five findings
 (gepalib.findings.verdicts: Welch over per-seed TTT gains, its 95% interval and MDE,

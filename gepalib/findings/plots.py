@@ -265,7 +265,7 @@ def ttt_share_figure(share: Mapping[str, Any], *, label: str = "ours",
 
 
 # ---------------------------------------------------------------------------
-# Training curves (01_train)
+# Training curves (the training notebook)
 
 
 def training_curves_figure(metrics: Any, *, title: str = "training") -> plt.Figure:
@@ -291,7 +291,7 @@ def training_curves_figure(metrics: Any, *, title: str = "training") -> plt.Figu
 
 
 # ---------------------------------------------------------------------------
-# Stage ledger (02_artifact_and_eval)
+# Stage ledger (the artifact-and-evaluation notebook)
 
 
 def stage_ledger_figure(table: Any, *, title: str = "stage ledger: val_bpb per stage") -> plt.Figure:

@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from gepalib.paths import resolve_path
 from gepalib.findings.verdicts import findings_markdown
 from gepalib.fsio import atomic_write_json, atomic_write_text
 
-# Finding id -> the notebook that computes it.
-FINDINGS = {"F1": "10_warmdown", "F2": "11_compressibility", "F3": "12_sgd_vs_adamw", "F4": "13_freezing",
-            "F5": "14_ttt_share"}
-# Beyond the submission: the challenge's later TTT families (gepalib.findings.families).
-EXTENSIONS = {"E1": "15_ttt_families", "E2": "15_ttt_families"}
-ALL_RECORDS = {**FINDINGS, **EXTENSIONS}
+# The submission's five findings; any other record (E1, E2: the challenge's later TTT families,
+# gepalib.findings.families; a new notebook's E<n>) is tabulated "beyond the submission".
+FINDINGS = ("F1", "F2", "F3", "F4", "F5")
 
 
 def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figures", **extra: Any) -> Path:
@@ -73,24 +70,26 @@ def calibration_line(rec: dict[str, Any]) -> str | None:
 
 
 def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_rows: Sequence[dict] = (),
-                      note: str = "") -> Path:
+                      note: str = "", sources: Mapping[str, str] | None = None) -> Path:
     """``<figures_dir>/findings.md``: the five findings (submission, ours, verdict), which are
-    missing, and (when given) how each notebook fared."""
-    recs = load_findings(figures_dir)
+    missing (with the notebook that computes each, from ``sources``: {finding id: notebook}),
+    every other record beyond the submission, and (when given) how each notebook fared."""
+    recs, sources = load_findings(figures_dir), dict(sources or {})
     lines = ["# The five findings, reproduced", ""]
     if note:
         lines += [note, ""]
     lines.append(findings_markdown([recs[f] for f in FINDINGS if f in recs]).rstrip("\n"))
-    missing = [f"{f} ({FINDINGS[f]})" for f in FINDINGS if f not in recs]
+    missing = [f + (f" ({sources[f]})" if f in sources else "") for f in FINDINGS if f not in recs]
     if missing:
         lines += ["", "Not computed: " + ", ".join(missing) + "."]
-    ext = [recs[e] for e in EXTENSIONS if e in recs]
-    if ext:
-        lines += ["", "## Beyond the submission", "", findings_markdown(ext).rstrip("\n")]
-    cal = [ln for f in ALL_RECORDS if f in recs and (ln := calibration_line(recs[f]))]
+    others = sorted(f for f in recs if f not in FINDINGS)
+    if others:
+        lines += ["", "## Beyond the submission", "", findings_markdown([recs[e] for e in others]).rstrip("\n")]
+    ordered = [f for f in FINDINGS if f in recs] + others
+    cal = [ln for f in ordered if (ln := calibration_line(recs[f]))]
     if cal:
         lines += ["", "Calibration (each experiment checked against its finding's regime before the verdict):", *cal]
-    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in ALL_RECORDS if f in recs and recs[f].get("criterion")]
+    crit = [f"- **{f}**: {recs[f]['criterion']}" for f in ordered if recs[f].get("criterion")]
     if crit:
         lines += ["", "Verdict criteria (computed by `gepalib.findings`):", *crit]
     if notebook_rows:

@@ -1,8 +1,8 @@
 """Know the bill before paying it: every run and evaluation the notebooks would launch, what is
 already on disk, and the GPU-hours and wall time of the rest (``gepa reproduce --plan``).
 
-    plans = [run.plan_notebook(n, params) for n in names]      # gepalib.run.plans
-    bill = run.price_plans(plans)                              # nothing is trained
+    plans = run.record_plans(names)       # each notebook's plan cell, executed (gepalib.run.notebooks)
+    bill = run.price_plans(plans)         # nothing is trained
     print(run.format_bill(bill))
 
 **What is reused.** A training run whose content-addressed directory holds the finished run
@@ -38,7 +38,7 @@ from gepalib.paths import resolve_path
 from gepalib.data import list_shards, read_shard_header, val_keep
 from gepalib.findings.reference import HEADLINE
 from gepalib.run.launch import torchrun_command
-from gepalib.run.plans import NotebookPlan, PlannedEval
+from gepalib.run.plans import Plan, PlannedEval, publish
 from gepalib.run.rates import (GEPA11_FLOPS, RATE_KINDS, Rates, flops_per_token, gpu_rates,  # noqa: F401 (re-exported)
                                load_rates, submission_rates)
 from gepalib.run.stages import find_stage, stage_kinds, stage_settings
@@ -159,7 +159,7 @@ def _has_artifact(rd: RunDir) -> bool:
         rd.artifact.stat().st_mtime >= rd.ema_weights.stat().st_mtime
 
 
-def plan_rates(plans: list[NotebookPlan], kind: str = "auto") -> Rates:
+def plan_rates(plans: list[Plan], kind: str = "auto") -> Rates:
     """:func:`load_rates` of ``kind`` for ``plans``. Under auto the CPU rates price only plans
     whose runs are all of preset families the ledger measured (``tiny_baseline`` is of
     ``tiny``'s); one of gepa11 or baseline9 (what the ``*.gpu.yaml`` parameters train) makes
@@ -176,7 +176,7 @@ def plan_rates(plans: list[NotebookPlan], kind: str = "auto") -> Rates:
                              f"measure; --rates cpu prices it on this CPU)")
 
 
-def price_plans(plans: list[NotebookPlan], rates: Rates | None = None, kind: str = "auto") -> dict[str, Any]:
+def price_plans(plans: list[Plan], rates: Rates | None = None, kind: str = "auto") -> dict[str, Any]:
     """Every run and evaluation of ``plans`` with its status and price (nothing is run), at
     ``rates`` (default :func:`plan_rates` of ``kind``)."""
     rates = rates or plan_rates(plans, kind)
@@ -254,7 +254,7 @@ def format_bill(bill: dict[str, Any], *, commands: bool = True) -> str:
         by_nb.setdefault(i.notebook, []).append(i)
     u = rates.unit
     for nb, items in by_nb.items():
-        out.append(f"notebook {nb}:")
+        out.append(f"notebook {nb}:" if nb else "this notebook:")
         for i in items:
             out.append(f"  {i.what:<5} {i.label}  nproc {i.nproc}  [{i.status}]  "
                        f"{i.gpu_s / 3600:.2f} {u}, wall {_hours(i.wall_s)}" + (f"  ({i.detail})" if i.detail else ""))
@@ -276,61 +276,35 @@ def format_bill(bill: dict[str, Any], *, commands: bool = True) -> str:
 
 
 # ---------------------------------------------------------------------------
-# A notebook's dry run
+# A notebook's dry run, and the bill of gepa reproduce
 
 
-def _skip_cell(lines: list[str]) -> list[str]:
-    """Every cell becomes a no-op, except those that mention ``dry_run`` (the parameters cell and
-    the plan's: setting ``dry_run = False`` and running the plan cell again undoes the skip)."""
-    return lines if any("dry_run" in ln for ln in lines) else ["pass\n"]
+class DryRun(Exception):
+    """Raised by :func:`stop_if_dry_run` with ``dry_run``: the notebook stops after its bill."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this line instead of a traceback
+        return [f"DryRun: {self}"]
 
 
-def _ipython():
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    return get_ipython()
-
-
-def stop_if_dry_run(plan: NotebookPlan, dry_run: bool) -> None:
-    """With ``dry_run``: print the notebook's bill and run nothing more -- in Jupyter/papermill
-    every later cell of this kernel becomes a no-op (an IPython input transformer; the run
-    completes without an error) until the cell calling this runs with ``dry_run`` False; as a
-    plain script the process exits 0."""
-    ip = _ipython()
-    if not dry_run:
-        if ip is not None and _skip_cell in ip.input_transformers_post:
-            ip.input_transformers_post.remove(_skip_cell)
+def stop_if_dry_run(plan: Plan, dry_run: bool) -> None:
+    """The plan cell's last call. While ``gepa reproduce`` records plans, publish ``plan``
+    (:func:`gepalib.run.plans.publish`) and return. Else with ``dry_run``: print the
+    notebook's bill and stop -- in Jupyter or papermill by raising :class:`DryRun` (the
+    cells below do not run; papermill reports the stop as the cell's error), as a plain
+    script by exiting 0."""
+    if publish(plan) or not dry_run:
         return
     print(format_bill(price_plans([plan])), flush=True)
-    if ip is None:
-        sys.exit(0)
-    if _skip_cell not in ip.input_transformers_post:
-        ip.input_transformers_post.append(_skip_cell)
-    print(f"dry run: {plan.notebook}'s remaining cells are skipped", flush=True)
+    if "IPython" not in sys.modules or sys.modules["IPython"].get_ipython() is None:
+        sys.exit(0)  # a plain script
+    raise DryRun("nothing was launched; set dry_run = False to run the notebook")
 
 
-def plan_reproduce(notebooks: list[str] | None = None, *, quick: bool = False, budget: str | None = None,
-                   runs_root: str = "runs", data_dir: str = "data/sotu_sp1024", figures: str = "figures",
-                   parameters: dict[str, Any] | None = None, rates: Rates | None = None,
-                   rates_kind: str = "auto") -> dict[str, Any]:
-    """The bill of ``gepa reproduce`` with the same arguments: each notebook gets the parameters
-    :func:`gepalib.run.notebooks.reproduce` would inject (``budget`` demo | study | quick), and
-    nothing runs; priced at ``rates`` (default :func:`plan_rates` of ``rates_kind``)."""
-    from gepalib.run.notebooks import NOTEBOOKS, budget_parameters
-    from gepalib.run.plans import plan_notebook
+def plan_reproduce(notebooks: list[str] | None = None, *, rates: Rates | None = None, rates_kind: str = "auto",
+                   **kw: Any) -> dict[str, Any]:
+    """The bill of ``gepa reproduce`` with the same arguments (``kw``: those of
+    :func:`gepalib.run.notebooks.record_plans`, which records the plans); nothing is trained.
+    Priced at ``rates`` (default :func:`plan_rates` of ``rates_kind``)."""
+    from gepalib.run.notebooks import record_plans
 
-    budget = "quick" if quick else (budget or "demo")
-    names = [n for n in NOTEBOOKS if n in (notebooks or NOTEBOOKS)]
-    unknown = sorted(set(notebooks or ()) - set(NOTEBOOKS))
-    if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
-    data_dir = str((parameters or {}).get("data_dir", data_dir))
-    plans = []
-    for name in names:
-        params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": figures}
-        params.update(budget_parameters(name, budget))
-        params.update(parameters or {})
-        plans.append(plan_notebook(name, params))
-    return price_plans(plans, rates, rates_kind)
+    return price_plans(record_plans(notebooks, **kw), rates, rates_kind)

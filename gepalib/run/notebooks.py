@@ -1,96 +1,61 @@
-"""Executing the notebooks headlessly (papermill) and tabulating the findings: ``gepa reproduce``.
+"""``gepa reproduce``: the notebooks of a folder, their plans, their headless execution.
 
-Steps: prepare the embedded dataset if needed; train every run the notebooks plan, several
-at once (:func:`gepalib.run.study.pretrain`; a run that fails is retried by its notebook,
-which then reports it); execute each notebook with papermill
-(kernel ``python3``, cwd = the project root) into ``<out>/<name>.ipynb`` -- the sources
-in ``notebooks/`` stay output-free; each findings notebook computes its verdict with
-:mod:`gepalib.findings` and stores it with :func:`gepalib.findings.report.save_finding`
-as ``<figures>/finding_F<n>.json``; finally :func:`gepalib.findings.report.write_findings_md`
-tabulates them into ``<figures>/findings.md`` (the submission's number, ours, the
-verdict). A failing notebook is reported and the others still run.
+The notebooks are the ``NN_name.ipynb`` files of ``notebooks/`` (or ``--notebooks-dir``), run
+in name order. Each declares its parameters (cell ``parameters``: the study's values; the
+demo's and the smoke run's are ``NN_name.demo.yaml`` / ``NN_name.quick.yaml`` beside it) and
+its runs and evaluations (cell ``plan``: :class:`gepalib.run.Plan`). :func:`reproduce` learns
+every plan by executing each notebook through that cell (:func:`record_plans`), trains the union
+of the planned runs several at once (:func:`gepalib.run.study.pretrain`), executes the notebooks
+with papermill into ``<out>/<name>.ipynb`` (the sources stay output-free) and tabulates the
+records they saved in ``<figures>/findings.md``. A failing notebook is reported, the others run.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
+from gepalib.findings.report import save_finding, write_findings_md  # noqa: F401 (re-exported)
 from gepalib.paths import project_root, resolve_path
-from gepalib.findings.report import ALL_RECORDS, FINDINGS, load_findings, save_finding, write_findings_md  # noqa: F401
 from gepalib.run.configs import ensure_data
-from gepalib.run.plans import plan_notebook
+from gepalib.run.launch import usable_cores
+from gepalib.run.params import parameters_cell, parameters_spec, unknown_error
+from gepalib.run.plans import RECORD_ENV, Plan, read_published
 from gepalib.run.study import pretrain
 
-NOTEBOOKS = ("00_quickstart", "01_train", "02_artifact_and_eval", "10_warmdown", "11_compressibility",
-             "12_sgd_vs_adamw", "13_freezing", "14_ttt_share", "15_ttt_families", "16_quantizers")
 KERNEL = "python3"
-
-# Three budgets, one code path: every notebook's parameters cell holds the calibrated study's
-# values (``gepa reproduce --study``, ``make study``); the reduced values below are the only
-# other place parameters live. DEMO (``gepa reproduce``, ``make demo``): the same experiments,
-# shorter and with two seeds, so every verdict reads "inconclusive" and says why (< 15 min on 2
-# cores). QUICK (``--quick`` and the test-suite): the smallest runs that still exercise every
-# code path (two ladder rungs, two seeds, a one-point held-out sweep).
-_LADDER_DEMO = {"ladder_steps": [150, 300], "ladder_warmdown": [70, 120], "val_every": 25}
-_TTT_DEMO = {"ttt_val_tokens": 32768, "sweep_lrs": {}, "sweep_chunk_tokens": [], "sweep_epochs": []}
-_SGD_DEMO = {"ttt_optimizer": "sgd", "ttt_lr": 0.02, "ttt_momentum": 0.9, "ttt_epochs": 3, "ttt_freeze_blocks": 1,
-             "ttt_chunk_tokens": 4096}
-DEMO_COMMON: dict[str, Any] = {"scale": "cpu"}
-DEMO_PARAMETERS: dict[str, dict[str, Any]] = {
-    "00_quickstart": {"steps": 100},
-    "01_train": {"steps": 300},  # = the demo ladder's longest rung (seed 42)
-    "02_artifact_and_eval": {"steps": 300},
-    "10_warmdown": {**_LADDER_DEMO, "seeds": [42, 43], "constant_steps": 0},
-    "11_compressibility": {**_LADDER_DEMO, "constant_steps": 0},
-    "12_sgd_vs_adamw": {**_LADDER_DEMO, **_TTT_DEMO, "seeds": [42, 43], "sgd": _SGD_DEMO,
-                        "adamw": {"ttt_optimizer": "adamw", "ttt_lr": 0.001, "ttt_freeze_blocks": 1},
-                        "compare_sliding": False},
-    "13_freezing": {**_LADDER_DEMO, **_TTT_DEMO, "seeds": [42, 43], "sgd": _SGD_DEMO, "freeze_blocks": [0, 1]},
-    "14_ttt_share": {**_LADDER_DEMO, **_TTT_DEMO, "sgd": _SGD_DEMO, "baseline_steps": 150},
-    "15_ttt_families": {**_LADDER_DEMO, "seeds": [42, 43], "ttt_val_tokens": 16384, "phase_docs": [5, 10],
-                        "sweep_lrs": {}, "family_sweeps": {}},
-    "16_quantizers": {**_LADDER_DEMO},
-}
-_LADDER_QUICK = {"ladder_steps": [10, 20], "ladder_warmdown": None}
-_TTT_QUICK = {"ttt_val_tokens": None, "sweep_lrs": {"sgd": [0.01]}, "sweep_chunk_tokens": [], "sweep_epochs": []}
-QUICK_COMMON: dict[str, Any] = {"scale": "quick", "val_every": 2}
-QUICK_PARAMETERS: dict[str, dict[str, Any]] = {
-    "00_quickstart": {"steps": 10},  # = the ladder's first rung (seed 42): trained once, reused
-    "01_train": {"steps": 20},  # = the ladder's last rung
-    "02_artifact_and_eval": {"steps": 20},
-    "10_warmdown": {**_LADDER_QUICK, "seeds": [42, 43], "constant_steps": 20},
-    "11_compressibility": {**_LADDER_QUICK, "constant_steps": 20},
-    "12_sgd_vs_adamw": {**_LADDER_QUICK, **_TTT_QUICK, "seeds": [42, 43],
-                        "sweep_lrs": {"sgd": [0.01], "adamw": [0.001]}},
-    "13_freezing": {**_LADDER_QUICK, **_TTT_QUICK, "seeds": [42, 43], "freeze_blocks": [0, 1]},
-    "14_ttt_share": {**_LADDER_QUICK, **_TTT_QUICK, "baseline_steps": 3},
-    "15_ttt_families": {**_LADDER_QUICK, "seeds": [42, 43], "ttt_val_tokens": 4096, "phase_docs": [1, 2],
-                        "sweep_lrs": {}, "family_sweeps": {"lora_doc": {"ttt_lora_lr": [0.01]}}},
-    "16_quantizers": {**_LADDER_QUICK},
-}
+NAME = re.compile(r"^\d\d_\w+$")  # NN_name
+# The study: the notebooks' own parameters; the demo (shorter, two seeds: inconclusive verdicts
+# that say why) and the smoke run (the smallest runs through every code path): their yaml files.
 BUDGETS = ("demo", "study", "quick")
-
-
-def budget_parameters(name: str, budget: str) -> dict[str, Any]:
-    """The parameters a budget injects into notebook ``name`` (the study: none, the notebook's own)."""
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-    if budget == "study":
-        return {}
-    common, per = (DEMO_COMMON, DEMO_PARAMETERS) if budget == "demo" else (QUICK_COMMON, QUICK_PARAMETERS)
-    return {**common, **per.get(name, {})}
 
 
 def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
 
-# ---------------------------------------------------------------------------
-# Executing notebooks
+def _dir(folder: str | os.PathLike | None) -> Path:
+    return resolve_path(folder) if folder else notebooks_dir()
+
+
+def notebook_names(folder: str | os.PathLike | None = None) -> list[str]:
+    """The notebooks of ``folder`` (default ``notebooks/``): every ``NN_name.ipynb``, in name order."""
+    return sorted(p.stem for p in _dir(folder).glob("[0-9][0-9]_*.ipynb") if NAME.match(p.stem))
+
+
+def select_notebooks(notebooks: Sequence[str] | None, folder: str | os.PathLike | None = None) -> list[str]:
+    """``notebooks`` (all by default) in name order; ValueError naming any that ``folder`` lacks."""
+    known = notebook_names(folder)
+    unknown = [n for n in notebooks or () if n not in known]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown} in {_dir(folder)}; choose from {', '.join(known)}")
+    return [n for n in known if not notebooks or n in notebooks]
 
 
 def load_parameters_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -104,6 +69,37 @@ def load_parameters_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of parameter names to values")
     return data
+
+
+def budget_parameters(name: str, budget: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The parameters a budget injects into notebook ``name``: its ``<name>.<budget>.yaml`` (demo,
+    quick; none when the file is missing); the study: none, the notebook's own. A name the
+    notebook does not declare raises ValueError naming the file."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    path = _dir(folder) / f"{name}.{budget}.yaml"
+    if budget == "study" or not path.is_file():
+        return {}
+    given = load_parameters_file(path)
+    declared = list(parameters_spec(parameters_cell(_dir(folder) / f"{name}.ipynb")))
+    for k in given:
+        if k not in declared:
+            raise ValueError(f"{path}: {unknown_error(k, declared)}")
+    return given
+
+
+def reproduce_parameters(name: str, budget: str, *, data_dir: str, runs_root: str, figures: str,
+                         parameters: Mapping[str, Any] | None = None,
+                         folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What ``gepa reproduce`` injects into ``name``: the paths, the budget's values, the user's
+    (their ``data_dir`` wins)."""
+    data_dir = str((parameters or {}).get("data_dir", data_dir))
+    return {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": figures,
+            **budget_parameters(name, budget, folder), **(parameters or {})}
+
+
+# ---------------------------------------------------------------------------
+# Executing notebooks
 
 
 # The cells' output lines that show a notebook is alive: the runs' own key:value lines
@@ -146,28 +142,39 @@ class ProgressEcho:
         print(f"  {self.name} | {line}", file=self.out or sys.stdout, flush=True)
 
 
-def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, Any], *,
-                     log_output: bool = False, kernel: str = KERNEL, echo: bool = True) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` with papermill into ``<out_dir>/<name>.ipynb``.
-
-    Runs with cwd = the project root; the kernel inherits this process's environment, to
-    which gepalib's root is added on PYTHONPATH and ``OMP_WAIT_POLICY=PASSIVE`` (unless set).
-    While it runs, the runs' progress lines are echoed as they come (:class:`ProgressEcho`;
-    ``log_output``: every line the cells print, stderr too; ``echo=False``: nothing).
-    A failing cell raises papermill's PapermillExecutionError (the executed copy shows where)."""
-    import papermill as pm  # the notebooks extra
-
-    src = notebooks_dir() / f"{name}.ipynb"
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: no such notebook; choose from {', '.join(NOTEBOOKS)}")
-    out = resolve_path(out_dir) / f"{name}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _kernel_env() -> str:
+    """The project root, after putting it on PYTHONPATH and setting ``GEPA_HOME`` and
+    ``OMP_WAIT_POLICY=PASSIVE`` (unless set) in the environment the kernel inherits."""
     root = str(project_root())
     pp = os.environ.get("PYTHONPATH", "")
-    if root not in pp.split(os.pathsep):  # the kernel inherits the environment
+    if root not in pp.split(os.pathsep):
         os.environ["PYTHONPATH"] = root + (os.pathsep + pp if pp else "")
     os.environ.setdefault("GEPA_HOME", root)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as gepalib.run.launch does for its subprocesses
+    return root
+
+
+def _source(name: str, folder: str | os.PathLike | None) -> Path:
+    src = _dir(folder) / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such notebook; choose from {', '.join(notebook_names(folder))}")
+    return src
+
+
+def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, Any], *,
+                     log_output: bool = False, kernel: str = KERNEL, echo: bool = True,
+                     notebooks_dir: str | os.PathLike | None = None) -> Path:
+    """Execute ``<notebooks_dir>/<name>.ipynb`` with papermill into ``<out_dir>/<name>.ipynb``, with
+    cwd = the project root (:func:`_kernel_env`). While it runs, the runs' progress lines are
+    echoed as they come (:class:`ProgressEcho`; ``log_output``: every line the cells print,
+    stderr too; ``echo=False``: nothing). A failing cell raises papermill's
+    PapermillExecutionError (the executed copy shows where)."""
+    import papermill as pm  # the notebooks extra
+
+    src = _source(name, notebooks_dir)
+    out = resolve_path(out_dir) / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = _kernel_env()
     sinks = {}
     if echo:
         sinks["stdout_file"] = ProgressEcho(name, all_lines=log_output)
@@ -178,46 +185,79 @@ def execute_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str
     return out
 
 
-def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, budget: str | None = None,
-              out: str = "runs/notebooks", figures: str = "figures", runs_root: str = "runs",
-              data_dir: str = "data/sotu_sp1024", parameters: dict[str, Any] | None = None,
-              log_output: bool = False, workers: int | None = None) -> dict[str, Any]:
-    """Execute the notebooks (all by default, in order) and write ``<figures>/findings.md``.
+def _record_one(name: str, parameters: dict[str, Any], folder: str | os.PathLike | None, kernel: str) -> Plan:
+    """Execute a copy of the notebook that ends with its cell tagged ``plan`` and read back the
+    plan that cell published. ValueError naming the notebook when it fails or publishes none."""
+    import nbformat
+    import papermill as pm
 
-    ``budget``: ``demo`` (the default; :data:`DEMO_PARAMETERS`), ``study`` (the notebooks' own
-    parameters: the calibrated study) or ``quick`` (``quick=True``; :data:`QUICK_PARAMETERS`).
-    First every training run the notebooks plan is trained, ``workers`` at a time
-    (:func:`gepalib.run.study.pretrain`; default one per usable core; with ``nproc`` > 1 one
-    at a time), then the notebooks run and reuse them. Returns {"notebooks": [{notebook,
-    status, seconds, output, error}], "findings_md": path, "seconds": total, "pretrain_seconds"}."""
-    budget = "quick" if quick else (budget or "demo")
-    names = list(notebooks) if notebooks else list(NOTEBOOKS)
-    unknown = [n for n in names if n not in NOTEBOOKS]
-    if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
-    names = [n for n in NOTEBOOKS if n in names]  # canonical order: 10 trains what 11-14 reuse
-    t_all = time.perf_counter()
-    data_dir = str((parameters or {}).get("data_dir", data_dir))
-    ensure_data(data_dir)
-    fig_dir = resolve_path(figures)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for f, nb in ALL_RECORDS.items():  # a stale verdict must not survive a failed re-run
-        if nb in names:
-            (fig_dir / f"finding_{f}.json").unlink(missing_ok=True)
-    all_params = {}
-    for name in names:
-        params = {"data_dir": data_dir, "runs_root": runs_root, "figures_dir": str(fig_dir)}
-        params.update(budget_parameters(name, budget))
-        params.update(parameters or {})
-        all_params[name] = params
+    nb = nbformat.read(_source(name, folder), as_version=4)
+    cut = next((i for i, c in enumerate(nb.cells) if "plan" in c.get("metadata", {}).get("tags", [])), None)
+    if cut is None:
+        raise ValueError(f"{name}: no cell tagged plan")
+    nb.cells = nb.cells[:cut + 1]
+    with tempfile.TemporaryDirectory(prefix="gepa-plan-") as tmp:
+        path = str(Path(tmp) / f"{name}.ipynb")
+        nbformat.write(nb, path)
+        try:
+            done = pm.execute_notebook(path, path, parameters=parameters, kernel_name=kernel, progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            raise ValueError(f"{name}: its plan cell failed: {e.ename}: {e.evalue}") from None
+    plan = read_published(done, name)
+    if plan is None:
+        raise ValueError(f"{name}: its plan cell published no plan (it ends with run.stop_if_dry_run(plan, dry_run))")
+    return plan
+
+
+def _record_all(params: Mapping[str, dict[str, Any]], folder: str | os.PathLike | None = None,
+                workers: int | None = None, kernel: str = KERNEL) -> dict[str, Plan | ValueError]:
+    """{name: its plan, or the ValueError of its plan cell}, ``workers`` notebooks at a time
+    (default one per usable core); every kernel starts in the project root with
+    :data:`~gepalib.run.plans.RECORD_ENV` set."""
+    root = _kernel_env()
+    os.environ[RECORD_ENV] = "1"
+    try:
+        with contextlib.chdir(root), cf.ThreadPoolExecutor(max_workers=max(1, workers or usable_cores())) as ex:
+            futs = {n: ex.submit(_record_one, n, p, folder, kernel) for n, p in params.items()}
+            out: dict[str, Plan | ValueError] = {}
+            for n, f in futs.items():
+                try:
+                    out[n] = f.result()
+                except Exception as e:  # noqa: BLE001 -- a dead kernel too: that notebook's plan is unknown
+                    out[n] = e if isinstance(e, ValueError) else ValueError(f"{n}: {type(e).__name__}: {e}")
+    finally:
+        os.environ.pop(RECORD_ENV, None)
+    return out
+
+
+def _budget(quick: bool, budget: str | None) -> str:
+    return "quick" if quick else (budget or "demo")
+
+
+def record_plans(notebooks: Sequence[str] | None = None, *, quick: bool = False, budget: str | None = None,
+                 runs_root: str = "runs", data_dir: str = "data/sotu_sp1024", figures: str = "figures",
+                 parameters: dict[str, Any] | None = None, notebooks_dir: str | os.PathLike | None = None,
+                 workers: int | None = None) -> list[Plan]:
+    """The plans of ``notebooks`` (all by default, in order) with the parameters :func:`reproduce`
+    would inject; nothing is trained. ValueError naming each notebook whose plan cell failed."""
+    names = select_notebooks(notebooks, notebooks_dir)
+    params = {n: reproduce_parameters(n, _budget(quick, budget), data_dir=data_dir, runs_root=runs_root,
+                                      figures=figures, parameters=parameters, folder=notebooks_dir) for n in names}
+    plans = _record_all(params, notebooks_dir, workers)
+    bad = [str(p) for p in plans.values() if isinstance(p, ValueError)]
+    if bad:
+        raise ValueError("; ".join(bad))
+    return [plans[n] for n in names]
+
+
+def _pretrain(plans: list[Plan], workers: int | None, runs_root: str) -> float:
+    """Train every planned run (the union), several at once; the seconds it took."""
     t0 = time.perf_counter()
-    plans = [plan_notebook(n, p) for n, p in all_params.items()]
     cfgs = [c for pl in plans for _, c in pl.all_runs()]
     serial = any(pl.nproc > 1 for pl in plans)
     print(f"pretrain: {len(cfgs)} planned runs", flush=True)
     try:
-        pretrain(cfgs, workers=1 if serial else workers, runs_root=runs_root,
-                 log=lambda m: print(m, flush=True))
+        pretrain(cfgs, workers=1 if serial else workers, runs_root=runs_root, log=lambda m: print(m, flush=True))
     except Exception as e:  # noqa: BLE001 -- the notebooks that need the run retry it and report
         lines = str(e).splitlines()
         why = [ln.strip() for ln in lines[1:] if "error:" in ln][:1]  # the trainer's one-line reason
@@ -225,27 +265,67 @@ def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, bu
               f"{'; '.join(lines[:1] + why)}", flush=True)
     pre_s = time.perf_counter() - t0
     print(f"pretrain_seconds:{pre_s:.1f}", flush=True)
-    rows = []
-    for name in names:
-        params = all_params[name]
-        print(f"notebook:{name} status:running", flush=True)
-        t0 = time.perf_counter()
-        row = {"notebook": name, "status": "ok", "output": str(resolve_path(out) / f"{name}.ipynb"), "error": ""}
-        try:
-            execute_notebook(name, out, params, log_output=log_output)
-        except Exception as e:  # noqa: BLE001 -- report and go on with the next notebook
-            row["status"] = "failed"
-            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        row["seconds"] = time.perf_counter() - t0
-        print(f"notebook:{name} status:{row['status']} seconds:{row['seconds']:.1f}"
-              + (f" error:{row['error']}" if row["error"] else ""), flush=True)
-        rows.append(row)
+    return pre_s
+
+
+def _run_one(name: str, out: str, params: dict[str, Any], log_output: bool,
+             folder: str | os.PathLike | None) -> dict[str, Any]:
+    print(f"notebook:{name} status:running", flush=True)
+    t0 = time.perf_counter()
+    row = {"notebook": name, "status": "ok", "output": str(resolve_path(out) / f"{name}.ipynb"), "error": ""}
+    try:
+        execute_notebook(name, out, params, log_output=log_output, notebooks_dir=folder)
+    except Exception as e:  # noqa: BLE001 -- report and go on with the next notebook
+        row["status"] = "failed"
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    row["seconds"] = time.perf_counter() - t0
+    print(f"notebook:{name} status:{row['status']} seconds:{row['seconds']:.1f}"
+          + (f" error:{row['error']}" if row["error"] else ""), flush=True)
+    return row
+
+
+WHAT = {"study": "the calibrated study (the notebooks' own parameters)",
+        "demo": "demo (reduced parameters, two seeds: a smoke run, not the study; run `gepa reproduce --study`)",
+        "quick": "quick (smoke-test parameters)"}
+
+
+def reproduce(notebooks: Sequence[str] | None = None, *, quick: bool = False, budget: str | None = None,
+              out: str = "runs/notebooks", figures: str = "figures", runs_root: str = "runs",
+              data_dir: str = "data/sotu_sp1024", parameters: dict[str, Any] | None = None,
+              log_output: bool = False, workers: int | None = None,
+              notebooks_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Execute the notebooks (all of ``notebooks_dir`` by default, in name order) and write
+    ``<figures>/findings.md``.
+
+    ``budget``: ``demo`` (the default; each notebook's ``.demo.yaml``), ``study`` (the
+    notebooks' own parameters: the calibrated study) or ``quick`` (``quick=True``; ``.quick.yaml``).
+    First each notebook's plan is recorded and every run they plan is trained, ``workers`` at
+    a time (default one per usable core; with ``nproc`` > 1 one at a time), then the notebooks
+    run and reuse them. A notebook whose plan cell fails trains nothing beforehand and fails
+    when it runs. Returns {"notebooks": [{notebook, status, seconds, output, error}],
+    "findings_md": path, "seconds": total, "pretrain_seconds", "budget"}."""
+    budget = _budget(quick, budget)
+    names = select_notebooks(notebooks, notebooks_dir)
+    t_all = time.perf_counter()
+    data_dir = str((parameters or {}).get("data_dir", data_dir))
+    ensure_data(data_dir)
+    fig_dir = resolve_path(figures)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    all_params = {n: reproduce_parameters(n, budget, data_dir=data_dir, runs_root=runs_root, figures=str(fig_dir),
+                                          parameters=parameters, folder=notebooks_dir) for n in names}
+    recorded = _record_all(all_params, notebooks_dir, workers)
+    plans = [p for p in recorded.values() if isinstance(p, Plan)]
+    for n, p in recorded.items():
+        print(f"plan:{n} " + (f"runs:{len(p.all_runs())} evals:{len(p.evals)}" if isinstance(p, Plan)
+                              else f"failed: {p}"), flush=True)
+    sources = {f: p.notebook for p in plans for f in p.findings}
+    for f in sources:  # a stale verdict must not survive a failed re-run
+        (fig_dir / f"finding_{f}.json").unlink(missing_ok=True)
+    pre_s = _pretrain(plans, workers, runs_root)
+    rows = [_run_one(n, out, all_params[n], log_output, notebooks_dir) for n in names]
     total = time.perf_counter() - t_all
-    what = {"study": "the calibrated study (the notebooks' own parameters)",
-            "demo": "demo (reduced parameters, two seeds: a smoke run, not the study; run `gepa reproduce --study`)",
-            "quick": "quick (smoke-test parameters)"}[budget]
-    note = (f"Budget: {what}; executed notebooks in `{out}`; figures in `{figures}`; training {pre_s:.0f} s "
+    note = (f"Budget: {WHAT[budget]}; executed notebooks in `{out}`; figures in `{figures}`; training {pre_s:.0f} s "
             f"(parallel), total {total:.0f} s.")
-    md = write_findings_md(fig_dir, notebook_rows=rows, note=note)
+    md = write_findings_md(fig_dir, notebook_rows=rows, note=note, sources=sources)
     print(f"findings_md:{md} seconds:{total:.1f}", flush=True)
     return {"notebooks": rows, "findings_md": str(md), "seconds": total, "pretrain_seconds": pre_s, "budget": budget}

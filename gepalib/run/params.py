@@ -1,15 +1,17 @@
 """A notebook's papermill parameters, checked: ``check_parameters(globals())``.
 
-Each notebook's first code cell after its ``parameters`` cell calls
-:func:`check_parameters`. The parameters cell is the one place that names the
-parameters, their defaults and so their types (an annotation where a default cannot
-say it, e.g. ``ttt_val_tokens: "Optional[int]" = 32768``). Papermill executes that
-cell, then its own ``injected-parameters`` cell (``# Parameters`` and one assignment
-per ``-p``), then the check; IPython's input history (``In``) holds all three sources,
-so the check sees which names were injected and what the defaults were:
+Each notebook's first code cell (its plan cell) calls :func:`check_parameters`. The
+parameters cell is the one place that declares the parameters: one annotated assignment
+each (``seeds: list[int] = [42, 43, 44]``, ``val_tokens: Optional[int] = 131072``), so
+the names, their types and defaults are what the notebook declares -- Python keeps the
+annotations in the namespace's ``__annotations__``, and :func:`parameters_cell` with
+:func:`parameters_spec` / :func:`parameter_defaults` read the same cell from the notebook file
+(AST), as ``papermill.inspect_notebook`` does. Comments on the parameters cell hold no ``=``
+(papermill's reader takes a line with two for a line it cannot parse).
 
-* a name the parameters cell does not define fails (papermill itself only warns and runs
-  the defaults): ``unknown notebook parameter 'seedz' (did you mean 'seeds'?)``;
+* a name papermill injected that the parameters cell does not declare fails (papermill only
+  warns): ``unknown notebook parameter 'seedz' (did you mean 'seeds'?)`` -- such a name is a
+  plain value assigned after the last declared parameter, before the plan cell's first import;
 * a value of the wrong type fails with one line naming the parameter and the type;
 * strings are parsed where that is unambiguous (``papermill -p`` passes ``[42]`` as a
   string): lists from ``[42, 43]`` or ``42,43`` (a single value is a one-item list), numbers
@@ -17,20 +19,20 @@ so the check sees which names were injected and what the defaults were:
   CLI overrides (:func:`gepalib.config.parse_scalar`: true/false, yes/no, on/off, 1/0); ints
   are accepted for floats; the parsed values replace the raw ones in the namespace.
 
-Run outside papermill (JupyterLab, a script) there is nothing injected and every value
-is checked the same way.
 """
 from __future__ import annotations
 
 import ast
 import difflib
 import json
+import os
+import typing
 from dataclasses import dataclass
-from typing import Any, MutableMapping
+from pathlib import Path
+from typing import Any, Mapping, MutableMapping
 
 from gepalib.config import parse_scalar
 
-INJECTED_HEADER = "# Parameters"  # the first line of papermill's injected-parameters cell
 SCALARS = ("int", "float", "bool", "str")
 NONE = ("none", "null", "~")
 
@@ -54,21 +56,6 @@ class Kind:
 
 
 ANY = Kind("any", optional=True)
-
-
-def kind_of(default: Any) -> Kind:
-    """The kind a default value implies (None: anything)."""
-    if default is None:
-        return ANY
-    for t in (bool, int, float, str, dict):  # bool before int
-        if isinstance(default, t):
-            return Kind(t.__name__)
-    if isinstance(default, (list, tuple)):
-        items = {kind_of(v) for v in default}
-        if items == {Kind("int"), Kind("float")}:
-            items = {Kind("float")}
-        return Kind("list", items.pop() if len(items) == 1 else ANY)
-    return ANY
 
 
 def kind_from_annotation(node: ast.expr) -> Kind:
@@ -102,31 +89,26 @@ def kind_from_annotation(node: ast.expr) -> Kind:
 
 
 def parameters_spec(source: str) -> dict[str, Kind]:
-    """Name -> kind of every parameter a parameters cell assigns, in order."""
-    spec: dict[str, Kind] = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            spec[node.target.id] = kind_from_annotation(node.annotation)
-        elif isinstance(node, ast.Assign):
-            for t in node.targets:
-                if isinstance(t, ast.Name):
-                    try:
-                        spec[t.id] = kind_of(ast.literal_eval(node.value))
-                    except ValueError:  # not a literal: its type is not checked
-                        spec[t.id] = ANY
-    return spec
+    """Name -> kind of every parameter a parameters cell declares (its annotated assignments),
+    in order."""
+    return {n.target.id: kind_from_annotation(n.annotation) for n in ast.parse(source).body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
 
 
-def assigned_names(source: str) -> list[str]:
-    return list(parameters_spec(source))
+def parameter_defaults(source: str) -> dict[str, Any]:
+    """Name -> default of every parameter a parameters cell declares (literal values)."""
+    return {n.target.id: ast.literal_eval(n.value) for n in ast.parse(source).body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None}
 
 
-def _only_assignments(source: str) -> bool:
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return False
-    return bool(body) and all(isinstance(n, (ast.Assign, ast.AnnAssign)) for n in body)
+def parameters_cell(path: str | os.PathLike) -> str:
+    """The source of the cell tagged ``parameters`` of a notebook (``.ipynb``); ValueError if none."""
+    cells = [c for c in json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ValueError(f"{path}: no cell tagged parameters")
+    src = cells[0]["source"]
+    return "".join(src) if isinstance(src, list) else src
 
 
 def _literal(s: str) -> Any:
@@ -186,37 +168,62 @@ def coerce(name: str, value: Any, kind: Kind) -> Any:
     raise fail()
 
 
-def find_cells(history: list[str]) -> tuple[str | None, str | None]:
-    """(parameters cell, injected cell or None) from IPython's input history, whose last entry
-    is the cell running the check; (None, None) when the cell before it is not a parameters cell."""
-    cells = [c for c in history if isinstance(c, str)]
-    if len(cells) < 2:
-        return None, None
-    prev = cells[-2]
-    if prev.lstrip().startswith(INJECTED_HEADER) and len(cells) >= 3:
-        return cells[-3], prev  # papermill puts its cell right after the parameters cell
-    return (prev if _only_assignments(prev) else None), None
 
 
-def check_parameters(namespace: MutableMapping[str, Any], *, parameters_source: str | None = None,
-                     injected_source: str | None = None) -> dict[str, Any]:
+def _annotation_source(a: Any) -> str:
+    """An evaluated annotation (``list[int]``, ``typing.Optional[int]``, ``int``) as source."""
+    if isinstance(a, str):
+        return a
+    if typing.get_origin(a) is None and isinstance(a, type):
+        return a.__name__
+    return repr(a).replace("typing.", "")
+
+
+def kind_of_annotation(a: Any) -> Kind:
+    try:
+        return kind_from_annotation(ast.parse(_annotation_source(a), mode="eval").body)
+    except SyntaxError:
+        return ANY
+
+
+PLAIN = (type(None), bool, int, float, str, list, tuple, dict)  # what papermill can inject
+
+
+def injected_unknowns(namespace: Mapping[str, Any], declared: Mapping[str, Any]) -> list[str]:
+    """Names papermill assigned that the parameters cell does not declare: the plain values
+    the namespace gained after its last declared parameter and before the next module,
+    function or class (the plan cell's first import); ``_``-names are IPython's."""
+    names = list(namespace)
+    last = max((i for i, n in enumerate(names) if n in declared), default=None)
+    out: list[str] = []
+    for n in names[last + 1:] if last is not None else []:
+        if not isinstance(namespace[n], PLAIN):
+            break
+        if not n.startswith("_"):
+            out.append(n)
+    return out
+
+
+def unknown_error(name: str, known: list[str]) -> ParameterError:
+    close = difflib.get_close_matches(name, known, n=1)
+    return ParameterError(f"unknown notebook parameter {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; this notebook's parameters: {', '.join(known)}")
+
+
+def check_parameters(namespace: MutableMapping[str, Any]) -> dict[str, Any]:
     """Check (and parse) a notebook's parameters in ``namespace`` (the notebook's ``globals()``).
 
-    The parameters cell and papermill's injected cell are found in ``namespace["In"]`` unless
-    given. Raises :class:`ParameterError` for an injected name the parameters cell does not
-    define or a value that is not of its parameter's kind; returns {name: parsed value} (and
-    writes the parsed values back into ``namespace``)."""
-    if parameters_source is None:
-        parameters_source, injected_source = find_cells(list(namespace.get("In") or []))
-        if parameters_source is None:
-            return {}  # run interactively, out of order: nothing to compare against
-    spec = parameters_spec(parameters_source)
-    for name in assigned_names(injected_source or ""):
-        if name not in spec:
-            close = difflib.get_close_matches(name, list(spec), n=1)
-            raise ParameterError(f"unknown notebook parameter {name!r}"
-                                 + (f" (did you mean {close[0]!r}?)" if close else "")
-                                 + f"; this notebook's parameters: {', '.join(spec)}")
+    The parameters are the names the parameters cell annotates (``namespace["__annotations__"]``).
+    Raises :class:`ParameterError` for a name papermill injected that is not one of them
+    (:func:`injected_unknowns`) or a value that is not of its parameter's kind; returns {name:
+    parsed value} (and writes the parsed values back into ``namespace``). Without annotations
+    (a fresh kernel that skipped the parameters cell) there is nothing to check: {}."""
+    ann = namespace.get("__annotations__")
+    if not isinstance(ann, Mapping) or not ann:
+        return {}
+    spec = {name: kind_of_annotation(a) for name, a in ann.items()}
+    for name in injected_unknowns(namespace, spec):
+        raise unknown_error(name, list(spec))
     values = {name: coerce(name, namespace[name], kind) for name, kind in spec.items() if name in namespace}
     namespace.update(values)
     return values

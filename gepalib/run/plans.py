@@ -1,34 +1,35 @@
-"""What each notebook trains and evaluates, as a function of its parameters (the registry
-behind ``gepa reproduce --plan`` and every notebook's ``dry_run``).
+"""A notebook's plan: the runs it trains and the evaluations it asks for, recorded by the
+notebook itself, from its parameters, in its cell tagged ``plan``:
 
-    plan = run.plan_notebook("10_warmdown", globals())     # in a notebook, after its parameters
-    run.stop_if_dry_run(plan, dry_run)                      # dry_run: print the bill, run nothing more
-    rds = run.launch_many(plan.configs, nproc=nproc, runs_root=runs_root)
+    plan = run.Plan(nproc=nproc, runs_root=runs_root, findings=["F1"])
+    cfgs = plan.train(run.ladder_configs(base, [450, 1000], seeds=[42, 43]))
+    plan.evaluate(cfgs[0], "stages", sliding=True, ttt=True, val_tokens=131072)
+    run.stop_if_dry_run(plan, dry_run)          # dry_run: print the bill, run nothing more
 
-A planner builds the notebook's configs with the same :mod:`gepalib.run.configs` calls the
-notebook makes (the notebooks launch ``plan.configs``, so the two cannot drift) and lists the
-evaluations the notebook asks for (``ensure_artifact``/``ensure_stages`` calls, their
-overrides). Nothing here touches a run directory; :mod:`gepalib.run.bill` checks what exists
-and prices the rest.
+Later cells launch ``cfgs``, so the plan and the runs cannot drift; :mod:`gepalib.run.bill`
+prices a plan. While ``gepa reproduce`` records plans (:data:`RECORD_ENV` set), the plan cell
+publishes its plan as JSON (configs by ``RunConfig.to_dict``) in its output (:func:`publish`,
+:func:`read_published`).
 """
 from __future__ import annotations
 
-import ast
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Sequence
 
 from gepalib.config import RunConfig
-from gepalib.paths import project_root
-from gepalib.run.configs import base_config, baseline_config, ladder_configs, longest_rung_configs, with_length
+
+RECORD_ENV = "GEPA_RECORD_PLAN"  # set while gepa reproduce records plans: the plan cell publishes its plan
+PLAN_MIME = "application/vnd.gepalib.plan+json"
 
 
 @dataclass(frozen=True)
 class PlannedEval:
-    """One evaluation call on training run ``run`` (an index into the plan's configs):
-    ``kind`` artifact (int6 export + round trip) | stages (``ensure_stages``) | quantizers
-    (each quant mode x compressor, with a round trip per mode) | ttt_cost (one more TTT
-    evaluation measuring wall time and memory)."""
+    """One evaluation call on training run ``run`` (an index into the plan's runs, see
+    :meth:`Plan.all_runs`): ``kind`` artifact (int6 export + round trip) | stages
+    (``ensure_stages``) | quantizers (each quant mode x compressor, with a round trip per mode)
+    | ttt_cost (one more TTT evaluation measuring wall time and memory)."""
 
     run: int
     kind: str
@@ -41,169 +42,94 @@ class PlannedEval:
     compressors: tuple[str, ...] = ()  # quantizers: compressors
 
 
-@dataclass(frozen=True)
-class NotebookPlan:
-    notebook: str
-    nproc: int
-    runs_root: str
-    configs: list[RunConfig]  # training runs, in launch order
-    evals: list[PlannedEval]
-    extra: dict[str, RunConfig] = field(default_factory=dict)  # named runs outside ``configs`` (14: baseline)
-    parameters: dict[str, Any] = field(default_factory=dict)
+KINDS = ("artifact", "stages", "quantizers", "ttt_cost")
+
+
+@dataclass
+class Plan:
+    """What a notebook trains (``configs`` in launch order, then the named ``extra`` runs) and
+    evaluates (``evals``), with the processes per run, the runs root and the findings records
+    it writes (e.g. ``["F1"]``). ``notebook`` is filled in by whoever reads the plan back."""
+
+    nproc: int = 1
+    runs_root: str = "runs"
+    findings: Sequence[str] = ()
+    configs: list[RunConfig] = field(default_factory=list)
+    evals: list[PlannedEval] = field(default_factory=list)
+    extra: dict[str, RunConfig] = field(default_factory=dict)
+    notebook: str = ""
+
+    def train(self, cfgs: RunConfig | Sequence[RunConfig], name: str | None = None):
+        """Plan training ``cfgs`` (one config or a list; returned as given). With ``name`` the
+        single config is a named run outside ``configs`` (a calibration or baseline run)."""
+        if name is not None:
+            if not isinstance(cfgs, RunConfig):
+                raise TypeError("Plan.train: a named run is one RunConfig")
+            self.extra[name] = cfgs
+        else:
+            self.configs.extend([cfgs] if isinstance(cfgs, RunConfig) else list(cfgs))
+        return cfgs
 
     def all_runs(self) -> list[tuple[str, RunConfig]]:
         """(label, config) of every training run: ``configs`` then the named extra runs."""
         return [(f"run {i}", c) for i, c in enumerate(self.configs)] + list(self.extra.items())
 
+    def evaluate(self, run: int | RunConfig, kind: str = "stages", *, sliding: bool = False, ttt: bool = False,
+                 streaming: bool = False, label: str = "", modes: Sequence[str] = (),
+                 compressors: Sequence[str] = (), **overrides: Any) -> PlannedEval:
+        """Plan one evaluation of ``run`` (an index into :meth:`all_runs` or a planned config).
+        ``overrides`` are the eval/ttt fields and ``val_tokens`` of the ``ensure_stages`` call;
+        a value of None means the run's own and is left out, as ``ensure_stages`` does."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown evaluation kind {kind!r}; choose one of {', '.join(KINDS)}")
+        runs = [c for _, c in self.all_runs()]
+        if isinstance(run, RunConfig):
+            run = next((i for i, c in enumerate(runs) if c is run), -1)
+        if not 0 <= run < len(runs):
+            raise IndexError(f"Plan.evaluate: no such planned run (plan it with Plan.train first): {run}")
+        ev = PlannedEval(run, kind, sliding=sliding, ttt=ttt, streaming=streaming, label=label,
+                         overrides={k: v for k, v in overrides.items() if v is not None},
+                         modes=tuple(modes), compressors=tuple(compressors))
+        self.evals.append(ev)
+        return ev
 
-# ---------------------------------------------------------------------------
-# Parameters: the notebook's defaults (its parameters cell) under what is injected
+    def to_dict(self) -> dict[str, Any]:
+        return {"nproc": int(self.nproc), "runs_root": str(self.runs_root), "findings": list(self.findings),
+                "configs": [c.to_dict() for c in self.configs], "evals": [dataclasses.asdict(e) for e in self.evals],
+                "extra": {k: c.to_dict() for k, c in self.extra.items()}, "notebook": self.notebook}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], notebook: str | None = None) -> Plan:
+        """The plan :meth:`to_dict` gave (lists back to tuples, as the configs hold them)."""
+        def ev(e: Mapping[str, Any]) -> PlannedEval:
+            ov = {k: tuple(v) if isinstance(v, list) else v for k, v in e.get("overrides", {}).items()}
+            return PlannedEval(**{**e, "overrides": ov, "modes": tuple(e.get("modes", ())),
+                                  "compressors": tuple(e.get("compressors", ()))})
 
-def parameters_cell(name: str, notebooks_dir: str | os.PathLike | None = None) -> str:
-    """The source of ``notebooks/<name>.py``'s cell tagged ``parameters``."""
-    path = os.path.join(str(notebooks_dir or project_root() / "notebooks"), f"{name}.py")
-    lines = open(path, encoding="utf-8").read().splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("# %%") and "parameters" in ln), None)
-    if start is None:
-        raise ValueError(f"{path}: no cell tagged parameters")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# %%")), len(lines))
-    return "\n".join(lines[start + 1:end])
-
-
-def notebook_defaults(name: str, notebooks_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """{parameter: default} of the notebook's parameters cell (literal values only)."""
-    out: dict[str, Any] = {}
-    for node in ast.parse(parameters_cell(name, notebooks_dir)).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
-        if isinstance(target, ast.Name) and node.value is not None:
-            out[target.id] = ast.literal_eval(node.value)
-    return out
-
-
-def resolve_parameters(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The notebook's defaults with the ``given`` values (a notebook's ``globals()`` works:
-    only the parameters cell's names are read)."""
-    p = notebook_defaults(name)
-    p.update({k: given[k] for k in p if k in given})
-    return p
-
-
-# ---------------------------------------------------------------------------
-# One planner per notebook
-
-
-def _base(p: dict[str, Any]) -> RunConfig:
-    return base_config(p["preset"], p["scale"], p["data_dir"], p["overrides"])
+        return cls(nproc=int(d["nproc"]), runs_root=str(d["runs_root"]), findings=tuple(d.get("findings", ())),
+                   configs=[RunConfig.from_dict(c) for c in d["configs"]], evals=[ev(e) for e in d["evals"]],
+                   extra={k: RunConfig.from_dict(c) for k, c in d.get("extra", {}).items()},
+                   notebook=d.get("notebook", "") if notebook is None else notebook)
 
 
-def _longest(p: dict[str, Any], seeds: list[int]) -> list[RunConfig]:
-    return longest_rung_configs(_base(p), p["ladder_steps"], p["warmdown_frac"], seeds, p["val_every"],
-                                p["ladder_warmdown"])
+def publish(plan: Plan) -> bool:
+    """While a plan is being recorded (:data:`RECORD_ENV` set), display ``plan`` as the cell's
+    :data:`PLAN_MIME` output; True if it did."""
+    if not os.environ.get(RECORD_ENV):
+        return False
+    try:
+        from IPython.display import display  # the kernel's (ipykernel, the notebooks extra)
+    except ImportError:
+        return False
+    display({PLAN_MIME: plan.to_dict()}, raw=True)
+    return True
 
 
-def _ladder(p: dict[str, Any]) -> list[RunConfig]:
-    return ladder_configs(_base(p), p["ladder_steps"], p["warmdown_frac"], seeds=[p["seed"]],
-                          val_every=p["val_every"], warmdowns=p["ladder_warmdown"])
-
-
-def _stages(runs: int, settings: Mapping[str, dict], val_tokens: Any, scoring: str = "sliding") -> list[PlannedEval]:
-    """TTT evaluations of every run with every setting (the TTT notebooks' ``ensure_stages`` calls;
-    a held-out sweep may change the LR, chunk size and epochs: priced at the settings given)."""
-    vt = {} if val_tokens is None else {"val_tokens": val_tokens}
-    sc = {} if scoring == "sliding" else {"ttt_scoring": scoring}
-    return [PlannedEval(i, "stages", sliding=scoring == "sliding", streaming=scoring == "streaming", ttt=True,
-                        overrides={**vt, **kv, **sc}, label=name)
-            for name, kv in settings.items() for i in range(runs)]
-
-
-def _p00(p):
-    cfgs = [with_length(_base(p), p["steps"], p["warmdown_frac"], p["val_every"], seed=42)]
-    return cfgs, [PlannedEval(0, "stages", sliding=True)], {}
-
-
-def _p01(p):
-    return [with_length(_base(p), p["steps"], p["warmdown_frac"], p["val_every"], seed=p["seed"])], [], {}
-
-
-def _p02(p):
-    cfgs = _p01(p)[0]
-    return cfgs, [PlannedEval(0, "artifact"), PlannedEval(0, "stages", sliding=True, ttt=True)], {}
-
-
-def _constant(p: dict[str, Any], seed: int) -> dict[str, RunConfig]:
-    """The calibration run at constant LR (``constant_steps``; none when 0)."""
-    n = int(p.get("constant_steps") or 0)
-    return {"constant": with_length(_base(p), n, 0.0, p["val_every"], seed=seed, warmdown=0)} if n else {}
-
-
-def _p10(p):
-    return _longest(p, p["seeds"]), [], _constant(p, p["seeds"][0])
-
-
-def _p11(p):
-    cfgs = _ladder(p)
-    return cfgs, [PlannedEval(i, "artifact") for i in range(len(cfgs))], _constant(p, p["seed"])
-
-
-def _p12(p):
-    cfgs = _longest(p, p["seeds"])
-    return cfgs, _stages(len(cfgs), {"sgd": p["sgd"], "adamw": p["adamw"]}, p["ttt_val_tokens"],
-                         p.get("ttt_scoring", "sliding")), {}
-
-
-def _p13(p):
-    cfgs = _longest(p, p["seeds"])
-    settings = {f"freeze {k}": {**p["sgd"], "ttt_freeze_blocks": k} for k in p["freeze_blocks"]}
-    return cfgs, _stages(len(cfgs), settings, p["ttt_val_tokens"], p.get("ttt_scoring", "sliding")), {}
-
-
-def _p14(p):
-    cfgs = _ladder(p)
-    scoring = p.get("ttt_scoring", "sliding")
-    evals = _stages(len(cfgs), {"ttt": p["sgd"]}, p["ttt_val_tokens"], scoring)
-    extra = {}
-    if p["baseline_bpb"] is None:
-        extra["baseline"] = baseline_config(with_length(_base(p), p["baseline_steps"], p["warmdown_frac"],
-                                                        p["val_every"], seed=p["seed"]))
-        vt = {} if p["ttt_val_tokens"] is None else {"val_tokens": p["ttt_val_tokens"]}
-        evals.append(PlannedEval(len(cfgs), "stages", sliding=scoring == "sliding", streaming=scoring == "streaming",
-                                 overrides=vt, label="baseline"))
-    return cfgs, evals, extra
-
-
-def _p15(p):
-    cfgs = _longest(p, p["seeds"])
-    settings = {name: {"ttt_scoring": p["ttt_scoring"], **kv,
-                       **({"ttt_phase_docs": tuple(p["phase_docs"])} if kv["ttt_family"].startswith("phased") else {})}
-                for name, kv in p["families"].items()}
-    evals = _stages(len(cfgs), settings, p["ttt_val_tokens"], p["ttt_scoring"])
-    vt = {} if p["ttt_val_tokens"] is None else {"val_tokens": p["ttt_val_tokens"]}
-    evals += [PlannedEval(i, "ttt_cost", ttt=True, overrides={**vt, **kv}, label=f"{name} (cost probe)")
-              for name, kv in settings.items() for i in range(min(p["cost_seeds"], len(cfgs)))]
-    return cfgs, evals, {}
-
-
-def _p16(p):
-    cfgs = _ladder(p)
-    modes = tuple(p["quantizers"]) if "quantizers" in p else tuple(p.get("modes", ()))
-    return cfgs, [PlannedEval(i, "quantizers", modes=modes, compressors=tuple(p["compressors"]))
-                  for i in range(len(cfgs))], {}
-
-
-PLANNERS: dict[str, Callable[[dict[str, Any]], tuple[list[RunConfig], list[PlannedEval], dict[str, RunConfig]]]] = {
-    "00_quickstart": _p00, "01_train": _p01, "02_artifact_and_eval": _p02, "10_warmdown": _p10,
-    "11_compressibility": _p11, "12_sgd_vs_adamw": _p12, "13_freezing": _p13, "14_ttt_share": _p14,
-    "15_ttt_families": _p15, "16_quantizers": _p16,
-}
-
-
-def plan_notebook(name: str, parameters: Mapping[str, Any]) -> NotebookPlan:
-    """The runs and evaluations notebook ``name`` makes with ``parameters`` (its defaults for
-    the missing ones)."""
-    if name not in PLANNERS:
-        raise ValueError(f"no plan for notebook {name!r}; planned: {', '.join(PLANNERS)}")
-    p = resolve_parameters(name, parameters)
-    cfgs, evals, extra = PLANNERS[name](p)
-    return NotebookPlan(name, int(p["nproc"]), str(p["runs_root"]), cfgs, evals, extra, p)
+def read_published(nb: Any, notebook: str = "") -> Plan | None:
+    """The plan an executed notebook (an nbformat node) published, or None."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = out.get("data", {})
+            if PLAN_MIME in data:
+                return Plan.from_dict(data[PLAN_MIME], notebook)
+    return None

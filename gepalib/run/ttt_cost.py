@@ -1,4 +1,4 @@
-"""What one TTT evaluation of a run costs: wall time and peak memory (notebook 15_ttt_families).
+"""What one TTT evaluation of a run costs: wall time and peak memory (for the TTT families notebook).
 
 The stage ledger records each evaluation's seconds; memory needs a probe around the
 computation itself, so :func:`ttt_cost` loads the run's int6 artifact, scores it with
