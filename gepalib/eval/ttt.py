@@ -60,7 +60,7 @@ from gepalib.eval.windows import (EvalResult, Sums, WindowPlan, check_val_tokens
 from gepalib.progress import track
 from gepalib.validation import check_ttt
 
-__all__ = ["FAMILIES", "Adapter", "DocIndex", "StreamScorer", "TTTHooks", "TTTRun", "chunk_bounds", "chunk_of_windows",
+__all__ = ["FAMILIES", "Adapter", "DocIndex", "StreamScorer", "TTTHooks", "TTTRun", "chunk_bounds",
            "chunk_train_seqs", "is_frozen", "make_optimizer", "n_chunks_for", "run_ttt", "train_steps",
            "trainable_named_params", "ttt_forward", "ttt_lr", "ttt_warmup_chunks", "validate_ttt_config",
            "windows_by_chunk", "windows_by_segment"]
@@ -78,7 +78,9 @@ def validate_ttt_config(tcfg: TTTConfig) -> None:
 class TTTHooks:
     """Instrumentation points of :func:`run_ttt` (all no-ops; subclass what you need).
 
-    Target ranges are half-open [lo, hi) of absolute target indices, this rank's only."""
+    Target ranges are half-open [lo, hi) of absolute target indices, this rank's only. ``chunk``
+    is the loop's segment k, except that in the document context ``on_score``, ``on_train`` and
+    ``on_step`` number the per-document scorer's lockstep steps (gepalib.eval.doc_ttt)."""
 
     def on_score(self, chunk: int, ranges: list[tuple[int, int]]) -> None:
         """Targets just scored (added to the sums) for ``chunk``."""
@@ -97,24 +99,17 @@ class TTTHooks:
         """Per-document families: a batch of documents (target ranges) starts, each with a fresh adapter."""
 
     def on_chunk_end(self, chunk: int, row: dict[str, Any]) -> None:
-        """Per-chunk stats (global sums)."""
+        """The segment's row (global sums), once it is scored and learned from (every family)."""
 
 
 # ---------------------------------------------------------------------------
 # Scoring the stream
 
 
-def chunk_of_windows(plan: WindowPlan, chunk_tokens: int) -> np.ndarray:
-    """Chunk index of every window: floor(first scored target / C)."""
-    return plan.score_lo // int(chunk_tokens)
-
-
 def windows_by_chunk(plan: WindowPlan, chunk_tokens: int) -> list[np.ndarray]:
-    """Window indices of each chunk (the plan's windows are in increasing start order)."""
-    n = n_chunks_for(plan.n_targets, chunk_tokens)
-    cw = chunk_of_windows(plan, chunk_tokens)
-    bounds = np.searchsorted(cw, np.arange(n + 1), side="left")
-    return [np.arange(bounds[c], bounds[c + 1], dtype=np.int64) for c in range(n)]
+    """Window indices of each chunk of ``chunk_tokens`` targets (by first scored target)."""
+    n = plan.n_targets
+    return windows_by_segment(plan, list(range(0, n, int(chunk_tokens))) + [n])
 
 
 def windows_by_segment(plan: WindowPlan, bounds: list[int]) -> list[np.ndarray]:
@@ -191,8 +186,13 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
     t0 = time.perf_counter()
     validate_ttt_config(tcfg)
     check_val_tokens(val_tokens, getattr(getattr(model, "cfg", None), "vocab_size", None))
-    run = _start(model, val_tokens, luts, seq_len, tcfg, ecfg, hooks, autocast, return_token_losses, log, log_every,
-                 t0)
+    device = model_device(model)
+    n = val_tokens.numel() - 1
+    run = TTTRun(model=model, val=val_tokens.cpu().to(device),  # once: copies per batch would wait for the device
+                 n_targets=n, seq_len=seq_len, tcfg=tcfg, ecfg=ecfg, device=device, luts=luts.to(device),
+                 sums=Sums(device), losses=torch.zeros(n, dtype=torch.float32, device=device) if return_token_losses else None,
+                 autocast=autocast, hooks=hooks, fwd=ttt_forward(model, tcfg.ttt_compile, device.type),
+                 log=log, log_every=log_every, t0=t0)
     adapter = FAMILIES[tcfg.ttt_family](run)
     segments = adapter.segments()
     scorer = (DocScorer if adapter.context == "document" else StreamScorer)(run, segments)
@@ -214,18 +214,6 @@ def run_ttt(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTC
             model.load_state_dict(run.snapshot)
         model.train(was_training)
     return _result(run, adapter, scorer, rows)
-
-
-def _start(model: nn.Module, val_tokens: Tensor, luts, seq_len: int, tcfg: TTTConfig, ecfg: EvalConfig, hooks,
-           autocast: str, return_token_losses: bool, log, log_every: int, t0: float) -> TTTRun:
-    device = model_device(model)
-    n_targets = val_tokens.numel() - 1
-    losses = torch.zeros(n_targets, dtype=torch.float32, device=device) if return_token_losses else None
-    return TTTRun(model=model, val=val_tokens.cpu().to(device),  # once: copies per batch would wait for the device
-                  n_targets=n_targets, seq_len=seq_len, tcfg=tcfg, ecfg=ecfg, device=device, luts=luts.to(device),
-                  sums=Sums(device), losses=losses, autocast=autocast, hooks=hooks,
-                  fwd=ttt_forward(model, tcfg.ttt_compile, device.type),  # the training loss (compiled on CUDA)
-                  log=log, log_every=log_every, t0=t0)
 
 
 def _segment(run: TTTRun, adapter: Adapter, scorer, k: int, lo: int, hi: int, n: int) -> dict[str, Any]:

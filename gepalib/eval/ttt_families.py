@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from gepalib.config import EvalConfig, TTTConfig
 from gepalib.eval.phased import doc_starts, phase_segments, prefix_train_seqs
-from gepalib.eval.ttt_train import BaseWeights, trainable_named_params
+from gepalib.eval.ttt_train import make_optimizer, train_steps, trainable_named_params
 from gepalib.eval.windows import Sums
 
 
@@ -120,8 +120,8 @@ class DocIndex:
 
 class Adapter:
     """The interface (module docstring) and its defaults: no reset, nothing learned, and the base
-    weights outside the frozen blocks ready to train through one optimizer
-    (gepalib.eval.ttt_train.BaseWeights). A family names its segments and LR."""
+    weights outside the frozen blocks (``params``) trained by :meth:`train` through one optimizer,
+    created once so that its state carries over. A family names its segments and LR."""
 
     context = "stream"
     needs_snapshot = False  # the loop keeps the pre-TTT weights even when it does not restore them
@@ -129,14 +129,18 @@ class Adapter:
     def __init__(self, run: TTTRun):
         self.run = run
         self.params = [p for _, p in trainable_named_params(run.model, run.tcfg.ttt_freeze_blocks)]
-        self.base: BaseWeights | None = None
+        self.opt: torch.optim.Optimizer | None = None
 
     def segments(self) -> list[tuple[int, int]]:
         raise NotImplementedError
 
     def prepare(self) -> None:
-        # per-document scoring runs with gradients on (for its adapters): the base needs none there
-        self.base = BaseWeights(self.run, self.params, always_grad=self.context == "stream")
+        """Gradients for ``params`` only, and in the document context none while scoring (its LoRA
+        adapters train with gradients on: the base needs them only inside :meth:`train`)."""
+        ids = {id(p) for p in self.params}
+        for p in self.run.model.parameters():
+            p.requires_grad_(id(p) in ids and self.context == "stream")
+        self.opt = make_optimizer(self.params, self.run.tcfg) if self.params else None
 
     def reset(self, k: int, lo: int) -> bool:
         return False
@@ -149,6 +153,19 @@ class Adapter:
 
     def trained_params(self) -> int:
         return sum(p.numel() for p in self.params)
+
+    def train(self, k: int, seqs: list[tuple[int, int]], lr: float, tcfg: TTTConfig) -> list[float]:
+        """The training pass (gepalib.eval.ttt_train.train_steps) over ``seqs`` for segment k;
+        ``tcfg`` gives the epochs."""
+        r = self.run
+        for p in self.params:
+            p.requires_grad_(True)
+        try:
+            return train_steps(r.model, r.val, seqs, self.params, self.opt, lr, tcfg, r.device, r.autocast, k,
+                               r.hooks, r.fwd)
+        finally:
+            for p in self.params:
+                p.requires_grad_(self.context == "stream")
 
 
 class Full(Adapter):
@@ -171,7 +188,8 @@ class Full(Adapter):
     def reset(self, k: int, lo: int) -> bool:
         if self.docs is None or self.adapted_from is None or self.docs.doc(self.adapted_from) == self.docs.doc(lo + 1):
             return False
-        self.base.reset()
+        self.run.model.load_state_dict(self.run.snapshot)  # the pre-TTT weights, and a fresh optimizer
+        self.opt = make_optimizer(self.params, self.run.tcfg)
         self.adapted_from = None
         return True
 
@@ -184,7 +202,7 @@ class Full(Adapter):
         seqs = chunk_train_seqs(k, self.run.n_targets, t.ttt_chunk_tokens, self.run.seq_len) if t.ttt_epochs else []
         if not seqs:
             return []
-        losses = self.base.train(k, seqs, self.lr(k), t)
+        losses = self.train(k, seqs, self.lr(k), t)
         if self.adapted_from is None:
             self.adapted_from = seqs[0][0]
         return losses
@@ -211,7 +229,7 @@ class Phased(Adapter):
         seqs = prefix_train_seqs(hi, self.run.seq_len)
         if not seqs or self.phase_cfg.ttt_epochs == 0:
             return []
-        return self.base.train(k, seqs, self.run.tcfg.ttt_phase_lr, self.phase_cfg)
+        return self.train(k, seqs, self.run.tcfg.ttt_phase_lr, self.phase_cfg)
 
 
 class LoraDoc(Adapter):
@@ -221,18 +239,15 @@ class LoraDoc(Adapter):
 
     context = "document"
 
+    def __init__(self, run: TTTRun):
+        super().__init__(run)  # (which checks ttt_freeze_blocks, as for every family)
+        self.params = []
+
     def segments(self) -> list[tuple[int, int]]:
         return [(0, self.run.n_targets)]
 
-    def prepare(self) -> None:
-        for p in self.run.model.parameters():
-            p.requires_grad_(False)
-
     def lr(self, k: int) -> float:
         return self.run.tcfg.ttt_lora_lr
-
-    def trained_params(self) -> int:
-        return 0
 
 
 class PhasedLoraDoc(Phased):

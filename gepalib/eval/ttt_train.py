@@ -8,8 +8,8 @@ a contiguous share of the batch, weights its loss by its share of the batch's to
 gradients are summed across ranks (the same global mean for any world size). Then a
 global-norm clip at ``ttt_grad_clip`` over the trainable parameters and one step of SGD
 (momentum, no dampening/Nesterov/wd) or AdamW. Parameters named ``blocks.{i}.*`` with
-i < ``ttt_freeze_blocks`` are frozen. :class:`BaseWeights` holds the trainable parameters
-and the one optimizer, created once so that its state carries over between segments.
+i < ``ttt_freeze_blocks`` are frozen. A family creates the optimizer once, so that its state
+carries over between segments (gepalib.eval.ttt_families.Adapter).
 """
 from __future__ import annotations
 
@@ -109,32 +109,3 @@ def train_steps(model: nn.Module, val_tokens: Tensor, seqs: list[tuple[int, int]
             hooks.on_step(chunk, ep, b, lr, gn)
     return values[0::2]
 
-
-class BaseWeights:
-    """The base weights a family trains: the parameters outside the frozen blocks and one
-    optimizer over them. ``always_grad=False`` (families that score with per-document adapters):
-    the parameters need gradients only inside :meth:`train`."""
-
-    def __init__(self, run, params: list[nn.Parameter], always_grad: bool = True):
-        self.run, self.params, self.always_grad = run, params, always_grad
-        ids = {id(p) for p in params}
-        for p in run.model.parameters():
-            p.requires_grad_(id(p) in ids and always_grad)
-        self.opt = make_optimizer(params, run.tcfg)
-
-    def train(self, k: int, seqs: list[tuple[int, int]], lr: float, tcfg: TTTConfig) -> list[float]:
-        """:func:`train_steps` over ``seqs`` for segment ``k`` (``tcfg`` sets the epochs)."""
-        r = self.run
-        for p in self.params:
-            p.requires_grad_(True)
-        try:
-            return train_steps(r.model, r.val, seqs, self.params, self.opt, lr, tcfg, r.device, r.autocast, k,
-                               r.hooks, r.fwd)
-        finally:
-            for p in self.params:
-                p.requires_grad_(self.always_grad)
-
-    def reset(self) -> None:
-        """The pre-TTT weights (the loop's snapshot) and a fresh optimizer."""
-        self.run.model.load_state_dict(self.run.snapshot)
-        self.opt = make_optimizer(self.params, self.run.tcfg)
