@@ -13,7 +13,7 @@
 2. Eval modes on a tiny model (bench/eval_throughput.py's measurement, in this process):
    non-overlapping, sliding (stride 64), streaming and legal TTT, time per scored token.
    Beside each training row, TTT's training pass (forward + backward + SGD over the same
-   tokens, gepalib.eval.ttt's chunk trainer) against the same plain step.
+   tokens, gepalib.eval.ttt_train's training pass) against the same plain step.
 
 The machine may be shared: the JSON keeps the load average before and after, every
 repeat's time and the CPU-time ratio, which other processes disturb less than wall time.
@@ -111,12 +111,12 @@ def plain_step(cfg, run_dir: Path):
 
 
 def ttt_train_step(cfg, run_dir: Path):
-    """One pass of legal TTT's training (gepalib.eval.ttt's chunk trainer, SGD as the default
+    """One pass of legal TTT's training (gepalib.eval.ttt_train's training pass, SGD as the default
     TTTConfig, all parameters trainable, one optimizer step over the micro-batch's sequences)
     on the preset's GPT: what TTT pays per token after it scores a chunk."""
     from dataclasses import replace
 
-    from gepalib.eval.ttt import _make_optimizer, _train_chunk, trainable_named_params
+    from gepalib.eval.ttt_train import make_optimizer, train_steps, trainable_named_params
     from gepalib.model import GPT
 
     tc = cfg.train
@@ -125,13 +125,13 @@ def ttt_train_step(cfg, run_dir: Path):
     n_seqs = max(1, tc.micro_batch_tokens // tc.seq_len)
     tcfg = replace(cfg.ttt, ttt_epochs=1, ttt_batch_seqs=n_seqs, ttt_freeze_blocks=0, ttt_grad_clip=1.0)
     params = [p for _, p in trainable_named_params(model, 0)]
-    opt = _make_optimizer(params, tcfg)
+    opt = make_optimizer(params, tcfg)
     g = torch.Generator().manual_seed(tc.seed)
     val = torch.randint(0, cfg.model.vocab_size, (n_seqs * tc.seq_len + 1,), generator=g)
     seqs = [(i * tc.seq_len, tc.seq_len) for i in range(n_seqs)]
 
     def step() -> float:
-        return _train_chunk(model, val, seqs, params, opt, tcfg.ttt_lr, tcfg, torch.device("cpu"), "none", 0, None)[0]
+        return train_steps(model, val, seqs, params, opt, tcfg.ttt_lr, tcfg, torch.device("cpu"), "none", 0, None)[0]
     step.close = lambda: None
     return step, sum(p.numel() for p in params)
 

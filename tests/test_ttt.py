@@ -1,5 +1,6 @@
 """Legal score-first TTT (docs/evaluation.md): planning numbers, the step schedule against the
-submission's loop, causality, score-before-train, resets."""
+submission's loop, and for every registered family: score-before-train, causality, restoration;
+resets."""
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,9 @@ import torch
 from gepalib.config import get_preset, override
 from gepalib.eval.windows import eval_sliding, plan_sliding_windows
 from gepalib.model import GPT
-from gepalib.eval.ttt import (TTTHooks, chunk_bounds, chunk_train_seqs, n_chunks_for, run_ttt, trainable_named_params,
-                              ttt_lr, ttt_warmup_chunks, windows_by_chunk)
+from gepalib.eval.ttt import (FAMILIES, TTTHooks, chunk_bounds, chunk_train_seqs, n_chunks_for, run_ttt,
+                              trainable_named_params, ttt_lr, ttt_warmup_chunks, windows_by_chunk)
+from gepalib.validation import TTT_FAMILIES
 
 T, STRIDE, C = 32, 8, 64  # window, stride, chunk: 64 targets per chunk = 8 windows, 2 training sequences
 
@@ -111,25 +113,54 @@ class Recorder(TTTHooks):
         self.events.append(("reset", chunk))
 
 
-# Every family, every scoring mode: no step sees an unscored target, every target is scored once, in order.
+# ---------------------------------------------------------------------------
+# Every registered family (gepalib.eval.ttt_families.FAMILIES) runs the tests below: score-first,
+# every target scored once and in order, causal bit for bit, the model handed back as it came. A
+# new family needs a case here (its settings on the tiny model) and cannot skip them.
+
 LORA = dict(ttt_lora_rank=4, ttt_lora_lr=0.01, ttt_lora_chunk_tokens=24, ttt_lora_batch_docs=2, ttt_lora_steps=2)
-FAMILIES = {
+FAMILY_CASES = {
     "full": {},
     "lora_doc": dict(ttt_family="lora_doc", **LORA),
     "phased": dict(ttt_family="phased", ttt_phase_docs=(1, 3), ttt_phase_lr=0.05),
     "phased+lora_doc": dict(ttt_family="phased+lora_doc", ttt_phase_docs=(1, 3), ttt_phase_lr=0.05, **LORA),
 }
+REGISTERED = sorted(FAMILIES)
 DOC_STARTS = (0, 70, 130, 200)  # BOS positions: documents of 70, 60, 70 and 56 targets in 4 * C
+
+
+def family_cfg(family, **kw):
+    if family not in FAMILY_CASES:
+        pytest.fail(f"ttt_family {family!r} is registered but has no case in tests/test_ttt.py FAMILY_CASES")
+    return tiny_cfg(**{**FAMILY_CASES[family], **kw})
+
+
+def without_learning(cfg):
+    return override(cfg, ttt_lora_steps=0, ttt_epochs=0, ttt_phase_epochs=0)
+
+
+def doc_val(seed, n_targets=4 * C):
+    val = stream(n_targets, seed=seed)
+    val[list(DOC_STARTS)] = 1
+    return val
+
+
+def test_the_registry_is_the_configs_choice():
+    """FAMILIES (the loop's adapters) and gepalib.validation.TTT_FAMILIES (the config's choices) agree,
+    and every family has a case for the tests below."""
+    assert set(FAMILIES) == set(TTT_FAMILIES) == set(FAMILY_CASES)
+    assert all(FAMILIES[f].context in ("stream", "document") for f in FAMILIES)
 
 
 class OrderRecorder(Recorder):
     """Recorder that also counts each target's scores and checks their order: ascending over the
-    stream, or (per-document families) ascending within each document."""
+    stream, or (per-document families) ascending within each document; and the segments' ends."""
 
     def __init__(self, n_targets, per_doc):
         super().__init__(n_targets)
         self.count = np.zeros(n_targets, dtype=np.int64)
         self.per_doc, self.next_lo = per_doc, {}
+        self.rows = []
 
     def on_score(self, chunk, ranges):
         for lo, hi in ranges:
@@ -140,23 +171,89 @@ class OrderRecorder(Recorder):
             self.count[lo:hi] += 1
         super().on_score(chunk, ranges)
 
+    def on_chunk_end(self, chunk, row):
+        # a segment ends once its targets are all scored: they are the first ones of the stream
+        done = sum(r["tokens"] for r in self.rows) + row["tokens"]
+        assert chunk == len(self.rows) and self.count[:done].all() and not self.count[done:].any()
+        self.rows.append(row)
+
 
 @pytest.mark.parametrize("scoring", ["sliding", "streaming"])
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", REGISTERED)
 def test_every_family_is_score_first(luts, family, scoring):
-    cfg = tiny_cfg(ttt_scoring=scoring, tail_rescore=False, ttt_epochs=2, **FAMILIES[family])
+    """No step sees an unscored target; every target is scored once, in order; the family adapts."""
+    cfg = family_cfg(family, ttt_scoring=scoring, tail_rescore=False, ttt_epochs=2)
     model = tiny_model(cfg)
     N = 4 * C
-    val = stream(N, seed=5)
-    val[list(DOC_STARTS)] = 1
-    rec = OrderRecorder(N, per_doc="lora_doc" in family)
+    val = doc_val(seed=5)
+    rec = OrderRecorder(N, per_doc=FAMILIES[family].context == "document")
     r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, hooks=rec, return_token_losses=True)
     assert (rec.count == 1).all() and r.tokens == N  # every target scored exactly once
+    assert rec.rows == r.extra["chunks"] and sum(row["tokens"] for row in rec.rows) == N
     assert rec.trained_targets > 0
     assert rec.events[0][0] == "score" and ("train", 0) in rec.events
-    plain = run_ttt(model, val, luts, T, override(cfg, ttt_lora_steps=0, ttt_epochs=0, ttt_phase_epochs=0).ttt,
-                    cfg.eval, return_token_losses=True)
+    plain = run_ttt(model, val, luts, T, without_learning(cfg).ttt, cfg.eval, return_token_losses=True)
     assert not torch.allclose(r.token_losses, plain.token_losses, atol=1e-4)  # the family adapted
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("family", REGISTERED)
+def test_every_family_is_causal_bit_exact(luts, family, optimizer):
+    """X and X' differ only at token positions >= p (the same documents): every loss of a target
+    before p is identical."""
+    lr = dict(ttt_lr=0.05) if optimizer == "sgd" else dict(ttt_lr=3e-3, ttt_phase_lr=3e-3)
+    cfg = family_cfg(family, ttt_optimizer=optimizer, ttt_lora_optimizer=optimizer, ttt_epochs=3, **lr)
+    model = tiny_model(cfg)
+    N = 4 * C
+    val = doc_val(seed=7)
+    base = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True).token_losses
+    plain = run_ttt(model, val, luts, T, without_learning(cfg).ttt, cfg.eval, return_token_losses=True).token_losses
+    assert not torch.equal(base[C:], plain[C:])  # TTT really changed the later scores
+    ps = (C + 1, C + 2, 2 * C, 2 * C + 1, 2 * C + 37, 3 * C + 1) if optimizer == "sgd" else (C + 1, 2 * C + 1)
+    for p in ps:  # chunk c's first target token is val[cC+1]; target i is val[i+1]
+        alt = val.clone()
+        g = torch.Generator().manual_seed(p)
+        alt[p:] = torch.randint(4, 64, (N + 1 - p,), generator=g)
+        alt[[d for d in DOC_STARTS if d >= p]] = 1
+        got = run_ttt(model, alt, luts, T, cfg.ttt, cfg.eval, return_token_losses=True).token_losses
+        assert torch.equal(got[:p - 1], base[:p - 1]), f"targets before token {p} changed"
+        assert not torch.equal(got[p - 1:], base[p - 1:])
+
+
+@pytest.mark.parametrize("family", REGISTERED)
+def test_every_family_hands_the_model_back(luts, family):
+    """restore=True: the weights, the gradient flags and the train/eval mode come back as they
+    were. restore=False: the frozen blocks (ttt_freeze_blocks=1) never move; the base weights
+    move exactly when the family trains them."""
+    cfg = family_cfg(family, ttt_epochs=2)
+    model = tiny_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = [n for n, _ in model.named_parameters()]
+    off = set(names[::3])  # some parameters come in without gradients
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in off)
+    val = doc_val(seed=9)
+    for training in (True, False):
+        model.train(training)
+        run_ttt(model, val, luts, T, cfg.ttt, cfg.eval)
+        assert model.training == training
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        assert [p.requires_grad for p in model.parameters()] == [n not in off for n in names]
+        assert all(p.grad is None for p in model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    r = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, restore=False)
+    after = model.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+    assert not any(k.startswith("blocks.0.") for k in moved)
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    base_trained = sum(numel.values()) - r.extra["frozen_params"]
+    if base_trained:
+        assert "tok_emb.weight" in moved and any(k.startswith("blocks.1.") for k in moved)
+        assert r.extra["frozen_params"] == sum(v for n, v in numel.items() if n.startswith("blocks.0."))
+    else:
+        assert moved == []
 
 
 def test_epochs_zero_equals_sliding(luts):
@@ -191,21 +288,6 @@ def test_ttt_scores_before_training_and_adapts(luts):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_frozen_blocks_do_not_move(luts):
-    cfg = tiny_cfg(ttt_epochs=2)
-    model = tiny_model(cfg)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    val = stream(3 * C)
-    run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, restore=False)
-    after = model.state_dict()
-    for k, v in before.items():
-        if k.startswith("blocks.0."):
-            assert torch.equal(v, after[k]), k
-    moved = [k for k in before if not torch.equal(before[k], after[k])]
-    assert "tok_emb.weight" in moved and any(k.startswith("blocks.1.") for k in moved)
-    assert all(p.requires_grad for p in model.parameters())
-
-
 def test_is_frozen_matches_whole_name_components():
     from gepalib.eval.ttt import is_frozen
 
@@ -216,27 +298,6 @@ def test_is_frozen_matches_whole_name_components():
                  "tok_emb.weight", "myblocks.0.x", "skip_gates"):
         assert not is_frozen(name, 2), name
     assert not is_frozen("blocks.0.attn.c_q.weight", 0)
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_ttt_is_causal_bit_exact(luts, optimizer):
-    """X and X' differ only at token positions >= p: every loss of a target before p is identical."""
-    lr = 0.05 if optimizer == "sgd" else 3e-3
-    cfg = tiny_cfg(ttt_optimizer=optimizer, ttt_lr=lr, ttt_epochs=3)
-    model = tiny_model(cfg)
-    N = 4 * C
-    val = stream(N, seed=7)
-    base = run_ttt(model, val, luts, T, cfg.ttt, cfg.eval, return_token_losses=True).token_losses
-    plain = eval_sliding(model, val, luts, T, STRIDE, 4, return_token_losses=True).token_losses
-    assert not torch.equal(base[C:], plain[C:])  # TTT really changed the later scores
-    ps = (C + 1, C + 2, 2 * C, 2 * C + 1, 2 * C + 37, 3 * C + 1) if optimizer == "sgd" else (C + 1, 2 * C + 1)
-    for p in ps:  # chunk c's first target token is val[cC+1]; target i is val[i+1]
-        alt = val.clone()
-        g = torch.Generator().manual_seed(p)
-        alt[p:] = torch.randint(4, 64, (N + 1 - p,), generator=g)
-        got = run_ttt(model, alt, luts, T, cfg.ttt, cfg.eval, return_token_losses=True).token_losses
-        assert torch.equal(got[:p - 1], base[:p - 1]), f"targets before token {p} changed"
-        assert not torch.equal(got[p - 1:], base[p - 1:])
 
 
 def test_reset_per_doc(luts):
@@ -467,7 +528,7 @@ def test_ttt_training_reads_the_device_once_per_chunk(luts, monkeypatch):
     (one host sync per chunk on a GPU), not twice per step."""
     import inspect
 
-    from gepalib.eval import ttt as ttt_mod
+    from gepalib.eval import ttt_train
 
     cfg = tiny_cfg(ttt_epochs=2, ttt_lr=0.03, ttt_chunk_tokens=128, ttt_batch_seqs=1, ttt_warmup_div=20)
     model, val = tiny_model(cfg, seed=3), stream(5 * 128 + 40, seed=4)
@@ -477,7 +538,7 @@ def test_ttt_training_reads_the_device_once_per_chunk(luts, monkeypatch):
 
         def counted(self, *a, _orig=orig, **k):
             caller = inspect.currentframe().f_back
-            if caller.f_code.co_name == "_train_chunk" and caller.f_code.co_filename == ttt_mod.__file__:
+            if caller.f_code.co_name == "train_steps" and caller.f_code.co_filename == ttt_train.__file__:
                 reads.append(caller.f_lineno)
             return _orig(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, counted)
@@ -491,7 +552,7 @@ def test_ttt_training_reads_the_device_once_per_chunk(luts, monkeypatch):
 def test_ttt_forward_is_compiled_only_on_cuda_with_triton(monkeypatch):
     """ttt_compile: eager on the CPU (and where triton is missing or the field is off); on CUDA
     with triton, torch.compile with static shapes. Decided by configuration, no GPU needed."""
-    from gepalib.eval import ttt as ttt_mod
+    from gepalib.eval import ttt_train as ttt_mod
 
     model = tiny_model(tiny_cfg())
     assert ttt_mod.ttt_forward(model, True) is model  # this CPU

@@ -1,4 +1,5 @@
-"""Per-document score-first TTT: ``ttt_family`` ``lora_doc`` and ``phased+lora_doc``.
+"""Per-document score-first scoring: the ``"document"`` context of the TTT loop (families
+``lora_doc`` and ``phased+lora_doc``, gepalib.eval.ttt_families).
 
 Documents (gepalib.eval.phased: each starts at a BOS token and owns the targets whose input
 token it holds) are adapted independently, ``ttt_lora_batch_docs`` consecutive documents
@@ -23,29 +24,27 @@ documents still running are always its first lanes. For a batch:
 
 So no document's score depends on another document's tokens (without warm start): the
 adapters, their optimizer state and the scoring contexts are all per document, and the
-batched arithmetic is per row. ``phased+lora_doc`` adds phases: the documents are scored
-in segments ending at the ``ttt_phase_docs`` boundaries and, after each segment except the
-last, ``phase_step`` (from gepalib.eval.ttt: a global pass of the base weights over the
-whole scored prefix) runs with the adapters detached. With several processes each rank
-scores a contiguous share of every segment's documents; the phase pass is collective.
+batched arithmetic is per row. The loop hands :class:`DocScorer` one segment at a time (the
+whole stream for ``lora_doc``; for ``phased+lora_doc`` the segments ending at the
+``ttt_phase_docs`` boundaries, after each of which the family's pass over the scored prefix
+trains the base weights, with the adapters detached). With several processes each rank
+scores a contiguous share of every segment's documents.
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gepalib import dist
 from gepalib.attention import KVCache
-from gepalib.config import EvalConfig, TTTConfig
 from gepalib.eval.lora import LoRA, token_nll
-from gepalib.eval.phased import doc_batches, doc_chunks, doc_ranges, doc_starts, phase_segments
-from gepalib.eval.windows import Sums, target_byte_counts
-
-PhaseStep = Callable[[int, int], list]
+from gepalib.eval.phased import doc_batches, doc_chunks, doc_ranges, doc_starts
+from gepalib.eval.windows import target_byte_counts
 
 
 def _cache_state(cache: KVCache) -> tuple[list, Tensor | None]:
@@ -88,122 +87,132 @@ class _Batch:
         self.count = (chi - clo).to(torch.float32)  # chunk targets per lane
 
 
-def run_doc_family(model: nn.Module, val_d: Tensor, luts_d, seq_len: int, tcfg: TTTConfig, ecfg: EvalConfig,
-                   sums: Sums, losses: Tensor | None, *, hooks: Any = None, autocast: str = "auto",
-                   phase_step: PhaseStep | None = None, log: Callable[[str], None] | None = None,
-                   log_every: int = 100) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score every target once, document by document (module docstring), adding to ``sums``
-    (and ``losses``). The caller owns the model's state: eval mode, base weights frozen, and
-    their restoration. Returns the per-segment rows and extra stats."""
-    t0 = time.perf_counter()
-    N = val_d.numel() - 1
-    rank, world = dist.rank_world()
-    device = sums.t.device
-    starts = doc_starts(val_d, model.cfg.bos_id)
-    docs = doc_ranges(starts, N)
-    phased = tcfg.ttt_family.startswith("phased")
-    segs = phase_segments(tcfg.ttt_phase_docs if phased else (), starts, N)
-    streaming = tcfg.ttt_scoring == "streaming"
-    lanes = max(1, min(tcfg.ttt_lora_batch_docs, len(docs)))
-    lora = LoRA(model, tcfg.ttt_lora_targets, tcfg.ttt_lora_rank, tcfg.ttt_lora_alpha, lanes,
-                tcfg.ttt_lora_warm_start_a)
-    train_on = tcfg.ttt_lora_steps > 0 and tcfg.ttt_lora_lr > 0
-    state = {"step": 0, "batch": 0, "adapt_s": 0.0}
-    rows: list[dict[str, Any]] = []
-    d_lo = 0
-    for k, (lo, hi, d_hi) in enumerate(segs):
-        ts = time.perf_counter()
-        before = sums.t.clone()
+class DocScorer:
+    """The loop's scorer for ``context = "document"`` families: :meth:`score` scores a segment's
+    documents (module docstring) and adds them to ``run.sums`` (and ``run.losses``). The loop
+    owns the model's state: eval mode, the base weights' gradient flags, their restoration."""
+
+    fresh = True  # every document starts from a fresh adapter: each segment row says reset
+
+    def __init__(self, run: Any, segments: list[tuple[int, int]]):
+        t = run.tcfg
+        self.run, self.n_segments = run, len(segments)
+        self.starts = doc_starts(run.val, run.model.cfg.bos_id)
+        self.docs = doc_ranges(self.starts, run.n_targets)
+        self.lanes = max(1, min(t.ttt_lora_batch_docs, len(self.docs)))
+        self.lora = LoRA(run.model, t.ttt_lora_targets, t.ttt_lora_rank, t.ttt_lora_alpha, self.lanes,
+                         t.ttt_lora_warm_start_a)
+        self.train_on = t.ttt_lora_steps > 0 and t.ttt_lora_lr > 0
+        self.step = self.batch = 0  # lockstep steps and document batches so far (the hooks' numbering)
+        self.adapt_s = 0.0
+        self.seen: list[tuple[int, int, int]] = []  # (first document, end document, end target) per segment
+
+    def score(self, k: int, lo: int, hi: int) -> None:
+        """Segment k = targets [lo, hi): this rank's contiguous share of its documents, longest
+        first, in batches of ``lanes``."""
+        d_lo, d_hi = (int(d) for d in np.searchsorted(self.starts, [lo, hi]))
+        self.seen.append((d_lo, d_hi, hi))
+        rank, world = dist.rank_world()
         a, b = dist.shard_range(d_hi - d_lo, rank, world)
+        docs = self.docs
         mine = sorted(range(d_lo + a, d_lo + b), key=lambda d: docs[d][0] - docs[d][1])  # longest first, stable
-        batches = doc_batches(mine, lanes)
+        batches = doc_batches(mine, self.lanes)
+        log = self.run.log
         for bi, batch in enumerate(batches):
-            _run_batch(model, lora, val_d, luts_d, [docs[d] for d in batch], seq_len, tcfg, streaming, train_on,
-                       sums, losses, hooks, autocast, state, device)
-            if log is not None and (bi % max(1, log_every) == 0 or bi == len(batches) - 1):
-                nll, _, nb = (float(v) for v in sums.t)  # this rank's running sums
-                log(f"ttt_batch:{bi + 1}/{len(batches)} segment:{k + 1}/{len(segs)} running_bpb_local:"
-                    f"{nll / (math.log(2) * max(nb, 1)):.6f} elapsed_s:{time.perf_counter() - t0:.1f}")
-        delta = dist.all_reduce_sum(sums.t - before)
-        score_s = time.perf_counter() - ts
-        tt = time.perf_counter()
-        phase_losses = phase_step(k, hi) if (phase_step is not None and k < len(segs) - 1) else []
-        train_s = time.perf_counter() - tt
-        nll_c, tok_c, byt_c = float(delta[0]), int(round(float(delta[1]))), int(round(float(delta[2])))
-        rows.append({"chunk": k, "docs": d_hi - d_lo, "phase_docs": d_hi, "lr": tcfg.ttt_lora_lr, "tokens": tok_c,
-                     "bytes": byt_c, "nll": nll_c, "bpb": nll_c / (math.log(2) * byt_c) if byt_c else float("nan"),
-                     "train_loss_first": phase_losses[0] if phase_losses else None,
-                     "train_loss_last": phase_losses[-1] if phase_losses else None, "reset": True,
-                     "score_seconds": score_s, "train_seconds": train_s})
-        if log is not None and k < len(segs) - 1:
-            log(f"ttt_phase:{k + 1}/{len(segs) - 1} docs:{d_hi} prefix_targets:{hi} segment_bpb:{rows[-1]['bpb']:.6f} "
-                f"train_s:{train_s:.2f}")
-        d_lo = d_hi
-    extra = {"documents": len(docs), "lora_params_per_doc": sum(p[0].numel() for p in lora.parameters()),
-             "lockstep_steps": state["step"], "adapt_seconds": state["adapt_s"],
-             "phases": [{"docs": d, "prefix_targets": h} for (_, h, d) in segs[:-1]]}
-    return rows, extra
+            self._run_batch([docs[d] for d in batch])
+            if log is not None and (bi % max(1, self.run.log_every) == 0 or bi == len(batches) - 1):
+                nll, _, nb = (float(v) for v in self.run.sums.t)  # this rank's running sums
+                log(f"ttt_batch:{bi + 1}/{len(batches)} segment:{k + 1}/{self.n_segments} running_bpb_local:"
+                    f"{nll / (math.log(2) * max(nb, 1)):.6f} elapsed_s:{time.perf_counter() - self.run.t0:.1f}")
 
+    def row(self, k: int) -> dict[str, Any]:
+        d_lo, d_hi, _ = self.seen[k]
+        return {"docs": d_hi - d_lo, "phase_docs": d_hi}
 
-def _run_batch(model: nn.Module, lora: LoRA, val_d: Tensor, luts_d, docs: list[tuple[int, int]], seq_len: int,
-               tcfg: TTTConfig, streaming: bool, train_on: bool, sums: Sums, losses: Tensor | None, hooks: Any,
-               autocast: str, state: dict[str, Any], device: torch.device) -> None:
-    """One batch of documents, lane j = docs[j] (module docstring, steps 1-2)."""
-    lora.reset()
-    opt = lora.make_optimizer(tcfg.ttt_lora_optimizer, tcfg.ttt_lora_lr, tcfg.ttt_lora_beta1, tcfg.ttt_lora_beta2,
-                              tcfg.ttt_lora_wd)
-    if hooks is not None and hasattr(hooks, "on_docs"):
-        hooks.on_docs(state["batch"], list(docs))
-    chunks = [doc_chunks(lo, hi, tcfg.ttt_lora_chunk_tokens) for lo, hi in docs]
-    cache = KVCache(len(model.blocks), seq_len) if streaming else None
-    prev: list[int] = list(range(len(docs)))
-    with lora:
-        for ci in range(max(len(c) for c in chunks)):
-            active = [j for j in range(len(docs)) if ci < len(chunks[j])]
-            if cache is not None and active != prev:
-                _keep_rows(cache, [prev.index(j) for j in active])
-            prev = active
-            lora.active = None if len(active) == lora.lanes else active
-            if streaming:  # the chunk's own tokens, continuing the row's stream
-                spans = [(chunks[j][ci][0], chunks[j][ci][0], chunks[j][ci][1]) for j in active]
-                width = max(hi - lo for lo, hi in (chunks[j][ci] for j in active))
-            else:  # a window of up to seq_len document tokens ending at the chunk's end
-                spans = [(max(docs[j][0], chunks[j][ci][1] - seq_len),) + chunks[j][ci] for j in active]
-                width = max(s[2] - s[0] for s in spans)
-            bt = _Batch(val_d, spans, width, device)
-            trains = [i for i, j in enumerate(active) if ci < len(chunks[j]) - 1] if train_on else []
-            before = _cache_state(cache) if cache is not None else None
-            with torch.set_grad_enabled(bool(trains)), dist.autocast_context(device, autocast):
-                nll = token_nll(model, bt.x, bt.y, cache).float()
-            after = _cache_state(cache) if cache is not None else None
-            score = nll.detach()
-            sums.add(score, target_byte_counts(bt.x, bt.y, luts_d), bt.mask)
-            if losses is not None:
-                losses[bt.t_idx[bt.mask]] = score[bt.mask]
-            if hooks is not None:
-                hooks.on_score(state["step"], [chunks[j][ci] for j in active])
-            if trains:
-                ta = time.perf_counter()
-                w = torch.zeros(len(active), 1, device=device)
-                w[trains] = 1.0
-                weight = torch.where(bt.mask, w / bt.count, 0.0)  # per-lane chunk mean, lanes that train
-                for s in range(tcfg.ttt_lora_steps):
-                    if s > 0:
-                        if cache is not None:
-                            _set_cache(cache, before)
-                        with dist.autocast_context(device, autocast):
-                            nll = token_nll(model, bt.x, bt.y, cache).float()
-                    if hooks is not None:
-                        hooks.on_train(state["step"], s, state["batch"], [chunks[active[i]][ci] for i in trains])
-                    opt.zero_grad(set_to_none=True)
-                    (nll * weight).sum().backward()
-                    opt.step()
-                    if hooks is not None:
-                        gn = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in lora.parameters()]))
-                        hooks.on_step(state["step"], s, state["batch"], tcfg.ttt_lora_lr, float(gn))
-                state["adapt_s"] += time.perf_counter() - ta
-            if cache is not None:
-                _set_cache(cache, after, detach=True)
-            state["step"] += 1
-    lora.active = None
-    state["batch"] += 1
+    def log_segment(self, k: int, row: dict[str, Any]) -> None:
+        if self.run.log is not None and k < self.n_segments - 1:
+            _, d_hi, hi = self.seen[k]
+            self.run.log(f"ttt_phase:{k + 1}/{self.n_segments - 1} docs:{d_hi} prefix_targets:{hi} "
+                         f"segment_bpb:{row['bpb']:.6f} train_s:{row['train_seconds']:.2f}")
+
+    def extra(self) -> dict[str, Any]:
+        return {"documents": len(self.docs), "lora_params_per_doc": sum(p[0].numel() for p in self.lora.parameters()),
+                "lockstep_steps": self.step, "adapt_seconds": self.adapt_s,
+                "phases": [{"docs": d, "prefix_targets": h} for _, d, h in self.seen[:-1]]}
+
+    def _run_batch(self, docs: list[tuple[int, int]]) -> None:
+        """One batch of documents, lane j = docs[j] (module docstring, steps 1-2)."""
+        run, t, lora = self.run, self.run.tcfg, self.lora
+        lora.reset()
+        opt = lora.make_optimizer(t.ttt_lora_optimizer, t.ttt_lora_lr, t.ttt_lora_beta1, t.ttt_lora_beta2,
+                                  t.ttt_lora_wd)
+        if run.hooks is not None and hasattr(run.hooks, "on_docs"):
+            run.hooks.on_docs(self.batch, list(docs))
+        chunks = [doc_chunks(lo, hi, t.ttt_lora_chunk_tokens) for lo, hi in docs]
+        cache = KVCache(len(run.model.blocks), run.seq_len) if t.ttt_scoring == "streaming" else None
+        prev: list[int] = list(range(len(docs)))
+        with lora:
+            for ci in range(max(len(c) for c in chunks)):
+                active = [j for j in range(len(docs)) if ci < len(chunks[j])]
+                if cache is not None and active != prev:
+                    _keep_rows(cache, [prev.index(j) for j in active])
+                prev = active
+                lora.active = None if len(active) == lora.lanes else active
+                self._lockstep([docs[j] for j in active], [chunks[j][ci] for j in active],
+                               [i for i, j in enumerate(active) if ci < len(chunks[j]) - 1], cache, opt)
+                self.step += 1
+        lora.active = None
+        self.batch += 1
+
+    def _lockstep(self, docs: list[tuple[int, int]], spans: list[tuple[int, int]], trains: list[int],
+                  cache: KVCache | None, opt: torch.optim.Optimizer) -> None:
+        """Chunk ``spans[i]`` of each active lane i (document ``docs[i]``): score it, then learn from
+        it in the lanes ``trains`` (those with a chunk left)."""
+        run = self.run
+        if cache is not None:  # the chunk's own tokens, continuing the row's stream
+            lanes = [(lo, lo, hi) for lo, hi in spans]
+            width = max(hi - lo for lo, hi in spans)
+        else:  # a window of up to seq_len document tokens ending at the chunk's end
+            lanes = [(max(d[0], hi - run.seq_len), lo, hi) for d, (lo, hi) in zip(docs, spans)]
+            width = max(s[2] - s[0] for s in lanes)
+        bt = _Batch(run.val, lanes, width, run.device)
+        trains = trains if self.train_on else []
+        before = _cache_state(cache) if cache is not None else None
+        with torch.set_grad_enabled(bool(trains)), dist.autocast_context(run.device, run.autocast):
+            nll = token_nll(run.model, bt.x, bt.y, cache).float()
+        after = _cache_state(cache) if cache is not None else None
+        score = nll.detach()
+        run.sums.add(score, target_byte_counts(bt.x, bt.y, run.luts), bt.mask)
+        if run.losses is not None:
+            run.losses[bt.t_idx[bt.mask]] = score[bt.mask]
+        if run.hooks is not None:
+            run.hooks.on_score(self.step, list(spans))
+        if trains:
+            self._learn(bt, nll, spans, trains, cache, before, opt)
+        if cache is not None:
+            _set_cache(cache, after, detach=True)
+
+    def _learn(self, bt: _Batch, nll: Tensor, spans: list[tuple[int, int]], trains: list[int], cache: KVCache | None,
+               before: tuple[list, Tensor | None] | None, opt: torch.optim.Optimizer) -> None:
+        """``ttt_lora_steps`` optimizer steps on the just-scored chunk's mean nll of every lane in
+        ``trains``; the first on the scoring pass's own graph, the others on fresh passes."""
+        run, t = self.run, self.run.tcfg
+        ta = time.perf_counter()
+        w = torch.zeros(len(spans), 1, device=run.device)
+        w[trains] = 1.0
+        weight = torch.where(bt.mask, w / bt.count, 0.0)  # per-lane chunk mean, lanes that train
+        for s in range(t.ttt_lora_steps):
+            if s > 0:
+                if cache is not None:
+                    _set_cache(cache, before)
+                with dist.autocast_context(run.device, run.autocast):
+                    nll = token_nll(run.model, bt.x, bt.y, cache).float()
+            if run.hooks is not None:
+                run.hooks.on_train(self.step, s, self.batch, [spans[i] for i in trains])
+            opt.zero_grad(set_to_none=True)
+            (nll * weight).sum().backward()
+            opt.step()
+            if run.hooks is not None:
+                gn = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.lora.parameters()]))
+                run.hooks.on_step(self.step, s, self.batch, t.ttt_lora_lr, float(gn))
+        self.adapt_s += time.perf_counter() - ta
