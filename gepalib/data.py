@@ -8,7 +8,9 @@ A file is rejected unless its size is exactly 1024 + 2N.
   ``floor((N-1)/seq_len)*seq_len + 1`` tokens.
 * :class:`TrainLoader` -- the train stream: sorted shards read in order, wrapping
   to the first after the last; per micro-step the stream yields ``W*(T+1)``
-  contiguous tokens and rank r takes ``[r(T+1), (r+1)(T+1))``.
+  contiguous tokens and rank r takes ``[r(T+1), (r+1)(T+1))``. With a data seed
+  (``data_seed >= 0``) the same windows of ``W*(T+1)`` tokens are visited in a
+  seeded random order, a new permutation per pass over the stream.
 
 Everything memory-maps; nothing loads a whole dataset into RAM.
 """
@@ -175,10 +177,16 @@ class TrainLoader:
     :meth:`next_batch` consumes ``world_size*(T+1)`` tokens; this rank keeps
     ``[rank*(T+1), (rank+1)*(T+1))``. The position (shard index, offset) is the
     whole state, so :meth:`state_dict` / :meth:`load_state_dict` resume exactly.
+
+    ``data_seed >= 0`` shuffles the order and nothing else: the stream is cut into
+    ``floor(N / (world_size*(T+1)))`` windows of one micro-step each (the tail of
+    fewer tokens is skipped), visited in the order of
+    ``numpy.random.default_rng([data_seed, pass]).permutation``; the number of
+    micro-batches drawn is the state. ``-1`` (the default) is the submission's order.
     """
 
     def __init__(self, data_dir: str | os.PathLike, rank: int = 0, world_size: int = 1,
-                 vocab_size: int | None = None, train_shards: int = 0):
+                 vocab_size: int | None = None, train_shards: int = 0, data_seed: int = -1):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
         self.data_dir = Path(data_dir)
@@ -192,6 +200,11 @@ class TrainLoader:
         self.shard, self.pos = 0, 0  # next token to read: self.files[shard][pos]
         self.tokens_read = 0  # stream tokens consumed so far (all ranks' slices)
         self._cache: tuple[int, np.ndarray] | None = None
+        if data_seed < -1:
+            raise ValueError(f"data_seed must be -1 (the submission's order) or >= 0, got {data_seed}")
+        self.data_seed = int(data_seed)
+        self.batches = 0  # micro-batches drawn (the state of the shuffled order)
+        self._perm: tuple[int, np.ndarray] | None = None  # (pass, window order) of the shuffled order
 
     def _tokens(self, i: int) -> np.ndarray:
         if self._cache is None or self._cache[0] != i:
@@ -219,12 +232,38 @@ class TrainLoader:
         if T <= 0 or seq_len <= 0 or T % seq_len:
             raise ValueError(f"tokens_per_rank ({T}) must be a positive multiple of seq_len ({seq_len})")
         span = T + 1
-        self._advance(self.rank * span)
         buf = np.empty(span, dtype=np.int64)
-        self._advance(span, buf)
-        self._advance((self.world_size - 1 - self.rank) * span)
+        if self.data_seed >= 0:
+            self._shuffled(span, buf)
+        else:
+            self._advance(self.rank * span)
+            self._advance(span, buf)
+            self._advance((self.world_size - 1 - self.rank) * span)
         t = torch.from_numpy(buf)
         return t[:-1].view(-1, seq_len), t[1:].view(-1, seq_len)
+
+    def _shuffled(self, span: int, out: np.ndarray) -> None:
+        """This rank's slice of the next window in the seeded order, copied into ``out``."""
+        window = self.world_size * span
+        n_windows = sum(self.counts) // window
+        if n_windows == 0:
+            raise ValueError(f"{self.data_dir}: the training shards hold {sum(self.counts)} tokens, fewer than one "
+                             f"micro-step window of {window}; data_seed >= 0 needs at least one")
+        epoch, i = divmod(self.batches, n_windows)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.data_seed, epoch]).permutation(n_windows))
+        self.shard, self.pos = self._locate(int(self._perm[1][i]) * window + self.rank * span)
+        self._advance(span, out)
+        self.tokens_read += window - span  # the stream consumed the whole window (all ranks' slices)
+        self.batches += 1
+
+    def _locate(self, offset: int) -> tuple[int, int]:
+        """(shard, position) of token ``offset`` of the concatenated shards."""
+        for shard, n in enumerate(self.counts):
+            if offset < n:
+                return shard, offset
+            offset -= n
+        raise IndexError(f"stream offset beyond the training shards ({sum(self.counts)} tokens)")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -233,6 +272,8 @@ class TrainLoader:
             "tokens_read": self.tokens_read,
             "files": [p.name for p in self.files],
             "world_size": self.world_size,
+            "data_seed": self.data_seed,
+            "batches": self.batches,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -245,7 +286,12 @@ class TrainLoader:
         shard, pos = int(d["shard"]), int(d["pos"])
         if not (0 <= shard < len(self.files) and 0 <= pos <= self.counts[shard]):
             raise ValueError(f"train loader state out of range: shard={shard} pos={pos}")
+        seed = int(d.get("data_seed", -1))
+        if seed != self.data_seed:
+            raise ValueError(f"train loader state was saved with data_seed={seed} but this run has "
+                             f"data_seed={self.data_seed}; resume needs the same data order")
         self.shard, self.pos, self.tokens_read = shard, pos, int(d.get("tokens_read", 0))
+        self.batches = int(d.get("batches", 0))
 
 
 # ---------------------------------------------------------------------------

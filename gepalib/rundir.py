@@ -69,7 +69,8 @@ PATH_FIELDS = ("data_dir", "tokenizer_path")
 
 def identity(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     """The part of ``cfg`` that identifies a run: :data:`IDENTITY_SECTIONS`, paths resolved,
-    :data:`BOOKKEEPING_FIELDS` dropped, ``muon_ns_dtype="auto"`` resolved for the run's device.
+    :data:`BOOKKEEPING_FIELDS` dropped, ``muon_ns_dtype="auto"`` resolved for the run's device,
+    ``data_seed`` only where it shuffles (the default -1 is the order runs had before the field).
     ``resume=True``: only the training trajectory (no quant section, :data:`RESUMABLE_FIELDS`
     dropped too, paths as written), what a checkpoint must match."""
     d = cfg.to_dict()
@@ -78,6 +79,8 @@ def identity(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     out["train"]["muon_ns_dtype"] = resolve_ns_dtype(cfg.train.muon_ns_dtype, device_type(cfg.train.device))
     for f in BOOKKEEPING_FIELDS + (RESUMABLE_FIELDS if resume else ()):
         out["train"].pop(f, None)
+    if out["train"].get("data_seed") == -1:  # the submission's order: the trajectory of runs made before the field
+        del out["train"]["data_seed"]
     for f in PATH_FIELDS if not resume else ():
         if out["data"].get(f):
             out["data"][f] = str(resolve_path(out["data"][f]))

@@ -143,7 +143,8 @@ class Trainer(RunLoop):
                                           max_targets=cfg.data.val_tokens)
         self.luts = build_byte_luts(cfg.data.tokenizer_file(), cfg.model.vocab_size)
         # token ids were checked once by check_data_dir: no max() over each new shard while training
-        self.loader = TrainLoader(data_dir, self.info.rank, self.info.world_size, None, cfg.data.train_shards)
+        self.loader = TrainLoader(data_dir, self.info.rank, self.info.world_size, None, cfg.data.train_shards,
+                                  cfg.train.data_seed)
         random.seed(tc.seed)
         np.random.seed(tc.seed)
         torch.manual_seed(tc.seed)

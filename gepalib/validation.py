@@ -102,6 +102,8 @@ def check_train(t: Any) -> None:
     c.require(t.warmdown <= t.steps, f"warmdown={t.warmdown} is larger than steps={t.steps} (the LR would start at "
                                      f"{t.steps}/{t.warmdown} of its peak); set warmdown <= steps")
     c.require(0 <= t.seed < 2**32, f"seed must be in [0, 2**32), got {t.seed}")
+    c.require(-1 <= t.data_seed < 2**32, f"data_seed must be -1 (the submission's order) or in [0, 2**32), "
+                                         f"got {t.data_seed}")
     c.unit("ema_decay", "adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_start")
     c.require(t.muon_ns_steps >= 1, f"muon_ns_steps must be >= 1, got {t.muon_ns_steps}")
     c.require(t.muon_ns_dtype in ("auto", "bf16", "fp32"),

@@ -34,7 +34,7 @@ from gepalib import run
 run.check_parameters(globals())  # a misspelt or mistyped parameter fails here, naming it
 plan = run.Plan(nproc=nproc, runs_root=runs_root)  # every run and evaluation below
 base = run.base_config(preset, scale, data_dir, overrides)
-cfg = plan.train(run.with_length(base, steps, warmdown_frac, val_every, seed=seed))
+cfg = plan.train(run.with_length(base, steps, warmdown_frac, val_every, seed=seed, vary_data=False))
 run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%

@@ -59,7 +59,9 @@ def test_identity_hashes_are_stable(monkeypatch):
     ``muon_ns_dtype`` then became ``auto`` by default, and the identity holds the precision it
     resolves to: where that is bf16 (CUDA, CPUs with native bf16) every hash is the one the
     explicit bf16 default gave, so those run dirs and checkpoints stay valid; on other CPUs
-    "auto" is fp32, a different trajectory and so a different hash (the fp32 pin below)."""
+    "auto" is fp32, a different trajectory and so a different hash (the fp32 pin below).
+    ``data_seed`` enters the identity only where it shuffles: its default (-1) is the order every
+    earlier run had, so their hashes stay; a data seed gives another run."""
     for preset, run_hash, resume_hash in (("tiny", "758c6b0271d8541f", "6c9e4d2b4b22b01f"),
                                           ("gepa11", "3ac25d5c2685bb9a", "a65dc8c0c54b44aa")):
         cfg = override(get_preset(preset), data_dir="/data/sotu_sp1024")
@@ -67,6 +69,8 @@ def test_identity_hashes_are_stable(monkeypatch):
             monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
             assert rundir.identity_hash(c) == run_hash, preset
             assert rundir.identity_hash(c, resume=True) == resume_hash, preset
+        assert rundir.identity_hash(override(cfg, data_seed=0)) != run_hash
+        assert rundir.identity_hash(override(cfg, data_seed=0), resume=True) != resume_hash
     cpu = override(get_preset("tiny"), data_dir="/data/sotu_sp1024", device="cpu")
     monkeypatch.setattr(muon, "cpu_has_native_bf16", lambda: False)
     assert rundir.identity_hash(cpu) == rundir.identity_hash(override(cpu, muon_ns_dtype="fp32"))

@@ -93,6 +93,7 @@ class TrainConfig:
     micro_batch_tokens: int = 98304  # tokens per rank per micro-step; accumulation is derived
     seq_len: int = 2048
     seed: int = 42
+    data_seed: int = -1  # train data order: -1 the submission's (shards in sequence); >= 0 a seeded shuffle of batch windows
     embed_lr: float = 0.035
     matrix_lr: float = 0.025
     scalar_lr: float = 0.025

@@ -60,10 +60,11 @@ def base_config(preset: str, scale: str = "full", data_dir: str | None = None,
 
 
 def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, val_every: int, seed: int | None = None,
-                warmdown: int | None = None) -> RunConfig:
+                warmdown: int | None = None, vary_data: bool = True) -> RunConfig:
     """``cfg`` trained for ``steps`` with the last ``warmdown`` steps (default
     ``round(warmdown_frac*steps)``) as warmdown, validated (and logged) every ``val_every``
-    steps and at the end."""
+    steps and at the end. A ``seed`` sets the initialisation and, with ``vary_data`` (the
+    study's setting), the data order too (``data_seed = seed``), so seeds differ in both."""
     if steps <= 0 or val_every <= 0:
         raise ValueError(f"steps and val_every must be positive, got {steps}, {val_every}")
     if not 0.0 <= warmdown_frac <= 1.0:
@@ -76,6 +77,8 @@ def with_length(cfg: RunConfig, steps: int, warmdown_frac: float, val_every: int
                           "val_every": int(val_every), "log_every": int(val_every)}
     if seed is not None:
         kv["seed"] = int(seed)
+        if vary_data:
+            kv["data_seed"] = int(seed)
     return override(cfg, **kv)
 
 
