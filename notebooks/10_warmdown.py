@@ -106,9 +106,14 @@ P.save_figure(fig, "F1_warmdown", figures_dir)
 
 # %% [markdown]
 # ## Verdict (computed)
-# Welch over the seeds' rates (warmdown − 2 × plateau), with its 95% interval and the minimum
-# detectable effect; outside the regime (the calibration above), with fewer than 3 seeds, or
-# an MDE above the published effect scaled to this run: "inconclusive (underpowered)".
+# Direction: a paired t test over the seeds of (warmdown rate − plateau rate), both phases of the
+# same run, with its 95% interval and minimum detectable effect; the expected effect is the
+# published ratio (12.6 / 2.0 mBPB/kstep, PR #628) applied to our plateau rate. Magnitude, a
+# separate line: the per-seed ratio warmdown / plateau with its interval, against 6.3×.
+# The rule, the same for every finding (docs/study.md): **agrees** if the interval lies below 0,
+# on the finding's side; **does not agree** if it lies above 0, or holds 0 but excludes the
+# expected effect computed from a published number; otherwise **inconclusive**, with the MDE
+# (and inconclusive too outside the regime, with fewer than 3 seeds or a TTT gain below noise).
 
 # %%
 verdict = F.verdict_f1(seed_rates, regime=cal["blockers"])

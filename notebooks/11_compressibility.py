@@ -111,8 +111,11 @@ R.evidence_df("F2")
 # %% [markdown]
 # ## Verdict (computed)
 # The slope of log(artifact size) on log(steps) over the ladder, with its 95% interval and minimum
-# detectable effect against the published slope; outside the regime (the calibration above), with
-# fewer than 3 rungs, or an MDE above the published slope: "inconclusive (underpowered)".
+# detectable effect; the expected effect and the magnitude line are the published slope.
+# The rule, the same for every finding (docs/study.md): **agrees** if the interval lies below 0,
+# on the finding's side; **does not agree** if it lies above 0, or holds 0 but excludes the
+# expected effect computed from a published number; otherwise **inconclusive**, with the MDE
+# (and inconclusive too outside the regime, with fewer than 3 seeds or a TTT gain below noise).
 
 # %%
 verdict = F.verdict_f2(comp, regime=cal["blockers"])

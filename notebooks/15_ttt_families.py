@@ -146,9 +146,11 @@ table
 # %% [markdown]
 # ## Verdicts (computed)
 # E1: per-document LoRA against full-model SGD; E2: the phased pass on top of per-document LoRA.
-# Welch over the seeds' TTT gains, with the 95% interval and minimum detectable effect against
-# the published difference scaled to our gains (gepalib.findings.families). Fewer than 3 seeds,
-# a TTT gain below noise or an MDE above the expected effect give "inconclusive (underpowered)".
+# A paired t test over the seeds' TTT gains (every family adapts the same seed's base on the same
+# scored tokens), with the 95% interval and minimum detectable effect; the expected effect is the
+# published difference scaled to our gains (gepalib.findings.families). The rule (docs/study.md):
+# agrees if the interval lies below 0; does not agree if it lies above 0 or excludes the expected
+# effect; otherwise inconclusive, and inconclusive with fewer than 3 seeds or a gain below noise.
 
 # %%
 verdicts = [FA.verdict_family(gains, e) for e in ("E1", "E2")]

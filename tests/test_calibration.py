@@ -109,6 +109,33 @@ def test_ttt_calibration():
     assert not noisy["in_regime"] and "noise" in noisy["blockers"][0]
 
 
+def test_ttt_regime_reads_what_ran_not_the_parameters():
+    """The regime check counts chunks and targets in the TTT results: a run that scored fewer
+    (another val_tokens, a larger chunk than the notebook asked for) fails it."""
+    gains = {"sgd": [-0.008, -0.007, -0.009], "adamw": [-0.005, -0.006, -0.0055]}
+    ran = [{"chunks": 32, "tokens": 131_072}] * 6
+    assert C.ttt_regime(ran, gains)["in_regime"]
+    # the notebook asked for 32 chunks of 4,096, but one run scored 16 chunks of 8,192
+    short = C.ttt_regime(ran[:5] + [{"chunks": 16, "tokens": 131_072}], gains)
+    assert not short["in_regime"] and short["n_chunks"] == 16 and "16 TTT chunks < 32" in short["blockers"][0]
+    fewer = C.ttt_regime(ran[:5] + [{"chunks": 32, "tokens": 65_536}], gains)
+    assert not fewer["in_regime"] and fewer["targets"] == 65_536
+    with pytest.raises(ValueError, match="chunk/target counts"):
+        C.ttt_regime([{"val_bpb": 1.0}], gains)
+    with pytest.raises(ValueError, match="no TTT results"):
+        C.ttt_regime([], gains)
+
+
+def test_ttt_calibration_checks_every_arm():
+    ok = C.ttt_calibration(32, 131_072, {"sgd": [-0.008, -0.007, -0.009], "adamw": [-0.005, -0.006, -0.0055]})
+    assert ok["in_regime"] and ok["weakest_arm"] == "adamw" and ok["gain_mbpb"] == pytest.approx(5.5)
+    assert set(ok["arms"]) == {"sgd", "adamw"}
+    # the stronger arm is far above noise; the weaker one is not: out of regime
+    weak = C.ttt_calibration(32, 131_072, {"sgd": [-0.020, -0.021, -0.019], "adamw": [-0.004, 0.003, -0.002]})
+    assert not weak["in_regime"] and weak["blockers"] == [
+        "the adamw TTT gain 1.00 mBPB is not above noise (its interval reaches 0)"]
+
+
 def test_choose_setting():
     rows = [{"opt": "sgd", "lr": 0.01, "val_bpb": 1.50}, {"opt": "sgd", "lr": 0.02, "val_bpb": 1.49},
             {"opt": "adamw", "lr": 1e-3, "val_bpb": 1.495}, {"opt": "adamw", "lr": 3e-3, "val_bpb": 1.51}]

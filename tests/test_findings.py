@@ -339,14 +339,21 @@ def seed_rates(slopes_per_seed, total=600, warmdown=240):
 
 
 def test_verdict_records_its_statistics():
-    v = F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.030, -0.031, -0.029], "adamw": [-0.010, -0.011, -0.009]}))
-    assert set(v) >= {"finding", "title", "agrees", "verdict", "ours", "published", "criterion", "text",
-                      "interval", "sd", "mde", "n", "effect", "expected", "reason"}
-    assert v["n"] == 3 and v["sd"] == pytest.approx(0.001) and v["effect"] == pytest.approx(-0.02)
+    v = F.verdict_f3(F.ttt_gain_by_optimizer({"sgd": [-0.030, -0.032, -0.029], "adamw": [-0.010, -0.011, -0.009]}))
+    assert set(v) >= {"finding", "title", "agrees", "verdict", "ours", "published", "criterion", "rule", "text",
+                      "interval", "level", "test", "sd", "mde", "n", "effect", "expected", "reason", "magnitude"}
+    d = np.array([-0.020, -0.021, -0.020])  # the per-seed (paired) differences
+    assert v["n"] == 3 and v["test"] == "paired t" and v["level"] == 0.95
+    assert v["sd"] == pytest.approx(np.std(d, ddof=1)) and v["effect"] == pytest.approx(d.mean())
+    assert v["differences"] == pytest.approx(d.tolist())
     lo, hi = v["interval"]
-    assert lo < v["effect"] < hi < 0 and 0 < v["mde"] < -v["expected"]
-    assert v["expected"] == pytest.approx((-0.017 + 0.007) / 0.017 * 0.030)  # published, scaled by our gain
-    assert "Welch" in v["criterion"] and "MDE" in v["criterion"] and v["verdict"] in F.VERDICTS
+    assert lo < v["effect"] < hi < 0 and v["verdict"] == F.AGREES
+    assert v["expected"] == pytest.approx((-0.017 + 0.007) / 0.017 * 0.0303333333)  # published, scaled by our gain
+    assert "paired t" in v["criterion"] and v["rule"] == F.RULE and "95% CI" in v["ours"]
+    m = v["magnitude"]
+    assert m["published"] == pytest.approx(0.017 / 0.007) and m["value"] == pytest.approx(np.mean(
+        np.array([-0.030, -0.032, -0.029]) / np.array([-0.010, -0.011, -0.009])))
+    assert m["published_in_interval"] is False and "lies outside it" in m["text"] and "Magnitude:" in v["text"]
 
 
 def test_published_numbers_through_the_verdicts():
@@ -354,40 +361,79 @@ def test_published_numbers_through_the_verdicts():
     v1, v2, v3, v5 = F.verdict_f1(pub["F1"]), F.verdict_f2(pub["F2"]), F.verdict_f3(pub["F3"]), F.verdict_f5(pub["F5"])
     # the trends over the four published runs are detected (their scatter about the trend is small)
     assert v2["agrees"] and v2["verdict"] == F.AGREES and v2["expected"] == pytest.approx(v2["effect"])
+    assert v2["magnitude"]["published_in_interval"] is True
     assert v5["agrees"] and v5["interval"][1] < 0 and "22% → 18% → 16% → 13%" in v5["ours"]
-    # one run per setting has no seed-to-seed spread: the published comparisons alone are underpowered
+    assert v5["magnitude"]["published_in_interval"] is True and v5["gain_trend"] is not None
+    # one run per setting has no seed-to-seed spread: the published comparisons alone cannot decide
     for v in (v1, v3):
         assert v["verdict"] == F.INCONCLUSIVE and not v["agrees"] and v["n"] == 1 and "n=1 < 3" in v["reason"]
         assert v["interval"] == [None, None] and v["sd"] is None and v["mde"] is None  # strict JSON, no NaN
         json.dumps(v, allow_nan=False)
     assert "6.2×" in v1["ours"] and "-12.6" in v1["ours"] and "2.43×" in v3["ours"]
+    assert v1["magnitude"]["published"] == pytest.approx(6.3)
     md = F.findings_markdown([v1, v2, v3, v5])
-    assert md.count("\n") == 2 + 4 and md.count("| **agrees** |") == 2
-    assert md.count("| **inconclusive (underpowered)** |") == 2 and "MDE" in md
+    assert md.count("\n") == 2 + 4 and md.count("| **agrees** |") == 2 and "Magnitude" in md
+    assert md.count("| **inconclusive** |") == 2 and "MDE" in md and "slope t" in md
+
+
+def test_paired_and_unpaired_tests_against_scipy():
+    rng = np.random.default_rng(5)
+    for n in (3, 5, 8):
+        base = rng.normal(-0.01, 0.004, n)  # a shared per-seed component (base model, machine)
+        a, b = base + rng.normal(-0.002, 0.0003, n), base + rng.normal(0.0, 0.0003, n)
+        for alpha in (0.05, 0.025):
+            p = F.compare_paired(a, b, alpha)
+            ref = stats.ttest_rel(a, b)
+            ci = ref.confidence_interval(1 - alpha)
+            d = a - b
+            se = np.std(d, ddof=1) / math.sqrt(n)
+            h = stats.t.ppf(1 - alpha / 2, n - 1) * se  # the slow formula
+            assert (p["ci_low"], p["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
+            assert (p["ci_low"], p["ci_high"]) == pytest.approx((d.mean() - h, d.mean() + h), rel=1e-12)
+            assert p["p_value"] == pytest.approx(ref.pvalue, rel=1e-12) and p["df"] == n - 1
+            assert p["mde"] == pytest.approx(F.min_detectable_effect(se, n - 1, alpha), rel=1e-12)
+            u = F.compare_settings(a, b, alpha)
+            w = stats.ttest_ind(a, b, equal_var=False)
+            assert u["p_value"] == pytest.approx(w.pvalue, rel=1e-12) and u["test"] == "welch"
+            # the shared component is noise to Welch, not to the paired test
+            assert p["ci_high"] - p["ci_low"] < u["ci_high"] - u["ci_low"]
+    one = F.compare_paired([1.0], [2.0])
+    assert math.isnan(one["ci_low"]) and "one pair" in one["note"]
+    const = F.compare_paired([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+    assert (const["ci_low"], const["ci_high"], const["mde"]) == (0.5, 0.5, 0.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        F.compare_paired([1.0, 2.0], [1.0])
+    r = F.ratio_interval([-6.0, -6.6, -5.4], [-1.0, -1.1, -0.9])
+    assert r["ratio"] == pytest.approx(6.0) and r["ci_low"] == pytest.approx(6.0) and r["ci_high"] == pytest.approx(6.0)
+    assert math.isnan(F.ratio_interval([1.0, 2.0], [0.0, 1.0])["ratio"])
+    assert F.level_text(0.05) == "95%" and F.level_text(0.025) == "97.5%"
 
 
 def test_f3_three_outcomes():
     by = F.ttt_gain_by_optimizer
-    clear = F.verdict_f3(by({"sgd": [-0.030, -0.031, -0.029], "adamw": [-0.010, -0.011, -0.009]}))
+    clear = F.verdict_f3(by({"sgd": [-0.030, -0.031, -0.029], "adamw": [-0.010, -0.012, -0.009]}))
     assert clear["verdict"] == F.AGREES and clear["agrees"]
-    opposite = F.verdict_f3(by({"sgd": [-0.010, -0.011, -0.009], "adamw": [-0.030, -0.031, -0.029]}))
+    opposite = F.verdict_f3(by({"sgd": [-0.010, -0.012, -0.009], "adamw": [-0.030, -0.031, -0.029]}))
     assert opposite["verdict"] == F.DISAGREES and not opposite["agrees"] and "opposite" in opposite["reason"]
-    # SGD wins on average but the seed-to-seed spread is as large as the effect: underpowered
-    noisy = F.verdict_f3(by({"sgd": [-0.030, -0.020, -0.025], "adamw": [-0.030, -0.010, -0.020]}))
-    assert noisy["verdict"] == F.INCONCLUSIVE and noisy["mde"] >= -noisy["expected"] and "MDE" in noisy["reason"]
+    # SGD wins on average but the per-seed differences scatter across 0 and reach the expected effect
+    noisy = F.verdict_f3(by({"sgd": [-0.030, -0.015, -0.028], "adamw": [-0.020, -0.022, -0.019]}))
+    assert noisy["verdict"] == F.INCONCLUSIVE and "MDE" in noisy["reason"] and "expected" in noisy["reason"]
+    # the interval holds 0 but excludes the published expected effect: does not agree
+    short = F.verdict_f3(by({"sgd": [-0.0200, -0.0212, -0.0190], "adamw": [-0.0199, -0.0210, -0.0192]}))
+    assert short["verdict"] == F.DISAGREES and "excludes the published expected effect" in short["reason"]
     # a clear effect on two seeds is still too few seeds
-    two = F.verdict_f3(by({"sgd": [-0.030, -0.031], "adamw": [-0.010, -0.011]}))
+    two = F.verdict_f3(by({"sgd": [-0.030, -0.031], "adamw": [-0.010, -0.012]}))
     assert two["verdict"] == F.INCONCLUSIVE and "n=2 < 3" in two["reason"]
-    assert F.verdict_f3(by({"sgd": [-0.030, -0.031], "adamw": [-0.010, -0.011]}), min_seeds=2)["agrees"]
+    assert F.verdict_f3(by({"sgd": [-0.030, -0.031], "adamw": [-0.010, -0.0102]}), min_seeds=2)["agrees"]
     # the right order but gains of ~0.3 mBPB (what the CPU demo measures): the TTT gain is below noise
     tiny = F.verdict_f3(by({"sgd": [-0.00031, -0.00030, -0.00032], "adamw": [-0.0003, -0.00028, -0.00029]}))
     assert tiny["verdict"] == F.INCONCLUSIVE and "too small to rank" in tiny["ours"]
     # with a smaller floor, a clear ordering of such gains counts
     assert F.verdict_f3(by({"sgd": [-0.00031, -0.00030, -0.00032], "adamw": [-0.0001, -0.00012, -0.00011]}),
                         min_gain=1e-4)["agrees"]
-    # gains of 2 mBPB whose interval reaches 0: below noise even though above min_gain
-    wobbly = F.verdict_f3(by({"sgd": [-0.012, 0.004, -0.002], "adamw": [0.001, 0.0, 0.002]}))
-    assert wobbly["verdict"] == F.INCONCLUSIVE and "below noise" in wobbly["reason"]
+    # both arms must be above noise: a clear SGD gain against an AdamW gain that is noise
+    weak = F.verdict_f3(by({"sgd": [-0.020, -0.021, -0.019], "adamw": [-0.004, 0.003, -0.002]}))
+    assert weak["verdict"] == F.INCONCLUSIVE and "the adamw TTT gain" in weak["reason"] and "noise" in weak["reason"]
 
 
 def test_f1_three_outcomes():
@@ -396,19 +442,25 @@ def test_f1_three_outcomes():
     def jitter(e, p, w, sd, n=3):
         return [(e, p + rng.normal(0, sd), w + rng.normal(0, sd)) for _ in range(n)]
 
-    # warmdown 5x the plateau rate, small spread: agrees
+    # warmdown 5x the plateau rate, small spread: agrees in direction; 6.3x outside its interval
     v = F.verdict_f1(seed_rates(jitter(-4e-3, -1e-4, -5e-4, 1e-5)))
-    assert v["verdict"] == F.AGREES and v["n"] == 3 and v["interval"][1] < 0
-    # the same rate everywhere after the early phase, powered: does not agree
+    assert v["verdict"] == F.AGREES and v["n"] == 3 and v["interval"][1] < 0 and v["test"] == "paired t"
+    assert v["magnitude"]["published_in_interval"] is False and 4 < v["magnitude"]["value"] < 6
+    # the warmdown slower than the plateau: does not agree
+    slower = F.verdict_f1(seed_rates(jitter(-4e-3, -5e-4, -3e-4, 1e-5)))
+    assert slower["verdict"] == F.DISAGREES and "opposite" in slower["reason"]
+    # the same rate everywhere after the early phase: the interval holds 0 and excludes (R - 1) x plateau
     same = F.verdict_f1(seed_rates(jitter(-4e-3, -5e-4, -5e-4, 1e-5)))
-    assert same["verdict"] == F.DISAGREES and "(1.0×)" in same["ours"] and same["mde"] < -same["expected"]
-    assert F.verdict_f1(seed_rates(jitter(-4e-3, -5e-4, -5e-4, 1e-5)), threshold=0.5)["agrees"]
-    # seed-to-seed spread as large as the rates themselves: underpowered
-    noisy = F.verdict_f1(seed_rates(jitter(-4e-3, -3e-4, -5e-4, 2e-3)))
-    assert noisy["verdict"] == F.INCONCLUSIVE and "MDE" in noisy["reason"]
+    assert same["verdict"] == F.DISAGREES and "(1.0×" in same["ours"] and "excludes" in same["reason"]
+    assert same["expected"] == pytest.approx((12.6 / 2.0 - 1) * np.mean([r["phases"]["plateau"]["rate_mbpb_per_kstep"]
+                                                                      for r in seed_rates([(-4e-3, -5e-4, -5e-4)])]),
+                                             rel=0.05)
+    # seed-to-seed spread as large as the rates themselves: inconclusive with its MDE
+    noisy = F.verdict_f1(seed_rates([(-4e-3, -1e-4, -9e-4), (-4e-3, -1e-4, 2e-4), (-4e-3, -1e-4, -7e-4)]))
+    assert noisy["verdict"] == F.INCONCLUSIVE and "MDE" in noisy["reason"] and "expected" in noisy["reason"]
     # one seed (a single dict): no spread
     one = F.verdict_f1(seed_rates([(-4e-3, -1e-4, -5e-4)])[0])
-    assert one["verdict"] == F.INCONCLUSIVE and one["n"] == 1 and "(5.0×)" in one["ours"]
+    assert one["verdict"] == F.INCONCLUSIVE and one["n"] == 1 and "(5.0×" in one["ours"]
 
 
 def test_f2_three_outcomes():
@@ -426,22 +478,30 @@ def test_f2_three_outcomes():
 
 def test_f4_three_outcomes():
     k = [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    yes = F.verdict_f4(F.ttt_gain_vs_frozen(k, [-0.010, -0.011, -0.009, -0.020, -0.021, -0.019,
+    yes = F.verdict_f4(F.ttt_gain_vs_frozen(k, [-0.010, -0.011, -0.009, -0.020, -0.022, -0.019,
                                                 -0.015, -0.016, -0.014]))
-    assert yes["verdict"] == F.AGREES and "best freeze 1" in yes["ours"] and "α/2" in yes["criterion"]
-    no = F.verdict_f4(F.ttt_gain_vs_frozen(k, [-0.030, -0.031, -0.029, -0.020, -0.021, -0.019,
+    assert yes["verdict"] == F.AGREES and "best freeze 1" in yes["ours"] and "Bonferroni over 2" in yes["criterion"]
+    assert yes["level"] == pytest.approx(0.975) and "97.5% CI" in yes["ours"] and "95% CI" not in yes["ours"]
+    assert yes["expected"] is None and yes["magnitude"] is None  # nothing published to compare with
+    no = F.verdict_f4(F.ttt_gain_vs_frozen(k, [-0.030, -0.031, -0.029, -0.020, -0.022, -0.019,
                                                -0.015, -0.016, -0.014]))
     assert no["verdict"] == F.DISAGREES and "best freeze 0" in no["ours"]
     tiny = F.verdict_f4(F.ttt_gain_vs_frozen([0, 0, 0, 1, 1, 1], [-2e-4, -3e-4, -2e-4, -3e-4, -4e-4, -3e-4]))
     assert tiny["verdict"] == F.INCONCLUSIVE and "too small to rank" in tiny["ours"] and "best freeze 1" in tiny["ours"]
     with pytest.raises(ValueError, match="freeze-0"):
         F.verdict_f4(F.ttt_gain_vs_frozen([1, 2], [-0.01, -0.02]))
+    # paired: a per-seed shift shared by both arms (the base model, the machine) is not noise
+    shared = np.array([-0.010, -0.020, -0.015])
+    paired = F.verdict_f4(F.ttt_gain_vs_frozen([0, 0, 0, 1, 1, 1], np.r_[shared, shared - 0.002 + [0, 1e-4, -1e-4]]))
+    assert paired["verdict"] == F.AGREES and paired["effect"] == pytest.approx(-0.002)
+    assert F.compare_settings(shared - 0.002, shared, 0.05)["ci_high"] > 0  # Welch would not see it
 
 
 def test_f5_three_outcomes():
     base = [2.3, 2.2, 2.1, 2.0]
     falls = F.verdict_f5(F.ttt_share(base, [2.2, 2.12, 2.045, 1.98], baseline_bpb=2.5))  # gains 100, 80, 55, 20 mBPB
     assert falls["verdict"] == F.AGREES and "too small" not in falls["ours"]
+    assert falls["gain_trend"]["slope"] > 0 and "the TTT gain itself" in falls["ours"]  # the gain shrinks too
     rises = F.verdict_f5(F.ttt_share(base, [2.29, 2.17, 2.04, 1.9], baseline_bpb=2.5))  # gains 10, 30, 60, 100
     assert rises["verdict"] == F.DISAGREES and "baseline 2.500" in rises["ours"]
     # shares fall as the base improves, but every TTT gain is ~0.2 mBPB: noise, not a finding
@@ -457,12 +517,19 @@ def test_f5_three_outcomes():
 
 def test_judge_rule():
     assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0)[0] == F.AGREES
-    assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0, direction_ok=False)[0] != F.AGREES
-    assert F.judge(0.1, (-0.2, 0.4), 0.5, -1.0)[0] == F.DISAGREES  # powered, the interval excludes -1
-    assert F.judge(0.1, (-0.2, 0.4), 1.0, -1.0)[0] == F.INCONCLUSIVE  # MDE = |expected|: not powered
-    assert F.judge(-0.6, (-1.3, 0.1), 0.9, -1.0)[0] == F.INCONCLUSIVE  # holds both 0 and -1
+    assert F.judge(-1.0, (-1.5, -0.5), 0.3, None)[0] == F.AGREES  # no published effect needed to agree
+    assert F.judge(-0.2, (-0.3, -0.1), 0.1, -1.0)[0] == F.AGREES  # direction only; magnitude is another line
+    assert F.judge(0.5, (0.2, 0.8), 0.3, None)[0] == F.DISAGREES  # the other side of 0
+    assert F.judge(0.1, (-0.2, 0.4), 0.5, -1.0)[0] == F.DISAGREES  # holds 0, excludes the published -1
+    assert F.judge(0.1, (-0.2, 0.4), 1.0, -1.0)[0] == F.DISAGREES  # no power gate: the interval decides
+    assert F.judge(0.1, (-0.2, 0.4), 0.5, None)[0] == F.INCONCLUSIVE  # nothing published to exclude
+    assert F.judge(0.1, (-0.2, 0.4), 0.5, 0.3)[0] == F.INCONCLUSIVE  # an expected effect on the wrong side is unused
+    v, why = F.judge(-0.6, (-1.3, 0.1), 0.9, -1.0)
+    assert v == F.INCONCLUSIVE and "MDE 0.9" in why  # holds both 0 and -1
     assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0, ["n=2 < 3 seeds"]) == (F.INCONCLUSIVE, "n=2 < 3 seeds")
+    assert F.judge(-1.0, (-1.5, -0.5), 0.3, -1.0, ["a", "a"]) == (F.INCONCLUSIVE, "a")
     assert F.judge(-1.0, (math.nan, math.nan), math.nan, -1.0)[0] == F.INCONCLUSIVE
+    assert F.VERDICTS == ("agrees", "does not agree", "inconclusive")
 
 
 # ---------------------------------------------------------------------------

@@ -369,10 +369,16 @@ def test_family_verdicts_follow_the_findings_rule():
     worse = {"full": [-0.0100, -0.0101, -0.0099], "lora_doc": [-0.0050, -0.0051, -0.0049]}  # powered, other side
     assert verdict_family(worse, "E1")["verdict"] == "does not agree"
     two = {k: v[:2] for k, v in gains.items()}
-    assert verdict_family(two, "E1")["verdict"] == "inconclusive (underpowered)"
+    assert verdict_family(two, "E1")["verdict"] == "inconclusive"
     flat = {k: [0.0, 0.0, 0.0] for k in gains}
     rec = verdict_family(flat, "E2")
-    assert rec["verdict"] in VERDICTS and "under 1 mBPB" in rec["reason"]
+    assert rec["verdict"] in VERDICTS and "below 1 mBPB" in rec["reason"] and "reference (lora_doc)" in rec["reason"]
+    # paired: a per-seed shift that both families share is not noise
+    shared = np.array([-0.020, -0.026, -0.023])
+    e = verdict_family({"full": shared, "lora_doc": shared - 0.003 + [0, 2e-4, -2e-4]}, "E1")
+    assert e["verdict"] == "agrees" and e["test"] == "paired t" and e["effect"] == pytest.approx(-0.003)
+    from gepalib.findings.stats import compare_settings
+    assert compare_settings(shared - 0.003, shared)["ci_high"] > 0  # Welch would call it noise
     json.dumps(rec, allow_nan=False)  # strict JSON: None where undefined
     costs = {"full": [{"seconds": 2.0, "peak_mib": 10.0, "memory_method": "rss_peak"}]}
     t = family_table(gains, {k: [1.0] * 3 for k in gains}, {k: [3.0] * 3 for k in gains}, costs)

@@ -12,7 +12,8 @@ regime is "inconclusive": pass ``blockers`` on to the ``verdict_fN`` function.
   falls below a third of the early rate) before the design's plateau phase starts.
 * :func:`growth_end` / :func:`f2_calibration`: where the weights' growth phase ends (their
   relative growth rate below 5% of its peak), and whether the ladder's shortest rung is past it.
-* :func:`ttt_calibration`: enough chunks and scored targets, and a TTT gain above noise.
+* :func:`ttt_calibration` / :func:`ttt_regime`: enough chunks and scored targets (counted in the
+  TTT results that ran), and every compared arm's TTT gain above noise.
 * :func:`choose_setting`: the best setting of a sweep (on held-out data), per group.
 """
 from __future__ import annotations
@@ -119,28 +120,60 @@ def f2_calibration(steps: Any, rms: Any, ladder_steps: Sequence[int], *, ratio: 
             "ratio": ratio, "drift": drift}
 
 
-def ttt_calibration(n_chunks: int, targets: int, gains: Iterable[float], *, min_chunks: int = MIN_TTT_CHUNKS,
-                    min_targets: int = MIN_TTT_TARGETS, min_gain: float = MIN_TTT_GAIN,
-                    alpha: float = 0.05) -> dict[str, Any]:
+def gain_blockers(gains: Mapping[str, Any], min_gain: float = MIN_TTT_GAIN, alpha: float = 0.05) -> list[str]:
+    """Why the TTT gains of ``gains`` ({arm: per-seed gains, TTT bpb − base bpb, negative =
+    helped}) cannot be ranked: one line per arm whose mean gain is under ``min_gain`` or whose
+    t interval reaches 0 (the same words wherever they are checked, so they are said once)."""
+    out = []
+    for name, values in gains.items():
+        g = as_1d(list(values) if not np.isscalar(values) else values, f"gains[{name!r}]")
+        mi = mean_interval(g, alpha)
+        helped = -mi["mean"]
+        what = f"the {name} TTT gain" if name else "the TTT gain"
+        if helped < min_gain:
+            out.append(f"{what} {1000 * helped:.2f} mBPB is below {1000 * min_gain:g} mBPB, too small to rank")
+        elif g.size > 1 and not (math.isfinite(mi["ci_high"]) and mi["ci_high"] < 0):
+            out.append(f"{what} {1000 * helped:.2f} mBPB is not above noise (its interval reaches 0)")
+    return out
+
+
+def ttt_calibration(n_chunks: int, targets: int, gains: Iterable[float] | Mapping[str, Any], *,
+                    min_chunks: int = MIN_TTT_CHUNKS, min_targets: int = MIN_TTT_TARGETS,
+                    min_gain: float = MIN_TTT_GAIN, alpha: float = 0.05) -> dict[str, Any]:
     """F3/F4/F5's regime: at least ``min_chunks`` chunks and ``min_targets`` scored targets,
-    and a mean TTT gain (``gains``: TTT bpb − base bpb per seed, negative = helped) of at
-    least ``min_gain`` whose interval excludes 0."""
-    g = as_1d(list(gains), "gains")
-    mi = mean_interval(g, alpha)
-    helped = -mi["mean"]
+    and every arm's mean TTT gain (``gains``: {arm: per-seed gains}, or one arm's gains; TTT
+    bpb − base bpb, negative = helped) at least ``min_gain`` with an interval that excludes 0.
+    Pass the counts of what ran (:func:`ttt_regime` reads them off the TTT results)."""
+    arms = dict(gains) if isinstance(gains, Mapping) else {"": list(gains)}
     blockers = []
     if n_chunks < min_chunks:
         blockers.append(f"{n_chunks} TTT chunks < {min_chunks}: score-first TTT helps only the chunks after the "
                         f"first, and too few of them")
     if targets < min_targets:
         blockers.append(f"{targets:,} scored targets < {min_targets:,}")
-    if helped < min_gain:
-        blockers.append(f"the TTT gain {1000 * helped:.2f} mBPB is below {1000 * min_gain:g} mBPB")
-    elif g.size > 1 and not (math.isfinite(mi["ci_high"]) and mi["ci_high"] < 0):
-        blockers.append(f"the TTT gain {1000 * helped:.2f} mBPB is not above noise (its interval reaches 0)")
+    blockers += gain_blockers(arms, min_gain, alpha)
+    per = {}
+    for name, values in arms.items():
+        mi = mean_interval(as_1d(list(values), f"gains[{name!r}]"), alpha)
+        per[name] = {"gain_mbpb": -1000 * mi["mean"], "gain_interval_mbpb": [-1000 * mi["ci_high"], -1000 * mi["ci_low"]],
+                     "n": int(mi["n"])}
+    weakest = min(per, key=lambda k: per[k]["gain_mbpb"])
     return {"in_regime": not blockers, "blockers": blockers, "n_chunks": int(n_chunks), "targets": int(targets),
-            "gain_mbpb": 1000 * helped, "gain_interval_mbpb": [-1000 * mi["ci_high"], -1000 * mi["ci_low"]],
-            "n": int(g.size)}
+            **per[weakest], "weakest_arm": weakest or None, "arms": per if len(per) > 1 or weakest else None}
+
+
+def ttt_regime(ttt_rows: Iterable[Mapping[str, Any]], gains: Iterable[float] | Mapping[str, Any],
+               **kw: Any) -> dict[str, Any]:
+    """:func:`ttt_calibration` from what ran: the chunk and scored-target counts of the TTT
+    results themselves (each ``ensure_stages(...)["ttt"]`` row: ``chunks``, ``tokens``), the
+    smallest over the runs, never the parameters the notebook asked for."""
+    rows = list(ttt_rows)
+    if not rows:
+        raise ValueError("ttt_regime: no TTT results")
+    for r in rows:
+        if "chunks" not in r or "tokens" not in r:
+            raise ValueError(f"ttt_regime: a TTT result without its chunk/target counts: {sorted(r)}")
+    return ttt_calibration(min(int(r["chunks"]) for r in rows), min(int(r["tokens"]) for r in rows), gains, **kw)
 
 
 def choose_setting(rows: Sequence[Mapping[str, Any]], by: str | None = None, key: str = "val_bpb") -> dict[str, Any]:

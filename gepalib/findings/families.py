@@ -1,8 +1,8 @@
 """The TTT families on the same base (the TTT families notebook): table, verdicts, figure.
 
 Two claims of the challenge's later line, each judged like the five findings
-(gepalib.findings.verdicts: Welch over per-seed TTT gains, its 95% interval and MDE,
-``judge``'s rule; inconclusive when underpowered):
+(gepalib.findings.verdicts: a paired t test over per-seed TTT gains -- every family adapts the
+same seed's base on the same scored tokens -- its 95% interval and MDE, ``judge``'s rule):
 
 * **E1** -- per-document LoRA TTT (``lora_doc``) gains more than full-model SGD TTT (``full``).
   Its author's numbers (PR #1530, different bases): LoRA ~0.008 nats (3.10 mBPB) below the
@@ -23,8 +23,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gepalib.findings.stats import ALPHA, POWER, compare_settings, mean_interval
-from gepalib.findings.verdicts import AGREES, MIN_GAIN, MIN_SEEDS, judge
+from gepalib.findings.calibration import gain_blockers
+from gepalib.findings.stats import ALPHA, POWER, compare_paired
+from gepalib.findings.verdicts import AGREES, MIN_GAIN, MIN_SEEDS, RULE, judge
 
 BPB_PER_NAT = 1.07336388 / 2.77261037  # PR #1530's val_bpb / val_loss
 PUBLISHED: dict[str, dict[str, Any]] = {
@@ -38,9 +39,9 @@ PUBLISHED: dict[str, dict[str, Any]] = {
            "published": "PR #1610 on PR #1530's base: -0.56 mBPB (1.07336 -> 1.07281, 3 seeds each) from one "
                         "global SGD pass after 2,000 scored documents"},
 }
-CRITERION = ("Welch over per-seed TTT gains (claimed-better family - other); agrees if the 95% interval lies "
-             "below 0; does not agree only if MDE (80% power) < |expected| and the interval excludes it; "
-             "inconclusive with < 3 seeds, a TTT gain below noise or under 1 mBPB, or an MDE >= |expected|")
+CRITERION = ("paired t over per-seed TTT gains (claimed-better family - other, same base and scored tokens per "
+             "seed); the reference gain >= 1 mBPB with an interval below 0; expected the published relative "
+             "difference times our reference gain")
 
 
 def _num(x: float) -> float | None:
@@ -53,29 +54,31 @@ def verdict_family(gains: Mapping[str, Sequence[float]], finding: str = "E1", *,
     the findings' keys (``finding``, ``verdict``, ``interval``, ``mde``, ``text``, ...)."""
     pub = PUBLISHED[finding]
     a, b = np.asarray(gains[pub["better"]], float), np.asarray(gains[pub["worse"]], float)
-    cmp = compare_settings(a, b, alpha, power)
+    cmp = compare_paired(a, b, alpha, power)
+    ref_name = pub["worse"] if pub["expected_of"] == "worse" else (pub["better"] if -a.mean() >= -b.mean()
+                                                                     else pub["worse"])
     ref = -b.mean() if pub["expected_of"] == "worse" else max(-a.mean(), -b.mean())
     expected = -pub["rel"] * ref
-    blockers = [f"n={min(a.size, b.size)} < {min_seeds} seeds per family"] if min(a.size, b.size) < min_seeds else []
-    mi = mean_interval(b if pub["expected_of"] == "worse" else (a if -a.mean() >= -b.mean() else b), alpha)
-    if -mi["mean"] < min_gain:
-        blockers.append(f"the reference TTT gain {1000 * -mi['mean'] + 0.0:.2f} mBPB is under {1000 * min_gain:g} mBPB")
-    elif not (math.isfinite(mi["ci_high"]) and mi["ci_high"] < 0):
-        blockers.append(f"the reference TTT gain {1000 * -mi['mean'] + 0.0:.2f} mBPB is not above noise")
+    n = cmp["n_a"]
+    blockers = [f"n={n} < {min_seeds} seeds per family"] if n < min_seeds else []
+    blockers += [g.replace(f"the {ref_name} TTT gain", f"the reference ({ref_name}) TTT gain")
+                 for g in gain_blockers({ref_name: gains[ref_name]}, min_gain, alpha)]
     interval = (cmp["ci_low"], cmp["ci_high"])
     verdict, reason = judge(cmp["diff"], interval, cmp["mde"], expected, blockers)
+
     def f(v: float, sign: str = "+") -> str:
         return "n/a" if not math.isfinite(v) else f"{1000 * v:{sign}.2f}"
 
-    ours = (f"{pub['better']} {1000 * a.mean():+.2f} vs {pub['worse']} {1000 * b.mean():+.2f} mBPB: effect "
+    ours = (f"{pub['better']} {1000 * a.mean():+.2f} vs {pub['worse']} {1000 * b.mean():+.2f} mBPB: paired effect "
             f"{f(cmp['diff'])} mBPB [95% CI {f(interval[0])}, {f(interval[1])}], MDE {f(cmp['mde'], '')}, "
-            f"expected {f(expected)}, n={min(a.size, b.size)}")
+            f"expected {f(expected)}, n={n}")
     return {"finding": finding, "title": pub["title"], "agrees": verdict == AGREES, "verdict": verdict,
-            "ours": ours, "published": pub["published"], "criterion": CRITERION, "reason": reason,
+            "ours": ours, "published": pub["published"], "criterion": CRITERION, "rule": RULE, "reason": reason,
             "effect": _num(cmp["diff"]), "expected": _num(expected), "interval": [_num(v) for v in interval],
-            "sd": _num(cmp["sd"]), "mde": _num(cmp["mde"]), "n": int(min(a.size, b.size)), "unit": "bpb",
+            "level": 1 - alpha, "test": "paired t", "sd": _num(cmp["sd"]), "mde": _num(cmp["mde"]), "n": int(n),
+            "unit": "bpb", "magnitude": None, "differences": cmp["differences"],
             "text": f"{finding} ({pub['title']}): {verdict} ({reason}). Ours: {ours}. Published: "
-                    f"{pub['published']}. Criterion: {CRITERION}."}
+                    f"{pub['published']}. Criterion: {CRITERION}; {RULE}."}
 
 
 def family_table(gains: Mapping[str, Sequence[float]], bpb: Mapping[str, Sequence[float]],
@@ -99,20 +102,21 @@ def family_table(gains: Mapping[str, Sequence[float]], bpb: Mapping[str, Sequenc
 
 
 def families_figure(table, *, title: str = "TTT families on the same base"):
-    """Three panels per family: TTT gain (mBPB, bars ±1 sd, one dot per seed), wall time, peak memory."""
+    """Three panels per family: TTT gain (mBPB, bars the 95% t interval of the mean, one dot per
+    seed), wall time, peak memory."""
     from gepalib.findings import plots as P
 
     fig, axes = P.new_figure(3, title=title, width=4.2)
     names = list(table.index)
     x = np.arange(len(names))
     ax = axes[0]
-    sd = table["gain_sd_mbpb"].fillna(0.0).to_numpy()
-    ax.bar(x, table["gain_mbpb"], 0.6, yerr=sd if sd.any() else None, color=P.COLORS["ours"], capsize=3)
+    half = np.array([P._ci_half({"values": v, "n": len(v)}) for v in table["gains_mbpb"]])
+    ax.bar(x, table["gain_mbpb"], 0.6, yerr=half if half.any() else None, color=P.COLORS["ours"], capsize=3)
     for i, n in enumerate(names):
         vals = table.loc[n, "gains_mbpb"]
         ax.scatter(np.full(len(vals), x[i]), vals, s=10, color="black", zorder=3)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("TTT gain vs sliding (mBPB; lower is better)")
+    ax.set_ylabel("TTT gain vs sliding (mBPB; ±95% CI)")
     for ax, col, label in ((axes[1], "wall_seconds", "TTT wall time (s)"), (axes[2], "peak_mib", "peak memory (MiB)")):
         ax.bar(x, table[col], 0.6, color=P.COLORS["fit"])
         ax.set_ylabel(label)

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from gepalib.paths import resolve_path  # noqa: E402
 from gepalib.findings import reference as R  # noqa: E402
 from gepalib.findings.analysis import trajectory, trajectory_from_metrics  # noqa: E402
+from gepalib.findings.stats import mean_interval  # noqa: E402
 from gepalib.findings.verdicts import published_results  # noqa: E402
 from gepalib.fsio import atomic_write_bytes  # noqa: E402
 
@@ -177,8 +178,14 @@ def compressibility_figure(steps: Any, artifact_bytes: Any, comp: Mapping[str, A
 # F3: TTT gain by optimizer
 
 
+def _ci_half(g: Mapping[str, Any], alpha: float = 0.05) -> float:
+    """Half width of the two-sided ``1 - alpha`` t interval of a :func:`group`'s mean (0 for one value)."""
+    mi = mean_interval(g["values"], alpha)
+    return float(mi["ci_high"] - mi["mean"]) if g["n"] > 1 and np.isfinite(mi["ci_high"]) else 0.0
+
+
 def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.Figure:
-    """F3: mean TTT gain per optimizer in mBPB (bars, ±1 std, one dot per seed), ours and the
+    """F3: mean TTT gain per optimizer in mBPB (bars with the 95% t interval of the mean, one dot per seed), ours and the
     published ones on separate axes (they differ by orders of magnitude), each titled with its
     ratio of the larger gain to the smaller."""
     pub = published_results()["F3"]
@@ -190,7 +197,7 @@ def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.F
                                 (axes[1], pub, COLORS["published"], PUBLISHED_LABEL)):
         per = res["per_optimizer"]
         means = [1000 * per[n]["mean"] if n in per else np.nan for n in names]
-        errs = [1000 * per[n]["std"] if n in per and per[n]["n"] > 1 else 0.0 for n in names]
+        errs = [1000 * _ci_half(per[n]) if n in per else 0.0 for n in names]
         ax.bar(x, means, 0.6, yerr=errs if any(errs) else None, color=color, capsize=3)
         for i, n in enumerate(names):
             if n in per and per[n]["n"] > 1:
@@ -199,7 +206,7 @@ def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.F
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, names)
         ax.set_title(f"{lab}: {res['ratio']:.2f}×")
-        ax.set_ylabel("TTT gain, TTT − base (mBPB; lower is better)")
+        ax.set_ylabel("TTT gain (mBPB; ±95% CI)")
     return fig
 
 
@@ -208,7 +215,7 @@ def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.F
 
 
 def freezing_figure(vs_frozen: Mapping[str, Any], *, label: str = "ours", num_layers: int | None = None) -> plt.Figure:
-    """F4: mean TTT gain per number of frozen leading blocks (±1 std, seed dots).
+    """F4: mean TTT gain per number of frozen leading blocks (95% t interval of the mean, seed dots).
 
     The submission published no ablation, only its choice (freeze 2 of 11),
     which is drawn as a marker line and stated in the title.
@@ -216,7 +223,7 @@ def freezing_figure(vs_frozen: Mapping[str, Any], *, label: str = "ours", num_la
     per = vs_frozen["per_freeze"]
     ks = np.array(sorted(per), float)
     means = np.array([per[int(k)]["mean"] for k in ks])
-    errs = np.array([per[int(k)]["std"] if per[int(k)]["n"] > 1 else 0.0 for k in ks])
+    errs = np.array([_ci_half(per[int(k)]) for k in ks])
     fig, (ax,) = new_figure(1, title="F4 — TTT gain vs frozen blocks", width=5.6)
     ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, color=COLORS["ours"],
                 label=f"{label}" + (f" ({num_layers} layers)" if num_layers else ""))
@@ -230,7 +237,7 @@ def freezing_figure(vs_frozen: Mapping[str, Any], *, label: str = "ours", num_la
                zorder=4, label=f"our best: freeze {vs_frozen['best_freeze']}")
     ax.set_xticks(ks)
     ax.set_xlabel("frozen leading blocks during TTT")
-    ax.set_ylabel("TTT gain, final − base (bpb; lower is better)")
+    ax.set_ylabel("TTT gain, final − base (bpb; ±95% CI)")
     ax.legend()
     return fig
 
@@ -240,24 +247,26 @@ def freezing_figure(vs_frozen: Mapping[str, Any], *, label: str = "ours", num_la
 
 
 def _share_panel(ax, float_bpb: np.ndarray, share: np.ndarray, *, color: str, title: str,
-                 labels: Sequence[str] | None = None) -> None:
+                 labels: Sequence[str] | None = None, xlabel: str = "base (float) val_bpb  →  better") -> None:
     order = np.argsort(-float_bpb, kind="stable")
     ax.plot(float_bpb[order], 100 * share[order], marker="o", color=color)
     for i in order if labels is not None else ():
         ax.annotate(labels[i], (float_bpb[i], 100 * share[i]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.invert_xaxis()  # better base to the right
-    ax.set_xlabel("base (float) val_bpb  →  better")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("TTT share of total gain (%)")
     ax.set_title(title)
 
 
-def ttt_share_figure(share: Mapping[str, Any], *, label: str = "ours",
-                     point_labels: Sequence[str] | None = None) -> plt.Figure:
-    """F5: TTT share vs base bpb, ours (own baseline) next to the published (baseline 1.224)."""
+def ttt_share_figure(share: Mapping[str, Any], *, label: str = "ours", point_labels: Sequence[str] | None = None,
+                     base: str = "float") -> plt.Figure:
+    """F5: TTT share vs base bpb, ours (own baseline) next to the published (baseline 1.224);
+    ``base`` names the stage our base bpb is (e.g. "int6_streaming"), for the x-axis."""
     pub = published_results()["F5"]
     fig, (left, right) = new_figure(2, title="F5 — TTT's share of the total gain")
     _share_panel(left, np.asarray(share["float_bpb"]), np.asarray(share["share"]), color=COLORS["ours"],
-                 title=f"{label} (baseline {share['baseline_bpb']:.3f})", labels=point_labels)
+                 title=f"{label} (baseline {share['baseline_bpb']:.3f})", labels=point_labels,
+                 xlabel=f"base ({base}) val_bpb  →  better")
     _share_panel(right, pub["float_bpb"], pub["share"], color=COLORS["published"],
                  title=f"{PUBLISHED_LABEL} (baseline {pub['baseline_bpb']:.3f})",
                  labels=[f"{r['base_steps'] / 1000:g}k" for r in R.F5_ROWS])

@@ -7,17 +7,49 @@ tabulates them (the submission's number, ours, the verdict) into ``<figures>/fin
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from gepalib.paths import resolve_path
-from gepalib.findings.verdicts import findings_markdown
+from gepalib.findings.stats import ALPHA, level_text
+from gepalib.findings.verdicts import RULE
 from gepalib.fsio import atomic_write_json, atomic_write_text
 
 # The submission's five findings; any other record (E1, E2: the challenge's later TTT families,
 # gepalib.findings.families; a new notebook's E<n>) is tabulated "beyond the submission".
 FINDINGS = ("F1", "F2", "F3", "F4", "F5")
+
+
+def _fmt_stats(v: Mapping[str, Any]) -> str:
+    if "interval" not in v:
+        return ""
+    def f(x: Any, fmt: str = "+.3g") -> str:
+        return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
+
+    lo, hi = v["interval"]
+    test = v.get("test", "")
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{test} {f(v['effect'])}, no interval, n={v['n']}".strip()
+    level = level_text(1 - v.get("level", 1 - ALPHA))
+    exp = f"expected {f(v['expected'])}" if v.get("expected") is not None else "no published expected effect"
+    return f"{test} {f(v['effect'])} [{level} CI {f(lo)}, {f(hi)}], MDE {f(v['mde'], '.3g')}, {exp}, n={v['n']}".strip()
+
+
+def findings_markdown(verdicts: Iterable[Mapping[str, Any]]) -> str:
+    """A markdown table of verdicts: finding, the submission's number, ours, the effect with its
+    interval (labelled with its level), MDE and n, the magnitude line, and the verdict."""
+    def cell(x: str) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| Finding | Submission | Ours | Effect [CI], MDE, n | Magnitude | Verdict |",
+             "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        mag = (v.get("magnitude") or {}).get("text", "—")
+        lines.append(f"| {v['finding']}: {cell(v['title'])} | {cell(v['published'])} | {cell(v['ours'])} "
+                     f"| {cell(_fmt_stats(v))} | {cell(mag)} | **{v['verdict']}** |")
+    return "\n".join(lines) + "\n"
 
 
 def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figures", **extra: Any) -> Path:
@@ -69,6 +101,25 @@ def calibration_line(rec: dict[str, Any]) -> str | None:
     return f"- **{rec['finding']}**: {head} ({', '.join(nums)})"
 
 
+def machine_line(recs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Where the numbers came from: the CPU (model, vendor family/model/stepping), the ISA torch's
+    kernels ran, the BLAS/oneDNN builds, torch and the threads, read from ``env.json`` of the
+    first run a record names (``extra.runs``); None when no run's env.json can be read."""
+    for rec in recs.values():
+        for path in (rec.get("extra") or {}).get("runs") or []:
+            try:
+                env = json.loads((resolve_path(path) / "env.json").read_text(encoding="utf-8"))
+            except (OSError, TypeError, json.JSONDecodeError):
+                continue
+            cpu = env.get("cpu") or {}
+            libs = "; ".join(cpu.get("libraries") or []) or "n/a"
+            return (f"Machine (env.json of {path}): {cpu.get('model', env.get('device_name', '?'))} "
+                    f"({cpu.get('vendor', '?')} {cpu.get('family_model_stepping', '?')}), {cpu.get('usable_cores', '?')} "
+                    f"usable cores, torch {env.get('torch', '?')} kernels {cpu.get('kernel_isa', '?')}, {libs}, "
+                    f"{env.get('torch_threads', '?')} thread(s) per process, world size {env.get('world_size', '?')}.")
+    return None
+
+
 def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_rows: Sequence[dict] = (),
                       note: str = "", sources: Mapping[str, str] | None = None) -> Path:
     """``<figures_dir>/findings.md``: the five findings (submission, ours, verdict), which are
@@ -78,6 +129,10 @@ def write_findings_md(figures_dir: str | os.PathLike = "figures", *, notebook_ro
     lines = ["# The five findings, reproduced", ""]
     if note:
         lines += [note, ""]
+    if (machine := machine_line(recs)) is not None:
+        lines += [machine, ""]
+    lines += [f"Verdict rule (every row): {RULE}. Direction and magnitude are separate: the Magnitude column "
+              f"gives the measured ratio or slope with its interval and whether the published value lies in it.", ""]
     lines.append(findings_markdown([recs[f] for f in FINDINGS if f in recs]).rstrip("\n"))
     missing = [f + (f" ({sources[f]})" if f in sources else "") for f in FINDINGS if f not in recs]
     if missing:

@@ -7,8 +7,14 @@ effect the experiment finds at level ``alpha`` with probability ``power``, for i
 n and its spread. The MDE is exact for the t statistic: the δ that gives
 P(|T| > t_crit) = power with T noncentral-t(df, δ / se).
 
-* :func:`compare_settings`: two settings, one value per seed; Welch's t (unequal
-  variances, Welch–Satterthwaite degrees of freedom).
+* :func:`compare_paired`: two arms measured on the same base model and the same scored
+  tokens per seed; the paired t test of the per-seed differences (``scipy.stats.ttest_rel``).
+  The study's comparisons are all of this kind: the machine's arithmetic and the seed move
+  both arms together, and only the differences are noise.
+* :func:`compare_settings`: two settings with independent values (different runs); Welch's t
+  (unequal variances, Welch–Satterthwaite degrees of freedom).
+* :func:`ratio_interval`: the per-seed ratio of two arms (a magnitude: "6×", "2.4×") with the
+  t interval of its mean.
 * :func:`mean_interval`: one setting; the t interval of its mean (is a TTT gain above noise?).
 * :func:`slope_effect`: a least-squares slope with its t interval (a trend over runs).
 * :func:`rank_correlation`: Spearman ρ with an exact permutation p-value for n ≤ 8.
@@ -135,6 +141,58 @@ def compare_settings(a: Any, b: Any, alpha: float = ALPHA, power: float = POWER)
     return out
 
 
+def compare_paired(a: Any, b: Any, alpha: float = ALPHA, power: float = POWER) -> dict[str, Any]:
+    """Paired comparison of two arms, ``a[i]`` and ``b[i]`` measured on the same seed's base model
+    and scored tokens: the t test of the differences ``d = a - b`` (``scipy.stats.ttest_rel``).
+
+    The keys are :func:`compare_settings`' (``diff`` = mean(d), ``ci_low``/``ci_high`` its
+    two-sided ``1 - alpha`` interval, df = n - 1, ``mde`` for se = sd(d)/sqrt(n)) with
+    ``sd`` the standard deviation of the differences, ``differences`` the per-seed values and
+    ``test`` = "paired". With one pair there is no noise estimate (NaN interval, p and MDE);
+    constant differences give a zero-width interval and MDE 0.
+    """
+    xa, xb = paired(a, b, "a", "b")
+    d = xa - xb
+    n = d.size
+    sd = float(np.std(d, ddof=1)) if n > 1 else math.nan
+    diff = float(d.mean())
+    out: dict[str, Any] = {
+        "n_a": n, "n_b": n, "mean_a": float(xa.mean()), "mean_b": float(xb.mean()),
+        "std_a": float(np.std(xa, ddof=1)) if n > 1 else math.nan,
+        "std_b": float(np.std(xb, ddof=1)) if n > 1 else math.nan, "diff": diff, "sd": sd,
+        "se": math.nan, "df": float(n - 1), "ci_low": math.nan, "ci_high": math.nan, "mde": math.nan,
+        "alpha": alpha, "power": power, "t": math.nan, "p_value": math.nan, "test": "paired", "note": "",
+        "differences": d.tolist(),
+    }
+    if n < 2:
+        out["note"] = "one pair: no variance estimate, p-value undefined"
+        return out
+    se = sd / math.sqrt(n)
+    if se == 0.0:
+        out.update(se=0.0, ci_low=diff, ci_high=diff, mde=0.0, t=0.0 if diff == 0 else math.copysign(math.inf, diff),
+                   p_value=1.0 if diff == 0 else 0.0, note="constant differences")
+        return out
+    res = stats.ttest_rel(xa, xb)
+    ci = res.confidence_interval(1 - alpha)
+    out.update(se=se, ci_low=float(ci.low), ci_high=float(ci.high), mde=min_detectable_effect(se, n - 1, alpha, power),
+               t=float(res.statistic), p_value=float(res.pvalue))
+    return out
+
+
+def ratio_interval(num: Any, den: Any, alpha: float = ALPHA) -> dict[str, Any]:
+    """The per-seed ratio ``num[i] / den[i]`` of two paired arms: its mean and the two-sided
+    ``1 - alpha`` t interval of that mean (``level`` = 1 - alpha). A zero denominator makes the
+    ratio undefined (NaN, with a note)."""
+    a, b = paired(num, den, "num", "den")
+    if np.any(b == 0):
+        return {"ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": int(a.size), "values": [],
+                "level": 1 - alpha, "note": "a zero denominator: the ratio is undefined"}
+    r = a / b
+    mi = mean_interval(r, alpha)
+    return {"ratio": mi["mean"], "ci_low": mi["ci_low"], "ci_high": mi["ci_high"], "n": mi["n"],
+            "values": r.tolist(), "level": 1 - alpha, "note": ""}
+
+
 def mean_interval(values: Any, alpha: float = ALPHA, power: float = POWER) -> dict[str, Any]:
     """One setting: mean, sd, n, the t interval of the mean and the MDE of a one-sample test.
 
@@ -190,11 +248,19 @@ def slope_effect(x: Any, y: Any, alpha: float = ALPHA, power: float = POWER) -> 
 
 
 def significance_text(cmp: Mapping[str, Any], alpha: float = ALPHA) -> str:
-    """One clause describing a :func:`compare_settings` result, e.g. "Welch p=0.012, n=3 vs 3"."""
+    """One clause describing a :func:`compare_settings` or :func:`compare_paired` result, e.g.
+    "Welch p=0.012, n=3 vs 3" or "paired t p=0.004, n=3 pairs"."""
+    is_paired = cmp.get("test") == "paired"
+    n = f"n={cmp['n_a']} pairs" if is_paired else f"n={cmp['n_a']} vs {cmp['n_b']}"
     if math.isnan(cmp["p_value"]):
-        return f"n={cmp['n_a']} vs {cmp['n_b']}: no p-value (needs ≥2 seeds per setting)"
+        return f"{n}: no p-value (needs ≥2 seeds per setting)"
     sig = "significant" if cmp["p_value"] < alpha else "not significant"
-    return f"Welch p={cmp['p_value']:.3g}, n={cmp['n_a']} vs {cmp['n_b']}, {sig} at α={alpha:g}"
+    return f"{'paired t' if is_paired else 'Welch'} p={cmp['p_value']:.3g}, {n}, {sig} at α={alpha:g}"
+
+
+def level_text(alpha: float) -> str:
+    """The confidence level of a two-sided ``1 - alpha`` interval as a label: "95%", "97.5%"."""
+    return f"{100 * (1 - alpha):.4g}%"
 
 
 def rank_correlation(x: Any, y: Any) -> dict[str, float]:
@@ -228,4 +294,5 @@ def rank_correlation(x: Any, y: Any) -> dict[str, float]:
 
 
 __all__ = ["ALPHA", "POWER", "as_1d", "paired", "group", "min_detectable_effect", "compare_settings",
-           "mean_interval", "slope_effect", "significance_text", "rank_correlation"]
+           "compare_paired", "ratio_interval", "mean_interval", "slope_effect", "significance_text", "level_text",
+           "rank_correlation"]
