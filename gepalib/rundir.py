@@ -81,10 +81,18 @@ def identity(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         out["train"].pop(f, None)
     if out["train"].get("data_seed") == -1:  # the submission's order: the trajectory of runs made before the field
         del out["train"]["data_seed"]
+    if "quant" in out:
+        out["quant"] = active_quant(out["quant"])
     for f in PATH_FIELDS if not resume else ():
         if out["data"].get(f):
             out["data"][f] = str(resolve_path(out["data"][f]))
     return json.loads(json.dumps(out, sort_keys=True))  # tuples -> lists, as in config.json
+
+
+def active_quant(q: dict[str, Any]) -> dict[str, Any]:
+    """The quant fields that act: ``clip_sigmas`` only with ``quant_mode="sdclip"`` (elsewhere it
+    changes no number, and runs and results made before the field keep their names)."""
+    return {k: v for k, v in q.items() if k != "clip_sigmas" or q.get("quant_mode") == "sdclip"}
 
 
 def identity_hash(cfg: RunConfig, *, resume: bool = False) -> str:

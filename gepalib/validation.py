@@ -23,7 +23,7 @@ LR_SCHEDULES = ("linear", "cosine")
 AUTOCAST_MODES = ("auto", "bf16", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_MODES = ("auto", "bar", "log")
-QUANT_MODES = ("faithful", "per_row", "gptq")
+QUANT_MODES = ("faithful", "per_row", "gptq", "sdclip")
 COMPRESSORS = ("zstd", "lzma", "brotli", "rans", "none")
 PACKINGS = ("none", "shuffle", "pack6", "shuffle_pack6")
 TTT_OPTIMIZERS = ("sgd", "adamw")
@@ -129,7 +129,7 @@ def check_quant(q: Any) -> None:
     c.require(not (q.compressor == "rans" and "pack6" in q.packing),
               f"packing={q.packing!r}: the rans compressor codes int6 symbols itself; use packing none or shuffle")
     c.non_negative("passthrough_numel")
-    c.positive("gptq_calib_batches", "gptq_block_size", "gptq_damp")
+    c.positive("gptq_calib_batches", "gptq_block_size", "gptq_damp", "clip_sigmas")
 
 
 def check_eval(e: Any) -> None:

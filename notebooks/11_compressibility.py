@@ -33,6 +33,7 @@ ladder_warmdown: Optional[list[int]] = [200, 250, 300, 400]  # per rung, as the 
 val_every: int = 25                   # validation interval in steps, the same for every run
 seed: int = 42
 constant_steps: int = 1000            # calibration: a constant-LR run (shared with 10) whose weight RMS shows the growth phase; 0: the longest rung's
+sdclip_sigmas: Optional[float] = 12.85  # mechanism: also quantize each rung with a std clip (k sigma per row, PR #1979); None: skip
 dry_run: bool = False                 # True: print the runs, their torchrun commands and GPU-hours; train nothing
 
 # %% tags=["plan"]
@@ -45,8 +46,12 @@ cfgs = plan.train(run.ladder_configs(base, ladder_steps, warmdown_frac, seeds=[s
                                      warmdowns=ladder_warmdown))
 const = plan.train(run.with_length(base, constant_steps, 0.0, val_every, seed=seed, warmdown=0),
                    name="constant") if constant_steps else None
+rules = {"gptq_lite": {"quant_mode": "faithful"}}  # the submission's clip search, and a std-based clip
+if sdclip_sigmas:
+    rules["sdclip"] = {"quant_mode": "sdclip", "clip_sigmas": sdclip_sigmas}
 for cfg in cfgs:
     plan.evaluate(cfg, "artifact")
+    plan.evaluate(cfg, "quantizers", modes=list(rules), compressors=["zstd"])
 run.stop_if_dry_run(plan, dry_run)  # dry_run: print them with their GPU-hours, run nothing more
 
 # %%
@@ -103,6 +108,27 @@ P.save_figure(fig, "F2_compressibility", figures_dir)
 R.f2_df()
 
 # %% [markdown]
+# ## The mechanism, tested: size against weight RMS, and a second clip rule
+# GPTQ-lite searches percentiles of |w| with a floor of 1/31 on the scale; a std-based clip
+# (k σ per row, as PR #1979, which saw no shrink from 10 to 60 minutes of training) follows the
+# weights' spread. If the artifact shrinks with training under one rule only, the shrink belongs
+# to the rule. Each rule requantizes the same EMA weights (cached in each run's summary).
+
+# %%
+from gepalib.run import quantizers as Q
+
+qrows = {rd.path: {r["quantizer"]: r for r in Q.compare_quantizers(rd, rules, ["zstd"])} for rd in rds}
+sizes = {rule: [qrows[rd.path][rule]["model_bytes"] for rd in rds] for rule in rules}
+clip = F.clip_rule_slopes(df["steps"], sizes)
+rms_fit = F.size_vs_rms(df["artifact_bytes"], df["weight_rms"])
+for rule, r in clip.items():
+    print(f"clip_rule:{rule} log-log slope:{r['slope']:+.4f} [95% CI {r['ci_low']:+.4f}, {r['ci_high']:+.4f}] "
+          f"change:{r['relative_change']:+.2%}")
+print(f"size_vs_rms: R²={rms_fit['r2']:.3f} slope:{rms_fit['slope']:.4g} B per unit RMS (n={rms_fit['n']})")
+fig = C.f2_clip_rules_figure(clip, rms_fit)
+P.save_figure(fig, "F2_clip_rules", figures_dir)
+
+# %% [markdown]
 # Published evidence from later PRs that bears on this finding (each number as its PR gives it).
 
 # %%
@@ -123,5 +149,8 @@ save_finding(verdict, figures_dir, scale=scale, preset=preset, steps=df["steps"]
              artifact_bytes=df["artifact_bytes"].tolist(), float_bpb=df["float_live_bpb"].tolist(),
              code_entropy_bits=df["code_entropy_bits"].tolist(), weight_rms=df["weight_rms"].tolist(),
              scale_median=df["scale_median"].tolist(), calibration=cal,
+             clip_rules={k: {f: v[f] for f in ("slope", "ci_low", "ci_high", "relative_change", "artifact_bytes")}
+                         for k, v in clip.items()},
+             size_vs_rms={f: rms_fit[f] for f in ("r2", "slope", "intercept", "n")},
              runs=run.relative_paths(rds + ([const_rd] if const_rd is not None else [])))
 print(verdict["text"])

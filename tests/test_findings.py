@@ -597,3 +597,17 @@ def test_stats_edge_cases_unchanged():
     assert math.isnan(F.mean_interval([2.0])["ci_low"])
     exact = F.slope_effect([0.0, 1.0, 2.0], [1.0, 3.0, 5.0])
     assert exact["slope"] == pytest.approx(2.0) and exact["ci_high"] - exact["ci_low"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_f2_mechanism_fits():
+    rms = [0.20, 0.22, 0.25, 0.27]
+    sizes = [400e3 + 1e6 * r + d for r, d in zip(rms, [100.0, -80.0, 50.0, -70.0])]
+    fit = F.size_vs_rms(sizes, rms)
+    lr = stats.linregress(rms, sizes)
+    assert fit["slope"] == pytest.approx(lr.slope) and fit["r2"] == pytest.approx(lr.rvalue ** 2)
+    assert 0.99 < fit["r2"] <= 1.0
+    steps = [450, 1000, 600, 750]  # any order: sorted inside
+    rules = F.clip_rule_slopes(steps, {"a": [500e3 * (s / 450) ** -0.1 for s in steps], "b": [480e3] * 4})
+    assert rules["a"]["slope"] == pytest.approx(-0.1) and rules["a"]["steps"] == [450, 600, 750, 1000]
+    assert rules["b"]["slope"] == pytest.approx(0.0, abs=1e-12) and rules["b"]["relative_change"] == 0.0
+    assert rules["a"]["relative_change"] == pytest.approx((1000 / 450) ** -0.1 - 1)

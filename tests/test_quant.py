@@ -231,3 +231,38 @@ def test_row_entropy_works_in_bounded_blocks(monkeypatch):
         assert math.isclose(b2, bits, rel_tol=1e-12) and d2 == desc
         assert np.array_equal(gptq.symbol_counts(q), counts)
     assert len(blocks) > len(mats) and max(blocks) <= max(1024, 700)  # one row is the smallest block
+
+
+def test_sdclip_matches_a_slow_reference_and_roundtrips_through_the_artifact():
+    """quant_mode="sdclip": each row's clip is k standard deviations (as PR #1979), written out
+    row by row; the artifact stores it without percentiles or row choices and loads it back."""
+    from gepalib.quant import artifact as A
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 300, generator=g) * torch.linspace(0.01, 0.5, 48)[:, None]
+    w[5] = 0.0  # a zero row gets the smallest fp16 scale, codes 0
+    k = 12.85
+    qm = quantize_state_dict({"blocks.0.mlp.fc.weight": w}, QuantConfig(quant_mode="sdclip", clip_sigmas=k,
+                                                                                passthrough_numel=0))
+    qt = qm.entries["blocks.0.mlp.fc.weight"]
+    assert qt.percentile is None and qt.row_choice is None
+    for i in range(w.shape[0]):
+        row = [float(v) for v in w[i]]
+        mean = sum(row) / len(row)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in row) / len(row))
+        s = float(torch.tensor(k * sd / 31).to(torch.float16))
+        s = s if s > 0 else float(torch.finfo(torch.float16).tiny)
+        ref = [max(-32, min(31, int(np.round(np.float32(v) / np.float32(s))))) for v in row]  # fp32, half-even
+        assert float(qt.scale[i]) == s, i
+        assert qt.q[i].tolist() == ref, i
+    assert (qt.q[5] == 0).all()
+    wide = quantize_state_dict({"x.weight": w}, QuantConfig(quant_mode="sdclip", clip_sigmas=3.0,
+                                                                      passthrough_numel=0)).entries["x.weight"]
+    assert (wide.q.abs() == 32).sum() + (wide.q == 31).sum() > (qt.q.abs() >= 31).sum()  # a tighter clip saturates more
+    for comp in ("zstd", "none"):
+        back, header = A.artifact_from_bytes(A.artifact_bytes(qm, QuantConfig(quant_mode="sdclip", compressor=comp,
+                                                                                  passthrough_numel=0)))
+        assert header["quant_mode"] == "sdclip"
+        assert torch.equal(dequantize(back)["blocks.0.mlp.fc.weight"], dequantize(qm)["blocks.0.mlp.fc.weight"])
+    with pytest.raises(ValueError, match="clip_sigmas"):
+        QuantConfig(quant_mode="sdclip", clip_sigmas=0.0)

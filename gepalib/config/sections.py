@@ -131,7 +131,7 @@ class TrainConfig:
 class QuantConfig:
     """int6 GPTQ-lite export (see docs/quantization.md)."""
 
-    quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row | gptq (full-Hessian GPTQ)
+    quant_mode: str = "faithful"  # faithful (one percentile per tensor) | per_row | gptq (full-Hessian GPTQ) | sdclip (k std per row)
     quant_embed: bool = True
     passthrough_numel: int = 65536
     compressor: str = "zstd"  # zstd (as run) | lzma | brotli | rans (adaptive entropy coder) | none
@@ -142,6 +142,7 @@ class QuantConfig:
     gptq_damp: float = 0.01  # gptq: added to the Hessian's diagonal, as a fraction of its mean
     gptq_act_order: bool = False  # gptq: quantize columns in order of decreasing Hessian diagonal
     gptq_tied_head: bool = False  # gptq: also GPTQ tok_emb, with the output head's input Hessian
+    clip_sigmas: float = 12.85  # sdclip: each row's clip is this many of its standard deviations (PR #1979's matrices)
 
     def __post_init__(self) -> None:
         check_quant(self)

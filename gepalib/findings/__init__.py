@@ -14,10 +14,10 @@
 * :mod:`gepalib.findings.reference`: the published numbers; :mod:`gepalib.findings.plots` and
   :mod:`gepalib.findings.calplots`: figures.
 """
-from gepalib.findings.analysis import (EARLY_START_FRAC, PLATEAU_START_FRAC, compressibility, detect_plateau,
-                                       infer_phases, phase_boundaries, phase_rates, phase_table, trajectory,
-                                       trajectory_from_metrics, ttt_gain, ttt_gain_by_optimizer, ttt_gain_vs_frozen,
-                                       ttt_share)
+from gepalib.findings.analysis import (EARLY_START_FRAC, PLATEAU_START_FRAC, clip_rule_slopes, compressibility,
+                                       detect_plateau, infer_phases, phase_boundaries, phase_rates, phase_table,
+                                       size_vs_rms, trajectory, trajectory_from_metrics, ttt_gain,
+                                       ttt_gain_by_optimizer, ttt_gain_vs_frozen, ttt_share)
 from gepalib.findings.calibration import (choose_setting, f1_calibration, f2_calibration, gain_blockers, growth_end,
                                           regime_summary, ttt_calibration, ttt_regime)
 from gepalib.findings.stats import (ALPHA, POWER, compare_paired, compare_settings, level_text, mean_interval,
@@ -31,7 +31,8 @@ from gepalib.findings.verdicts import (AGREES, DISAGREES, INCONCLUSIVE, MIN_GAIN
 __all__ = [
     # analysis
     "EARLY_START_FRAC", "PLATEAU_START_FRAC", "trajectory", "trajectory_from_metrics", "detect_plateau",
-    "phase_boundaries", "infer_phases", "phase_rates", "phase_table", "compressibility", "ttt_gain",
+    "phase_boundaries", "infer_phases", "phase_rates", "phase_table", "compressibility", "size_vs_rms",
+    "clip_rule_slopes", "ttt_gain",
     "ttt_gain_by_optimizer", "ttt_gain_vs_frozen", "ttt_share",
     # calibration
     "choose_setting", "f1_calibration", "f2_calibration", "gain_blockers", "growth_end", "regime_summary",

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.stats import t as t_dist
 
 from gepalib.findings.reference import NAIVE_BASELINE_BPB
-from gepalib.findings.stats import as_1d, compare_settings, group, paired, rank_correlation
+from gepalib.findings.stats import as_1d, compare_settings, group, paired, rank_correlation, slope_effect
 
 # Fractions that reproduce the submission's F1 boundaries for 20k steps / 8k
 # warmdown: early starts at 5% of the run (1k), the plateau at 7/12 of the
@@ -252,6 +252,30 @@ def compressibility(steps: Any, artifact_bytes: Any, float_bpb: Any = None) -> d
         for k, v in rank_correlation(f[order], a).items():
             if k != "n":
                 out[f"{k}_float"] = v
+    return out
+
+
+def size_vs_rms(artifact_bytes: Any, weight_rms: Any) -> dict[str, Any]:
+    """F2's mechanism: the least-squares line of artifact size on the weights' RMS over runs,
+    with R² (the share of the size's variance over the runs that the RMS explains)."""
+    b, r = paired(artifact_bytes, weight_rms, "artifact_bytes", "weight_rms")
+    fit = slope_effect(r, b)
+    resid = b - (fit["slope"] * r + fit["intercept"])
+    ss = float(np.sum((b - b.mean()) ** 2))
+    return {**fit, "r2": 1.0 - float(np.sum(resid ** 2)) / ss if ss > 0 else math.nan,
+            "weight_rms": r.tolist(), "artifact_bytes": b.tolist()}
+
+
+def clip_rule_slopes(steps: Any, bytes_by_rule: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+    """F2 under several clip rules: per rule, the log-log slope of artifact size on steps with its
+    two-sided ``1 - alpha`` t interval (df = runs − 2) and the size change shortest → longest."""
+    out = {}
+    for rule, sizes in bytes_by_rule.items():
+        s, a = paired(steps, sizes, "steps", f"bytes[{rule!r}]")
+        order = np.argsort(s, kind="stable")
+        fit = slope_effect(np.log(s[order]), np.log(a[order]), alpha)
+        out[rule] = {**fit, "relative_change": float(a[order][-1] / a[order][0] - 1), "steps": s[order].tolist(),
+                     "artifact_bytes": a[order].tolist()}
     return out
 
 

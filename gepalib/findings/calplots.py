@@ -94,6 +94,32 @@ def f2_mechanism_figure(rows: Sequence[Mapping[str, Any]]) -> plt.Figure:
     return fig
 
 
+def f2_clip_rules_figure(slopes: Mapping[str, Mapping[str, Any]], rms: Mapping[str, Any]) -> plt.Figure:
+    """F2's mechanism, tested: size relative to the shortest rung against steps under each clip
+    rule (:func:`gepalib.findings.analysis.clip_rule_slopes`, the log-log slope and its 95%
+    interval in the legend), and size against weight RMS with its line and R²
+    (:func:`~gepalib.findings.analysis.size_vs_rms`)."""
+    fig, (a, b) = new_figure(2, title="F2 mechanism — two clip rules, and size vs weight RMS", width=5.2)
+    for i, (rule, r) in enumerate(slopes.items()):
+        st, by = np.asarray(r["steps"]), np.asarray(r["artifact_bytes"])
+        a.plot(st, by / by[0], marker="o", color=f"C{i}",
+               label=f"{rule}: slope {r['slope']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+    a.set_xscale("log")
+    a.set_yscale("log")
+    a.set_xlabel("training steps")
+    a.set_ylabel("artifact bytes / shortest rung's")
+    a.legend(fontsize=8)
+    x, y = np.asarray(rms["weight_rms"]), np.asarray(rms["artifact_bytes"]) / 1000.0
+    b.scatter(x, y, color=COLORS["ours"], zorder=3)
+    xs = np.linspace(x.min(), x.max(), 20)
+    b.plot(xs, (rms["slope"] * xs + rms["intercept"]) / 1000.0, color=COLORS["fit"], lw=1,
+           label=f"R² = {rms['r2']:.2f}")
+    b.set_xlabel("weight RMS (all matrices)")
+    b.set_ylabel("artifact (KB, GPTQ-lite)")
+    b.legend(fontsize=8)
+    return fig
+
+
 def ttt_sweep_figure(rows: Sequence[Mapping[str, Any]], chosen: Mapping[str, Mapping[str, Any]], *,
                      title: str = "TTT calibration — held-out sweep") -> plt.Figure:
     """The held-out TTT sweep: gain (mBPB) vs LR per optimizer at the shared chunk size and

@@ -209,6 +209,9 @@ def _validate_table(table: Any, quant_mode: str, src: str) -> list[dict]:
                 if t.get("percentile") not in CANDIDATES or t.get("row_choice") is not False:
                     raise _fail(src, f"{where}: faithful mode needs a percentile from the candidates "
                                      f"and no row choices, got {t.get('percentile')!r}")
+            elif quant_mode == "sdclip":
+                if t.get("percentile") is not None or t.get("row_choice") is not False:
+                    raise _fail(src, f"{where}: sdclip mode has neither a percentile nor row choices")
             elif t.get("percentile") is not None or t.get("row_choice") is not True:
                 raise _fail(src, f"{where}: per_row mode needs row choices and no percentile")
         elif kind == "raw":

@@ -37,6 +37,10 @@ every Linear whose layer-input Hessian is given is quantized column by column wi
 feedback; each row keeps the candidate with the smallest calibration output error. Stored
 as per_row stores it. Tensors without a Hessian (the embedding tables) get per_row.
 
+``quant_mode="sdclip"`` (a std-based clip, as PR #1979): no search; each row's clip is
+``clip_sigmas`` (12.85) times its standard deviation, s = clip / 31 stored as fp16, no 1/31
+floor (:func:`gepalib.quant.grid.sdclip_rows`). Stored without percentile or row choices.
+
 Dequantization: W ~= q * s16 (in fp32), cast back to the original dtype.
 """
 from __future__ import annotations
@@ -52,11 +56,12 @@ from torch import Tensor
 from gepalib.config import QuantConfig
 from gepalib.progress import track
 from gepalib.quant.grid import (CANDIDATES, CLIP_LEVEL, QMAX, QMIN, QUANTILE_MAX_NUMEL,  # noqa: F401 (re-exported)
-                                 candidate_scales, gptq_lite_faithful, gptq_lite_per_row, quantize_rows)
+                                 candidate_scales, gptq_lite_faithful, gptq_lite_per_row, quantize_rows,
+                                 sdclip_rows)
 from gepalib.quant.gptq_full import gptq_per_row
 
 ALPHABET = QMAX - QMIN + 1  # 64 int6 symbols
-QUANT_MODES = ("faithful", "per_row", "gptq")
+QUANT_MODES = ("faithful", "per_row", "gptq", "sdclip")
 EMBED_NAME = "tok_emb.weight"
 HIST_BLOCK = 1 << 22  # entries per histogram block of the entropy bounds (bounded memory)
 
@@ -177,6 +182,9 @@ def quantize_tensor(name: str, t: Tensor, qcfg: QuantConfig, hessian: Tensor | N
     if qcfg.quant_mode == "faithful":
         q, s, c = gptq_lite_faithful(w32)
         qt = QTensor(q, s, tuple(t.shape), dt, percentile=CANDIDATES[c])
+    elif qcfg.quant_mode == "sdclip":
+        q, s = sdclip_rows(w32, qcfg.clip_sigmas)
+        qt = QTensor(q, s, tuple(t.shape), dt)
     elif qcfg.quant_mode == "gptq" and hessian is not None:
         q, s, choice = gptq_per_row(w32, hessian, qcfg)
         qt = QTensor(q, s, tuple(t.shape), dt, row_choice=choice)

@@ -69,5 +69,19 @@ def gptq_lite_per_row(w32: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return best_q.to(torch.int8), best_s.to(torch.float16), choice
 
 
+def sdclip_rows(w32: Tensor, clip_sigmas: float) -> tuple[Tensor, Tensor]:
+    """A std-based clip (``quant_mode="sdclip"``, as PR #1979's GPTQ): each row's clip is
+    ``clip_sigmas`` times the row's standard deviation (about its mean, ddof 0), its scale
+    clip / 31 rounded to the stored fp16 (a zero row gets the smallest normal fp16), and the
+    codes clamp(round(W / s16)) -> (q int8, s fp16). No search and no 1/31 floor: the clip
+    follows the weights' spread whatever their size."""
+    if not clip_sigmas > 0:
+        raise ValueError(f"clip_sigmas must be > 0, got {clip_sigmas}")
+    sd = w32.double().std(dim=1, correction=0)
+    s16 = (clip_sigmas * sd / CLIP_LEVEL).to(torch.float16).clamp_min(torch.finfo(torch.float16).tiny)
+    q = quantize_rows(w32, s16.float())
+    return q.to(torch.int8), s16
+
+
 __all__ = ["CANDIDATES", "QMIN", "QMAX", "CLIP_LEVEL", "QUANTILE_MAX_NUMEL", "candidate_scales", "quantize_rows",
-           "gptq_lite_faithful", "gptq_lite_per_row"]
+           "gptq_lite_faithful", "gptq_lite_per_row", "sdclip_rows"]

@@ -32,10 +32,10 @@ from gepalib.quant import artifact as A
 from gepalib.quant.gptq import EMBED_NAME, dequantize, quantize_state_dict
 from gepalib.quant.hessian import calibration_hessians
 from gepalib.quant.report import code_bytes, size_ledger
-from gepalib.rundir import RunDir, as_rundir
+from gepalib.rundir import RunDir, active_quant, as_rundir
 from gepalib.run.pipeline import build_model, load_weights
 
-MODES = ("faithful", "per_row", "gptq")
+MODES = ("faithful", "per_row", "gptq")  # the default comparison; "sdclip" is there by name
 COMPRESSORS = ("zstd", "brotli", "rans")
 QUANT_FIELDS = {f.name for f in dataclasses.fields(RunConfig().quant)}
 Log = Callable[[str], Any]
@@ -44,7 +44,7 @@ Variants = Union[Sequence[str], Mapping[str, Mapping[str, Any]]]  # quant modes,
 
 def _key(cfg: RunConfig) -> str:
     """Cache key: every quant field plus the evaluation settings the number depends on."""
-    d = {"quant": dataclasses.asdict(cfg.quant), "val_tokens": cfg.data.val_tokens,
+    d = {"quant": active_quant(dataclasses.asdict(cfg.quant)), "val_tokens": cfg.data.val_tokens,
          "eval_seq_len": cfg.eval.eval_seq_len or cfg.train.seq_len}
     return json.dumps(d, sort_keys=True)
 
