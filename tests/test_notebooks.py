@@ -185,15 +185,17 @@ def test_findings_records_and_table(tmp_path):
     with pytest.raises(ValueError, match="not a findings verdict"):
         report.save_finding({"finding": "F1"}, tmp_path)
     report.save_finding(F.verdict_f2(pub["F2"]), tmp_path, steps=[9000, 12000, 15000, 20000])
-    report.save_finding(F.verdict_f5(pub["F5"]), tmp_path)
+    report.save_finding(F.verdict_f5(pub["F5"]), tmp_path, fit={"ci": [float("nan"), 1.0], "r2": float("inf")})
     recs = report.load_findings(tmp_path)
     assert set(recs) == {"F2", "F5"} and recs["F2"]["extra"] == {"steps": [9000, 12000, 15000, 20000]}
+    assert recs["F5"]["extra"] == {"fit": {"ci": [None, 1.0], "r2": None}}  # undefined numbers as null, strict JSON
     assert recs["F2"]["agrees"] and recs["F5"]["agrees"]  # the published trends agree with themselves
     assert len(recs["F2"]["interval"]) == 2 and recs["F2"]["n"] == 4 and recs["F2"]["mde"] > 0
     md = report.write_findings_md(tmp_path, notebook_rows=[{"notebook": "14_ttt_share", "status": "ok",
                                                             "seconds": 3.0}])
     text = md.read_text()
-    assert text.count("| **agrees** |") == 2
+    assert text.count("| **agrees** |") == 2 and "Verdict rule (every row): agrees if the interval" in text
+    assert "Magnitude" in text
     assert "Not computed: F1, F3, F4." in text
     assert "| 14_ttt_share | ok | 3 |" in text
     text = report.write_findings_md(tmp_path, sources={"F1": "10_warmdown", "F3": "12_sgd_vs_adamw"}).read_text()
@@ -206,6 +208,16 @@ def test_findings_records_and_table(tmp_path):
     text = report.write_findings_md(tmp_path).read_text()
     assert "## Beyond the submission" in text and text.index("## Beyond") > text.index("F5")
     assert "E1" in text.split("## Beyond the submission")[1]
+    # the machine the runs trained on, from a run's env.json
+    run_dir = tmp_path / "runs" / "tiny-x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "env.json").write_text(json.dumps({"torch": "2.13.0", "torch_threads": 1, "world_size": 1, "cpu": {
+        "model": "Some CPU", "vendor": "GenuineIntel", "family_model_stepping": "6/167/1", "usable_cores": 2,
+        "kernel_isa": "AVX512", "libraries": ["Intel(R) Math Kernel Library"]}}))
+    report.save_finding(F.verdict_f2(pub["F2"]), tmp_path, runs=[str(run_dir)])
+    text = report.write_findings_md(tmp_path).read_text()
+    assert "Machine (env.json of" in text and "Some CPU (GenuineIntel 6/167/1)" in text and "AVX512" in text
+    assert "torch 2.13.0" in text and "1 thread(s) per process" in text
     (tmp_path / "finding_F2.json").write_text("{not json")
     with pytest.raises(ValueError, match="finding_F2.json"):
         report.load_findings(tmp_path)

@@ -59,8 +59,20 @@ def save_finding(verdict: dict[str, Any], figures_dir: str | os.PathLike = "figu
         if k not in verdict:
             raise ValueError(f"save_finding: not a findings verdict (missing {k!r}): {sorted(verdict)}")
     path = resolve_path(figures_dir) / f"finding_{verdict['finding']}.json"
-    atomic_write_json(path, {**dict(verdict), "extra": extra})
+    atomic_write_json(path, {**dict(verdict), "extra": _json_numbers(extra)})
     return path
+
+
+def _json_numbers(x: Any) -> Any:
+    """``x`` with every non-finite float (an interval undefined for two runs, say) as None, the
+    way the verdict records store an undefined number: findings JSON stays strict."""
+    if isinstance(x, Mapping):
+        return {k: _json_numbers(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_numbers(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def load_findings(figures_dir: str | os.PathLike = "figures") -> dict[str, dict[str, Any]]:
