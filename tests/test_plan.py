@@ -51,7 +51,7 @@ def expected_evals(name: str, p: dict) -> int:
     """Evaluation lines: one int6 artifact per evaluated run, then each evaluation call."""
     n_runs = len(expected_runs(name, p))
     return {"00_quickstart": 2, "01_train": 0, "02_artifact_and_eval": 2, "10_warmdown": 0,
-            "11_compressibility": n_runs, "12_sgd_vs_adamw": n_runs * 3,
+            "11_compressibility": n_runs * (2 if p.get("sdclip_sigmas", 12.85) else 1), "12_sgd_vs_adamw": n_runs * 3,
             "13_freezing": n_runs * (1 + len(p.get("freeze_blocks", []))), "14_ttt_share": 2 * n_runs,
             "15_ttt_families": n_runs * (1 + len(p.get("families", {}))) + len(p.get("families", {}))
             * min(p.get("cost_seeds", 1), n_runs),
