@@ -144,7 +144,8 @@ def ttt_calibration(n_chunks: int, targets: int, gains: Iterable[float] | Mappin
     and every arm's mean TTT gain (``gains``: {arm: per-seed gains}, or one arm's gains; TTT
     bpb − base bpb, negative = helped) at least ``min_gain`` with an interval that excludes 0.
     Pass the counts of what ran (:func:`ttt_regime` reads them off the TTT results)."""
-    arms = dict(gains) if isinstance(gains, Mapping) else {"": list(gains)}
+    named = isinstance(gains, Mapping)
+    arms = dict(gains) if named else {"": list(gains)}
     blockers = []
     if n_chunks < min_chunks:
         blockers.append(f"{n_chunks} TTT chunks < {min_chunks}: score-first TTT helps only the chunks after the "
@@ -159,7 +160,7 @@ def ttt_calibration(n_chunks: int, targets: int, gains: Iterable[float] | Mappin
                      "n": int(mi["n"])}
     weakest = min(per, key=lambda k: per[k]["gain_mbpb"])
     return {"in_regime": not blockers, "blockers": blockers, "n_chunks": int(n_chunks), "targets": int(targets),
-            **per[weakest], "weakest_arm": weakest or None, "arms": per if len(per) > 1 or weakest else None}
+            **per[weakest], "weakest_arm": weakest if named else None, "arms": per if named else None}
 
 
 def ttt_regime(ttt_rows: Iterable[Mapping[str, Any]], gains: Iterable[float] | Mapping[str, Any],

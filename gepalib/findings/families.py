@@ -55,14 +55,12 @@ def verdict_family(gains: Mapping[str, Sequence[float]], finding: str = "E1", *,
     pub = PUBLISHED[finding]
     a, b = np.asarray(gains[pub["better"]], float), np.asarray(gains[pub["worse"]], float)
     cmp = compare_paired(a, b, alpha, power)
-    ref_name = pub["worse"] if pub["expected_of"] == "worse" else (pub["better"] if -a.mean() >= -b.mean()
-                                                                     else pub["worse"])
-    ref = -b.mean() if pub["expected_of"] == "worse" else max(-a.mean(), -b.mean())
-    expected = -pub["rel"] * ref
+    # the gain the expected effect is a fraction of: the worse family's, or the larger of the two
+    ref_name = pub["worse"] if pub["expected_of"] == "worse" or -b.mean() > -a.mean() else pub["better"]
+    expected = pub["rel"] * float(np.mean(gains[ref_name]))
     n = cmp["n_a"]
     blockers = [f"n={n} < {min_seeds} seeds per family"] if n < min_seeds else []
-    blockers += [g.replace(f"the {ref_name} TTT gain", f"the reference ({ref_name}) TTT gain")
-                 for g in gain_blockers({ref_name: gains[ref_name]}, min_gain, alpha)]
+    blockers += gain_blockers({f"reference ({ref_name})": gains[ref_name]}, min_gain, alpha)
     interval = (cmp["ci_low"], cmp["ci_high"])
     verdict, reason = judge(cmp["diff"], interval, cmp["mde"], expected, blockers)
 
@@ -110,7 +108,7 @@ def families_figure(table, *, title: str = "TTT families on the same base"):
     names = list(table.index)
     x = np.arange(len(names))
     ax = axes[0]
-    half = np.array([P._ci_half({"values": v, "n": len(v)}) for v in table["gains_mbpb"]])
+    half = np.array([P.ci_half_width(v) for v in table["gains_mbpb"]])
     ax.bar(x, table["gain_mbpb"], 0.6, yerr=half if half.any() else None, color=P.COLORS["ours"], capsize=3)
     for i, n in enumerate(names):
         vals = table.loc[n, "gains_mbpb"]

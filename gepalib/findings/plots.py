@@ -178,10 +178,11 @@ def compressibility_figure(steps: Any, artifact_bytes: Any, comp: Mapping[str, A
 # F3: TTT gain by optimizer
 
 
-def _ci_half(g: Mapping[str, Any], alpha: float = 0.05) -> float:
-    """Half width of the two-sided ``1 - alpha`` t interval of a :func:`group`'s mean (0 for one value)."""
-    mi = mean_interval(g["values"], alpha)
-    return float(mi["ci_high"] - mi["mean"]) if g["n"] > 1 and np.isfinite(mi["ci_high"]) else 0.0
+def ci_half_width(values: Sequence[float], alpha: float = 0.05) -> float:
+    """Half width of the two-sided ``1 - alpha`` t interval of the mean of ``values`` (an error
+    bar; 0 for a single value)."""
+    mi = mean_interval(values, alpha)
+    return float(mi["ci_high"] - mi["mean"]) if np.isfinite(mi["ci_high"]) else 0.0
 
 
 def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.Figure:
@@ -197,7 +198,7 @@ def optimizer_figure(by_opt: Mapping[str, Any], *, label: str = "ours") -> plt.F
                                 (axes[1], pub, COLORS["published"], PUBLISHED_LABEL)):
         per = res["per_optimizer"]
         means = [1000 * per[n]["mean"] if n in per else np.nan for n in names]
-        errs = [1000 * _ci_half(per[n]) if n in per else 0.0 for n in names]
+        errs = [1000 * ci_half_width(per[n]["values"]) if n in per else 0.0 for n in names]
         ax.bar(x, means, 0.6, yerr=errs if any(errs) else None, color=color, capsize=3)
         for i, n in enumerate(names):
             if n in per and per[n]["n"] > 1:
@@ -223,7 +224,7 @@ def freezing_figure(vs_frozen: Mapping[str, Any], *, label: str = "ours", num_la
     per = vs_frozen["per_freeze"]
     ks = np.array(sorted(per), float)
     means = np.array([per[int(k)]["mean"] for k in ks])
-    errs = np.array([_ci_half(per[int(k)]) for k in ks])
+    errs = np.array([ci_half_width(per[int(k)]["values"]) for k in ks])
     fig, (ax,) = new_figure(1, title="F4 — TTT gain vs frozen blocks", width=5.6)
     ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, color=COLORS["ours"],
                 label=f"{label}" + (f" ({num_layers} layers)" if num_layers else ""))
